@@ -1,0 +1,206 @@
+// Package pampacli is pampactl's command line. It is importable so that a
+// project can build its own pampactl with Go handlers registered:
+//
+//	func main() {
+//		pampacli.Main(pampacli.Options{Handlers: map[string]worker.Handler{
+//			"scrape": scrape,
+//		}})
+//	}
+//
+// That one binary is then the controller, the dispatcher and the worker
+// that `pampactl nodes deploy` pushes to nodes.
+package pampacli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/orchestrator"
+	"github.com/pampa-go/pampa/worker"
+)
+
+// Exit codes.
+const (
+	ExitOK          = 0
+	ExitFailure     = 1
+	ExitUsage       = 2 // bad flags or configuration
+	ExitPartial     = 3 // some nodes failed
+	ExitInterrupted = 130
+)
+
+// Options customise the CLI.
+type Options struct {
+	Handlers map[string]worker.Handler // Go steps by job name
+}
+
+// Main runs the CLI on the process's arguments and exits.
+func Main(opts Options) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Run(ctx, os.Args, os.Stdin, os.Stdout, os.Stderr, os.Getenv, opts)
+	stop()
+	os.Exit(code)
+}
+
+// env is what every command gets: streams, environment and options.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	opts           Options
+}
+
+// usageError marks errors in how the command was called (exit code 2).
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// Run runs the CLI and returns the exit code; it never calls os.Exit.
+func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string, opts Options) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, opts: opts}
+	app := e.app()
+	err := app.RunContext(ctx, args)
+	return e.exitCode(ctx, err)
+}
+
+func (e *env) exitCode(ctx context.Context, err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	fmt.Fprintln(e.stderr, "pampactl:", err)
+	var ue usageError
+	var partial *orchestrator.PartialError
+	switch {
+	case errors.As(err, &partial):
+		return ExitPartial
+	case errors.As(err, &ue), errors.Is(err, orchestrator.ErrConfig):
+		return ExitUsage
+	case ctx.Err() != nil:
+		return ExitInterrupted
+	}
+	return ExitFailure
+}
+
+func (e *env) app() *cli.App {
+	return &cli.App{
+		Name:      "pampactl",
+		Usage:     "distribute the rows of your own tables over workers on many machines",
+		Writer:    e.stdout,
+		ErrWriter: e.stderr,
+		// urfave must never exit behind our back; Run maps errors to codes.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "cluster file (env PAMPA_CONFIG)", Value: ""},
+			&cli.StringFlag{Name: "db", Usage: "database flavor: postgres or crdb (overrides [database] flavor)"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "debug logs"},
+		},
+		Commands: []*cli.Command{
+			e.dbCommand(),
+			e.dispatcherCommand(),
+			e.workerCommand(),
+			e.workersCommand(),
+			e.jobsCommand(),
+			e.demoCommand(),
+			e.periodicCommand(),
+		},
+	}
+}
+
+// configPath is --config, else $PAMPA_CONFIG, else ./cluster.toml.
+func (e *env) configPath(c *cli.Context) string {
+	if p := c.String("config"); p != "" {
+		return p
+	}
+	if p := e.getenv("PAMPA_CONFIG"); p != "" {
+		return p
+	}
+	return "cluster.toml"
+}
+
+func (e *env) loadConfig(c *cli.Context) (*orchestrator.Config, error) {
+	cfg, err := orchestrator.Load(e.configPath(c))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w (pass --config, set PAMPA_CONFIG, or start from cluster.toml.example)", err)
+		}
+		return nil, err
+	}
+	if f := c.String("db"); f != "" {
+		if f != orchestrator.FlavorPostgres && f != orchestrator.FlavorCockroach {
+			return nil, usagef("--db %q: want postgres or crdb", f)
+		}
+		cfg.Database.Flavor = f
+	}
+	return cfg, nil
+}
+
+func flavor(cfg *orchestrator.Config) dispatcher.Flavor {
+	if cfg.Database.Flavor == orchestrator.FlavorCockroach {
+		return dispatcher.CockroachDB
+	}
+	return dispatcher.Postgres
+}
+
+// logger logs to stderr and, unless logFile is "", to logFile (appended).
+// The returned close function closes the file.
+func (e *env) logger(c *cli.Context, logFile string) (*slog.Logger, func(), error) {
+	level := slog.LevelInfo
+	if c.Bool("verbose") {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	handlers := []slog.Handler{slog.NewTextHandler(e.stderr, opts)}
+	closeFn := func() {}
+	if logFile != "" {
+		if dir := filepath.Dir(logFile); dir != "." {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return nil, nil, fmt.Errorf("log file: %w", err)
+			}
+		}
+		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log file: %w", err)
+		}
+		handlers = append(handlers, slog.NewTextHandler(f, opts))
+		closeFn = func() { f.Close() }
+	}
+	return slog.New(slog.NewMultiHandler(handlers...)), closeFn, nil
+}
+
+// logFileFlag resolves --log-file / --no-log-file against a default.
+func logFileFlag(c *cli.Context, def string) string {
+	if c.Bool("no-log-file") {
+		return ""
+	}
+	if c.IsSet("log-file") {
+		return c.String("log-file")
+	}
+	return def
+}
+
+var logFlags = []cli.Flag{
+	&cli.StringFlag{Name: "log-file", Usage: "append logs to this file too"},
+	&cli.BoolFlag{Name: "no-log-file", Usage: "log to stderr only"},
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, word)
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
+var _ = strings.TrimSpace

@@ -1,0 +1,172 @@
+package pampacli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/urfave/cli/v2"
+
+	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/orchestrator"
+)
+
+var nodeFlag = &cli.StringSliceFlag{Name: "node", Aliases: []string{"n"}, Usage: "only this node (repeatable); all nodes by default"}
+
+func (e *env) fleet(c *cli.Context) (*orchestrator.Fleet, error) {
+	cfg, err := e.loadConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this executable: %w", err)
+	}
+	return &orchestrator.Fleet{Config: cfg, Binary: bin, DialSSH: e.sshDialer(c, cfg)}, nil
+}
+
+func (e *env) workersCommand() *cli.Command {
+	stop := func(c *cli.Context) error {
+		f, err := e.fleet(c)
+		if err != nil {
+			return err
+		}
+		grace := f.Config.Worker.GracePeriod + 5*time.Second
+		res, err := f.StopWorkers(c.Context, c.StringSlice("node"), grace)
+		e.printProcesses(res)
+		return err
+	}
+	start := func(c *cli.Context) error {
+		f, err := e.fleet(c)
+		if err != nil {
+			return err
+		}
+		res, err := f.StartWorkers(c.Context, c.StringSlice("node"))
+		e.printProcesses(res)
+		return err
+	}
+	return &cli.Command{
+		Name:  "workers",
+		Usage: "start, stop and list the worker processes of the nodes",
+		Subcommands: []*cli.Command{
+			{Name: "start", Usage: "start the missing workers, up to max_workers per node (idempotent)", Flags: []cli.Flag{nodeFlag}, Action: start},
+			{Name: "stop", Usage: "stop workers: TERM, then KILL after the grace period", Flags: []cli.Flag{nodeFlag}, Action: stop},
+			{Name: "restart", Usage: "stop, then start", Flags: []cli.Flag{nodeFlag}, Action: func(c *cli.Context) error {
+				if err := stop(c); err != nil {
+					return err
+				}
+				return start(c)
+			}},
+			{Name: "status", Usage: "list workers: pid, state, heartbeat age, job, rows done",
+				Flags: []cli.Flag{nodeFlag, &cli.BoolFlag{Name: "json", Usage: "print JSON"}}, Action: e.workersStatus},
+		},
+	}
+}
+
+func (e *env) printProcesses(res []orchestrator.NodeWorkers) {
+	for _, n := range res {
+		for _, w := range n.Workers {
+			if w.PID > 0 {
+				fmt.Fprintf(e.stdout, "%s\t%s\tpid %d\n", w.ID, w.State, w.PID)
+			} else {
+				fmt.Fprintf(e.stdout, "%s\t%s\n", w.ID, w.State)
+			}
+		}
+	}
+}
+
+// workerRow merges what the node says with what the database says.
+type workerRow struct {
+	ID           string  `json:"id"`
+	Node         string  `json:"node"`
+	PID          int     `json:"pid"`
+	Process      string  `json:"process"` // running, dead, none, unknown (node unreachable)
+	State        string  `json:"state"`   // registry: alive, stopped, dead, or "" if never registered
+	Job          string  `json:"job"`
+	HeartbeatAge float64 `json:"heartbeat_age_seconds"`
+	RowsDone     int64   `json:"rows_done"`
+	RowsFailed   int64   `json:"rows_failed"`
+}
+
+func (e *env) workersStatus(c *cli.Context) error {
+	f, err := e.fleet(c)
+	if err != nil {
+		return err
+	}
+	procs, nodeErr := f.WorkerProcesses(c.Context, c.StringSlice("node"))
+	url, err := f.Config.DatabaseURL(e.getenv)
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(c.Context, url)
+	if err != nil {
+		return fmt.Errorf("connect to the database: %w", err)
+	}
+	defer conn.Close(c.Context)
+	reg, err := dispatcher.ListWorkers(c.Context, conn)
+	if err != nil {
+		return err
+	}
+	byID := map[string]dispatcher.WorkerStatus{}
+	for _, w := range reg {
+		byID[w.ID] = w
+	}
+	nodes, err := f.Nodes(c.StringSlice("node"))
+	if err != nil {
+		return err
+	}
+	seen := map[string]orchestratorProc{}
+	for _, n := range procs {
+		for _, p := range n.Workers {
+			seen[p.ID] = orchestratorProc{pid: p.PID, state: p.State}
+		}
+	}
+	var rows []workerRow
+	for _, n := range nodes {
+		for _, id := range n.WorkerIDs() {
+			r := workerRow{ID: id, Node: n.Name, Process: "unknown"}
+			if p, ok := seen[id]; ok {
+				r.PID, r.Process = p.pid, p.state
+			}
+			if w, ok := byID[id]; ok {
+				r.State, r.Job, r.RowsDone, r.RowsFailed = w.State, w.Job, w.RowsDone, w.RowsFailed
+				r.HeartbeatAge = w.HeartbeatAge.Round(100 * time.Millisecond).Seconds()
+			}
+			rows = append(rows, r)
+		}
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rows); err != nil {
+			return err
+		}
+		return nodeErr
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tPID\tPROCESS\tSTATE\tHEARTBEAT\tJOB\tDONE\tFAILED")
+	for _, r := range rows {
+		hb := "-"
+		if r.State != "" {
+			hb = fmt.Sprintf("%.1fs ago", r.HeartbeatAge)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\n", r.ID, r.PID, r.Process, dash(r.State), hb, dash(r.Job), r.RowsDone, r.RowsFailed)
+	}
+	tw.Flush()
+	return nodeErr
+}
+
+type orchestratorProc struct {
+	pid   int
+	state string
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

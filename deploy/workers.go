@@ -1,0 +1,166 @@
+// Package deploy knows what goes on one node and how: the work directory,
+// the worker binary and config, and the worker processes with their pid
+// files. It drives a node through a Remote, which is the control host itself
+// for a local node (Local) or an SSH connection (*sshx.Client).
+//
+// Every command sent to a node is a fixed POSIX shell script whose inputs
+// are positional parameters, quoted by the Remote, never pasted into the
+// script text: node names, paths and ids cannot inject anything.
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Remote is what deploy needs of a node: run an argv, with stdin, and
+// return its stdout. A non-zero exit is an error.
+type Remote interface {
+	Run(ctx context.Context, argv []string, stdin io.Reader) ([]byte, error)
+}
+
+// Node is one node's worker layout.
+type Node struct {
+	WorkDir string   // absolute, or relative to the login directory
+	Command []string // worker argv without the id, e.g. [bin, worker, run, --config, f, --no-log-file]
+}
+
+// PidFile and LogFile are where a worker's pid and log live, relative to
+// WorkDir.
+func PidFile(id string) string { return "run/" + id + ".pid" }
+func LogFile(id string) string { return "worker." + id + ".log" }
+
+// The worker's id is the last argument, so "--id ID " (NUL turned to space)
+// matches exactly one worker's /proc/PID/cmdline: a reused pid is never
+// signalled by mistake.
+const aliveFunc = `alive() { kill -0 "$1" 2>/dev/null && tr '\0' ' ' < /proc/"$1"/cmdline 2>/dev/null | grep -qF -- "--id $2 "; }
+`
+
+// startScript: $1 work dir, $2 id, then the worker argv. setsid -f returns
+// at once and the worker survives the session that started it; the pid it
+// writes is its process group, which stop signals as a whole.
+const startScript = aliveFunc + `set -e
+cd "$1"; id=$2; shift 2
+pidfile=run/$id.pid
+mkdir -p run
+if [ -s "$pidfile" ] && alive "$(cat "$pidfile")" "$id"; then echo "running $(cat "$pidfile")"; exit 0; fi
+rm -f "$pidfile"
+setsid -f sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" --id "$id" >> "worker.$id.log" 2>&1 < /dev/null
+i=0
+while [ ! -s "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+[ -s "$pidfile" ] || { echo "worker $id did not start; see worker.$id.log" >&2; exit 1; }
+echo "started $(cat "$pidfile")"
+`
+
+// stopScript: $1 work dir, $2 grace seconds, then ids. TERM to each
+// worker's group, wait up to the grace period, then KILL what is left.
+const stopScript = aliveFunc + `cd "$1" || exit 1
+grace=$2; shift 2
+pids=""
+for id in "$@"; do
+  f=run/$id.pid
+  [ -s "$f" ] || { echo "$id none"; continue; }
+  pid=$(cat "$f")
+  if alive "$pid" "$id"; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; pids="$pids $pid:$id"
+  else echo "$id none"; rm -f "$f"; fi
+done
+end=$(( $(date +%s) + grace ))
+while [ -n "$pids" ]; do
+  left=""
+  for p in $pids; do
+    if alive "${p%%:*}" "${p#*:}"; then left="$left $p"; else echo "${p#*:} stopped"; rm -f "run/${p#*:}.pid"; fi
+  done
+  pids=$left
+  [ -z "$pids" ] && break
+  [ "$(date +%s)" -ge "$end" ] && break
+  sleep 0.1
+done
+for p in $pids; do
+  kill -KILL -- "-${p%%:*}" 2>/dev/null || kill -KILL "${p%%:*}"
+  echo "${p#*:} killed"; rm -f "run/${p#*:}.pid"
+done
+`
+
+// statusScript: $1 work dir, then ids; prints "id pid state" per worker.
+const statusScript = aliveFunc + `cd "$1" 2>/dev/null || { for id in "$@"; do echo "$id 0 none"; done; exit 0; }
+shift
+for id in "$@"; do
+  f=run/$id.pid
+  if [ -s "$f" ]; then pid=$(cat "$f"); if alive "$pid" "$id"; then echo "$id $pid running"; else echo "$id $pid dead"; fi
+  else echo "$id 0 none"; fi
+done
+`
+
+func sh(script string, args ...string) []string {
+	return append([]string{"sh", "-c", script, "sh"}, args...)
+}
+
+// ProcessState is what a node says of one worker.
+type ProcessState struct {
+	ID    string `json:"id"`
+	PID   int    `json:"pid"`
+	State string `json:"state"` // running, dead (pid file left behind), none, started, stopped, killed
+}
+
+// Start starts the given workers that are not running; running ones are
+// left alone, so Start is idempotent.
+func Start(ctx context.Context, r Remote, n Node, ids []string) ([]ProcessState, error) {
+	var out []ProcessState
+	for _, id := range ids {
+		stdout, err := r.Run(ctx, sh(startScript, append([]string{n.WorkDir, id}, n.Command...)...), nil)
+		if err != nil {
+			return out, fmt.Errorf("start worker %s: %w", id, err)
+		}
+		f := strings.Fields(string(stdout))
+		st := ProcessState{ID: id, State: "started"}
+		if len(f) == 2 {
+			st.PID, _ = strconv.Atoi(f[1])
+			if f[0] == "running" {
+				st.State = "running"
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Stop sends TERM to the workers, waits up to grace, then KILLs the rest.
+func Stop(ctx context.Context, r Remote, n Node, ids []string, grace time.Duration) ([]ProcessState, error) {
+	secs := strconv.Itoa(int(grace.Round(time.Second) / time.Second))
+	stdout, err := r.Run(ctx, sh(stopScript, append([]string{n.WorkDir, secs}, ids...)...), nil)
+	if err != nil {
+		return nil, fmt.Errorf("stop workers: %w", err)
+	}
+	return parseStates(stdout, false), nil
+}
+
+// Status reads the workers' pid files and checks their processes.
+func Status(ctx context.Context, r Remote, n Node, ids []string) ([]ProcessState, error) {
+	stdout, err := r.Run(ctx, sh(statusScript, append([]string{n.WorkDir}, ids...)...), nil)
+	if err != nil {
+		return nil, fmt.Errorf("read worker pid files: %w", err)
+	}
+	return parseStates(stdout, true), nil
+}
+
+func parseStates(b []byte, withPID bool) []ProcessState {
+	var out []ProcessState
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case withPID && len(f) == 3:
+			pid, _ := strconv.Atoi(f[1])
+			out = append(out, ProcessState{ID: f[0], PID: pid, State: f[2]})
+		case !withPID && len(f) == 2:
+			out = append(out, ProcessState{ID: f[0], State: f[1]})
+		}
+	}
+	return out
+}

@@ -1,0 +1,542 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pampa-go/pampa/internal/backoff"
+)
+
+// Config configures a Dispatcher.
+type Config struct {
+	DatabaseURL      string
+	Flavor           Flavor
+	Jobs             []Job
+	Delay            time.Duration // idle poll period; 0 means 1s
+	HeartbeatTimeout time.Duration // a worker silent this long is dead; 0 means 30s
+	StartSQL         string        // run once after each connect
+	Holder           string        // lease holder name; default hostname:pid
+	Logger           *slog.Logger
+}
+
+func (c *Config) validate() error {
+	if c.DatabaseURL == "" {
+		return errors.New("dispatcher: no database URL")
+	}
+	if c.Flavor == "" {
+		c.Flavor = Postgres
+	}
+	if c.Delay <= 0 {
+		c.Delay = time.Second
+	}
+	if c.HeartbeatTimeout <= 0 {
+		c.HeartbeatTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Holder == "" {
+		host, _ := os.Hostname()
+		c.Holder = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	for i := range c.Jobs {
+		if err := c.Jobs[i].Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Dispatcher is the one loop that reserves rows for workers, relaunches
+// failed and late rows, takes rows back from dead workers and assigns
+// workers to jobs. It holds a single database connection.
+type Dispatcher struct {
+	cfg     Config
+	queries []*Queries
+	log     *slog.Logger
+
+	conn       *pgx.Conn
+	channel    string
+	namespace  string
+	leader     bool
+	lastFull   time.Time
+	lastReport map[string]Stats
+}
+
+// Stats counts what one cycle did, per job.
+type Stats struct {
+	Reserved, Relaunched, Released, Failed int64
+	Assigned                               int
+}
+
+// New validates cfg and returns a dispatcher; nothing is written until Run.
+func New(cfg Config) (*Dispatcher, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	d := &Dispatcher{cfg: cfg, log: cfg.Logger}
+	for _, j := range cfg.Jobs {
+		d.queries = append(d.queries, NewQueries(j))
+	}
+	return d, nil
+}
+
+// leaseTTL is how long a dispatcher stays leader without renewing; a second
+// dispatcher stands by until the lease expires.
+func (d *Dispatcher) leaseTTL() time.Duration { return max(10*time.Second, 5*d.cfg.Delay) }
+
+// Run loops until ctx ends: a cycle, then a wait of at most Delay that a
+// worker's request or a new row cuts short. Database errors are logged and
+// retried with backoff; only ctx ends the loop.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	defer d.close()
+	bo := backoff.New(100*time.Millisecond, 30*time.Second)
+	for ctx.Err() == nil {
+		if err := d.connect(ctx); err != nil {
+			d.log.Error("dispatcher cannot reach the database; retrying", "err", err, "in", bo.Peek())
+			bo.Wait(ctx)
+			continue
+		}
+		if _, err := d.Cycle(ctx); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			d.log.Error("dispatcher cycle failed; reconnecting", "err", err, "in", bo.Peek())
+			d.drop()
+			bo.Wait(ctx)
+			continue
+		}
+		bo.Reset()
+		if err := d.wait(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("lost the database connection while waiting", "err", err)
+			d.drop()
+		}
+	}
+	d.resign()
+	return nil
+}
+
+// RunOnce connects, runs one cycle and returns what it did.
+func (d *Dispatcher) RunOnce(ctx context.Context) (map[string]Stats, error) {
+	defer d.close()
+	if err := d.connect(ctx); err != nil {
+		return nil, err
+	}
+	d.lastFull = time.Time{}
+	stats, err := d.Cycle(ctx)
+	d.resign()
+	return stats, err
+}
+
+func (d *Dispatcher) connect(ctx context.Context) error {
+	if d.conn != nil {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, d.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	fail := func(err error) error { conn.Close(context.Background()); return err }
+	if err := Check(ctx, conn, d.cfg.Jobs); err != nil {
+		return fail(err)
+	}
+	ns, err := Namespace(ctx, conn)
+	if err != nil {
+		return fail(err)
+	}
+	d.namespace, d.channel = ns, DispatcherChannel(ns)
+	if d.cfg.Flavor == Postgres {
+		if _, err := conn.Exec(ctx, "listen "+quote(d.channel)); err != nil {
+			return fail(fmt.Errorf("listen for workers: %w", err))
+		}
+	}
+	if d.cfg.StartSQL != "" {
+		if _, err := conn.Exec(ctx, d.cfg.StartSQL); err != nil {
+			return fail(fmt.Errorf("dispatcher start_sql: %w", err))
+		}
+	}
+	d.conn = conn
+	d.lastFull = time.Time{}
+	d.log.Info("dispatcher connected", "schema", ns, "jobs", len(d.queries), "flavor", d.cfg.Flavor)
+	return nil
+}
+
+func (d *Dispatcher) drop() {
+	if d.conn != nil {
+		d.conn.Close(context.Background())
+		d.conn, d.leader = nil, false
+	}
+}
+
+func (d *Dispatcher) close() { d.drop() }
+
+// resign gives up the lease so a standby dispatcher takes over at once.
+func (d *Dispatcher) resign() {
+	if d.conn == nil || !d.leader {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = d.conn.Exec(ctx, `delete from pampa_leases where name = 'dispatcher' and holder = $1`, d.cfg.Holder)
+	d.leader = false
+}
+
+// wait blocks until a notification arrives or Delay passes.
+func (d *Dispatcher) wait(ctx context.Context) error {
+	if d.cfg.Flavor != Postgres {
+		select {
+		case <-ctx.Done():
+		case <-time.After(d.cfg.Delay):
+		}
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, d.cfg.Delay)
+	defer cancel()
+	_, err := d.conn.WaitForNotification(wctx)
+	if err != nil && wctx.Err() != nil {
+		return nil // timeout or shutdown; pgx leaves the connection usable
+	}
+	return err
+}
+
+// lease takes or renews the dispatcher lease; false means another dispatcher
+// holds it and this one stands by.
+func (d *Dispatcher) lease(ctx context.Context) (bool, error) {
+	var holder string
+	err := d.conn.QueryRow(ctx, `insert into pampa_leases (name, holder, expires_at)
+values ('dispatcher', $1, now() + $2::float8 * interval '1 second')
+on conflict (name) do update set holder = excluded.holder, expires_at = excluded.expires_at
+where pampa_leases.holder = excluded.holder or pampa_leases.expires_at < now()
+returning holder`, d.cfg.Holder, d.leaseTTL().Seconds()).Scan(&holder)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("take dispatcher lease: %w", err)
+	}
+	return true, nil
+}
+
+type worker struct {
+	id, job string
+	queued  int64
+}
+
+// Cycle runs one pass: lease, liveness, relaunch (at most once per Delay),
+// elastic assignment and reservation. It returns per-job statistics.
+func (d *Dispatcher) Cycle(ctx context.Context) (map[string]Stats, error) {
+	if d.conn == nil {
+		return nil, errors.New("dispatcher: not connected")
+	}
+	full := time.Since(d.lastFull) >= d.cfg.Delay
+	stats := map[string]Stats{}
+	if full || !d.leader {
+		leader, err := d.lease(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if leader != d.leader {
+			if leader {
+				d.log.Info("dispatcher is the leader", "holder", d.cfg.Holder)
+			} else {
+				d.log.Warn("another dispatcher holds the lease; standing by")
+			}
+		}
+		d.leader = leader
+		if !leader {
+			return stats, nil
+		}
+	}
+	if full {
+		d.lastFull = time.Now()
+		if err := d.releaseDead(ctx, stats); err != nil {
+			return nil, err
+		}
+		for _, q := range d.queries {
+			if err := d.relaunch(ctx, q, stats); err != nil {
+				return nil, err
+			}
+		}
+	}
+	alive, err := d.aliveWorkers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, q := range d.queries {
+		if err := d.assign(ctx, q, alive, stats); err != nil {
+			return nil, err
+		}
+		if err := d.reserve(ctx, q, alive, stats); err != nil {
+			return nil, err
+		}
+	}
+	for name, s := range stats {
+		if s != (Stats{}) {
+			d.log.Debug("dispatcher cycle", "job", name, "reserved", s.Reserved, "relaunched", s.Relaunched,
+				"released", s.Released, "failed", s.Failed, "assigned", s.Assigned)
+		}
+	}
+	return stats, nil
+}
+
+// releaseDead takes rows back from workers that stopped heart-beating: queued
+// rows cost no attempt; running rows count the attempt they were in.
+func (d *Dispatcher) releaseDead(ctx context.Context, stats map[string]Stats) error {
+	rows, err := d.conn.Query(ctx, `update pampa_workers set state = 'dead', job = null, assigned_at = null
+where state = 'alive' and heartbeat_at < now() - $1::float8 * interval '1 second'
+returning id`, d.cfg.HeartbeatTimeout.Seconds())
+	if err != nil {
+		return fmt.Errorf("find dead workers: %w", err)
+	}
+	dead, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(dead) == 0 {
+		return err
+	}
+	d.log.Warn("workers stopped heart-beating; taking their rows back", "workers", dead)
+	for _, q := range d.queries {
+		s := stats[q.job.Name]
+		for _, step := range []struct {
+			sql   string
+			args  []any
+			count *int64
+		}{
+			{q.ReleaseQueued, []any{dead}, &s.Released},
+			{q.ReleaseRunning, []any{dead, q.job.MaxTryTimes}, &s.Relaunched},
+			{q.FailRunning, []any{dead, q.job.MaxTryTimes}, &s.Failed},
+		} {
+			tag, err := d.conn.Exec(ctx, step.sql, step.args...)
+			if err != nil {
+				return fmt.Errorf("job %q: release rows of dead workers: %w", q.job.Name, err)
+			}
+			*step.count += tag.RowsAffected()
+		}
+		stats[q.job.Name] = s
+	}
+	return nil
+}
+
+func (d *Dispatcher) relaunch(ctx context.Context, q *Queries, stats map[string]Stats) error {
+	j := q.job
+	s := stats[j.Name]
+	failedArg := any(j.MaxTryTimes)
+	if j.Snippets.RelaunchingSQL != "" {
+		failedArg = 1000
+	}
+	b := &pgx.Batch{}
+	b.Queue(q.RelaunchFailed, failedArg)
+	b.Queue(q.RelaunchLate, j.MaxTryTimes, j.MaxJobDuration.Seconds())
+	b.Queue(q.FailLate, j.MaxTryTimes, j.MaxJobDuration.Seconds())
+	res := d.conn.SendBatch(ctx, b)
+	defer res.Close()
+	for _, count := range []*int64{&s.Relaunched, &s.Relaunched, &s.Failed} {
+		tag, err := res.Exec()
+		if err != nil {
+			return fmt.Errorf("job %q: relaunch rows: %w", j.Name, err)
+		}
+		*count += tag.RowsAffected()
+	}
+	stats[j.Name] = s
+	return res.Close()
+}
+
+func (d *Dispatcher) aliveWorkers(ctx context.Context) ([]*worker, error) {
+	rows, err := d.conn.Query(ctx, `select id, coalesce(job, '') from pampa_workers
+where state = 'alive' and heartbeat_at >= now() - $1::float8 * interval '1 second' order by id`,
+		d.cfg.HeartbeatTimeout.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("list alive workers: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (*worker, error) {
+		w := &worker{}
+		return w, r.Scan(&w.id, &w.job)
+	})
+}
+
+func assignedTo(alive []*worker, job string) []*worker {
+	var ws []*worker
+	for _, w := range alive {
+		if w.job == job {
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}
+
+func ids(ws []*worker) []string {
+	out := make([]string, len(ws))
+	for i, w := range ws {
+		out[i] = w.id
+	}
+	return out
+}
+
+// queueCounts fills w.queued for the given workers of a job.
+func (d *Dispatcher) queueCounts(ctx context.Context, q *Queries, ws []*worker) error {
+	if len(ws) == 0 {
+		return nil
+	}
+	rows, err := d.conn.Query(ctx, q.QueueCounts, ids(ws))
+	if err != nil {
+		return fmt.Errorf("job %q: count queued rows: %w", q.job.Name, err)
+	}
+	counts := map[string]int64{}
+	var id string
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error { counts[id] = n; return nil }); err != nil {
+		return fmt.Errorf("job %q: count queued rows: %w", q.job.Name, err)
+	}
+	for _, w := range ws {
+		w.queued = counts[w.id]
+	}
+	return nil
+}
+
+// desiredWorkers is the elastic rule: one worker per max_pending_tasks
+// available rows, at least one while any row waits, at most
+// max_assigned_workers; workers still holding queued rows are kept.
+func desiredWorkers(j Job, pending int64, busy int) int {
+	if pending == 0 {
+		return busy
+	}
+	n := int(math.Ceil(float64(pending) / float64(j.MaxPendingTasks)))
+	if j.MaxAssignedWorkers > 0 {
+		n = min(n, j.MaxAssignedWorkers)
+	}
+	return max(n, busy, 1)
+}
+
+func (d *Dispatcher) assign(ctx context.Context, q *Queries, alive []*worker, stats map[string]Stats) error {
+	j := q.job
+	limit := j.MaxPendingTasks*max(j.MaxAssignedWorkers, len(alive)) + 1
+	var pending int64
+	if err := d.conn.QueryRow(ctx, q.PendingCount, limit, j.MaxTryTimes).Scan(&pending); err != nil {
+		return fmt.Errorf("job %q: count pending rows: %w", j.Name, err)
+	}
+	assigned := assignedTo(alive, j.Name)
+	if err := d.queueCounts(ctx, q, assigned); err != nil {
+		return err
+	}
+	busy := 0
+	for _, w := range assigned {
+		if w.queued > 0 {
+			busy++
+		}
+	}
+	want := desiredWorkers(j, pending, busy)
+	if j.MaxAssignedWorkers > 0 {
+		want = min(want, max(j.MaxAssignedWorkers, busy))
+	}
+	s := stats[j.Name]
+	switch {
+	case len(assigned) < want:
+		for _, w := range alive {
+			if len(assigned) >= want {
+				break
+			}
+			if w.job != "" || !j.WorkerMatches(w.id) {
+				continue
+			}
+			tag, err := d.conn.Exec(ctx, `update pampa_workers set job = $1, assigned_at = now()
+where id = $2 and job is null and state = 'alive'`, j.Name, w.id)
+			if err != nil {
+				return fmt.Errorf("job %q: assign worker %s: %w", j.Name, w.id, err)
+			}
+			if tag.RowsAffected() == 1 {
+				w.job = j.Name
+				assigned = append(assigned, w)
+				s.Assigned++
+				d.log.Info("worker assigned", "job", j.Name, "worker", w.id, "pending", pending)
+			}
+		}
+	case len(assigned) > want:
+		// Let go of the workers with the fewest queued rows first.
+		sort.SliceStable(assigned, func(a, b int) bool { return assigned[a].queued < assigned[b].queued })
+		surplus := assigned[:len(assigned)-want]
+		if _, err := d.conn.Exec(ctx, `update pampa_workers set job = null, assigned_at = null
+where id = any($1) and job = $2`, ids(surplus), j.Name); err != nil {
+			return fmt.Errorf("job %q: unassign workers: %w", j.Name, err)
+		}
+		tag, err := d.conn.Exec(ctx, q.ReleaseQueued, ids(surplus))
+		if err != nil {
+			return fmt.Errorf("job %q: release rows of unassigned workers: %w", j.Name, err)
+		}
+		s.Released += tag.RowsAffected()
+		for _, w := range surplus {
+			w.job = ""
+			d.log.Info("worker unassigned", "job", j.Name, "worker", w.id, "pending", pending)
+		}
+	}
+	stats[j.Name] = s
+	return nil
+}
+
+// reserve tops up the queue of every worker of the job to queue_size, in one
+// round trip, and wakes the workers that received rows.
+func (d *Dispatcher) reserve(ctx context.Context, q *Queries, alive []*worker, stats map[string]Stats) error {
+	j := q.job
+	ws := assignedTo(alive, j.Name)
+	if len(ws) == 0 {
+		return nil
+	}
+	if err := d.queueCounts(ctx, q, ws); err != nil {
+		return err
+	}
+	b := &pgx.Batch{}
+	var hungry []*worker
+	for _, w := range ws {
+		if n := int64(j.QueueSize) - w.queued; n > 0 {
+			b.Queue(q.Reserve, n, w.id, j.MaxTryTimes)
+			hungry = append(hungry, w)
+		}
+	}
+	if len(hungry) == 0 {
+		return nil
+	}
+	res := d.conn.SendBatch(ctx, b)
+	s := stats[j.Name]
+	var fed []*worker
+	for _, w := range hungry {
+		tag, err := res.Exec()
+		if err != nil {
+			res.Close()
+			return fmt.Errorf("job %q: reserve rows for worker %s: %w", j.Name, w.id, err)
+		}
+		if tag.RowsAffected() > 0 {
+			s.Reserved += tag.RowsAffected()
+			fed = append(fed, w)
+		}
+	}
+	stats[j.Name] = s
+	if err := res.Close(); err != nil {
+		return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
+	}
+	if len(fed) == 0 || d.cfg.Flavor != Postgres {
+		return nil
+	}
+	channels := make([]string, len(fed))
+	for i, w := range fed {
+		channels[i] = WorkerChannel(d.namespace, w.id)
+	}
+	if _, err := d.conn.Exec(ctx, `select pg_notify(c, $2) from unnest($1::text[]) c`, channels, j.Name); err != nil {
+		return fmt.Errorf("job %q: wake workers: %w", j.Name, err)
+	}
+	return nil
+}
+
+// Jobs returns the names of the dispatcher's jobs in config order.
+func (d *Dispatcher) Jobs() []string {
+	names := make([]string, len(d.queries))
+	for i, q := range d.queries {
+		names[i] = q.job.Name
+	}
+	return slices.Clip(names)
+}

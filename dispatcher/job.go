@@ -1,0 +1,156 @@
+package dispatcher
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Defaults applied by Job.WithDefaults, as the seed documents them.
+const (
+	DefaultQueueSize      = 5
+	DefaultMaxJobDuration = 15 * time.Minute
+	DefaultMaxTryTimes    = 3
+	DefaultPrimaryKey     = "id"
+)
+
+// Fields names the bookkeeping columns of a task table. Every name is a
+// column of the job's table; they are validated and always quoted.
+type Fields struct {
+	PrimaryKey       string // field_primary_key
+	ID               string // field_id: id of the worker that holds the row
+	Time             string // field_time: when the row was reserved
+	Times            string // field_times: attempts started so far
+	StartTime        string // field_start_time
+	EndTime          string // field_end_time
+	Success          string // field_success
+	ErrorDescription string // field_error_description
+}
+
+// Step is the processing step of a job. Exactly one of SQL or Command is set,
+// or neither when the worker binary registers a Go handler under the job name.
+type Step struct {
+	SQL     string   // run per task with the primary key as $1
+	Command []string // argv run per task, the row as JSON on stdin
+}
+
+// Snippets replace the default SQL of the dispatcher and of reporting.
+// SelectingSQL and RelaunchingSQL return rows of the task table (at least the
+// primary key column) and take $1 = how many rows at most. The *SQL reporting
+// snippets return one number.
+type Snippets struct {
+	SelectingSQL   string
+	RelaunchingSQL string
+	TotalSQL       string
+	CompletedSQL   string
+	PendingSQL     string
+	FailedSQL      string
+}
+
+// Job maps a table and its bookkeeping columns to a processing step.
+type Job struct {
+	Name               string
+	Table              string // optionally schema-qualified: "public.numbers"
+	Fields             Fields
+	FilterWorkerID     *regexp.Regexp // nil means any worker
+	MaxAssignedWorkers int            // 0 means no limit
+	MaxPendingTasks    int            // pending rows per assigned worker before another is added
+	QueueSize          int
+	MaxJobDuration     time.Duration
+	MaxTryTimes        int
+	Step               Step
+	Snippets           Snippets
+}
+
+// FieldsFor returns the seed's column naming for a prefix: prefix_reservation_id,
+// prefix_reservation_time, and so on.
+func FieldsFor(prefix, primaryKey string) Fields {
+	return Fields{
+		PrimaryKey:       primaryKey,
+		ID:               prefix + "_reservation_id",
+		Time:             prefix + "_reservation_time",
+		Times:            prefix + "_reservation_times",
+		StartTime:        prefix + "_start_time",
+		EndTime:          prefix + "_end_time",
+		Success:          prefix + "_success",
+		ErrorDescription: prefix + "_error_description",
+	}
+}
+
+// WithDefaults returns the job with zero settings replaced by their defaults.
+func (j Job) WithDefaults() Job {
+	if j.QueueSize == 0 {
+		j.QueueSize = DefaultQueueSize
+	}
+	if j.MaxJobDuration == 0 {
+		j.MaxJobDuration = DefaultMaxJobDuration
+	}
+	if j.MaxTryTimes == 0 {
+		j.MaxTryTimes = DefaultMaxTryTimes
+	}
+	if j.MaxPendingTasks == 0 {
+		j.MaxPendingTasks = j.QueueSize
+	}
+	d := FieldsFor(j.Name, DefaultPrimaryKey)
+	f := &j.Fields
+	for _, p := range []struct {
+		v   *string
+		def string
+	}{
+		{&f.PrimaryKey, d.PrimaryKey}, {&f.ID, d.ID}, {&f.Time, d.Time}, {&f.Times, d.Times},
+		{&f.StartTime, d.StartTime}, {&f.EndTime, d.EndTime}, {&f.Success, d.Success},
+		{&f.ErrorDescription, d.ErrorDescription},
+	} {
+		if *p.v == "" {
+			*p.v = p.def
+		}
+	}
+	return j
+}
+
+// Validate reports the first setting of the job that cannot work.
+func (j Job) Validate() error {
+	if err := ValidateIdentifier(j.Name); err != nil {
+		return fmt.Errorf("job name: %w", err)
+	}
+	if err := validateTable(j.Table); err != nil {
+		return fmt.Errorf("job %q: table: %w", j.Name, err)
+	}
+	for _, c := range j.columns() {
+		if err := ValidateIdentifier(c.name); err != nil {
+			return fmt.Errorf("job %q: %s: %w", j.Name, c.key, err)
+		}
+	}
+	switch {
+	case j.QueueSize < 1:
+		return fmt.Errorf("job %q: queue_size must be at least 1, got %d", j.Name, j.QueueSize)
+	case j.MaxTryTimes < 1:
+		return fmt.Errorf("job %q: max_try_times must be at least 1, got %d", j.Name, j.MaxTryTimes)
+	case j.MaxJobDuration <= 0:
+		return fmt.Errorf("job %q: max_job_duration_minutes must be positive", j.Name)
+	case j.MaxPendingTasks < 1:
+		return fmt.Errorf("job %q: max_pending_tasks must be at least 1, got %d", j.Name, j.MaxPendingTasks)
+	case j.MaxAssignedWorkers < 0:
+		return fmt.Errorf("job %q: max_assigned_workers must not be negative", j.Name)
+	case j.Step.SQL != "" && len(j.Step.Command) > 0:
+		return fmt.Errorf("job %q: set either sql or command, not both", j.Name)
+	}
+	return nil
+}
+
+type column struct{ key, name string }
+
+// columns lists the job's columns with their config keys, for messages.
+func (j Job) columns() []column {
+	f := j.Fields
+	return []column{
+		{"field_primary_key", f.PrimaryKey}, {"field_id", f.ID}, {"field_time", f.Time},
+		{"field_times", f.Times}, {"field_start_time", f.StartTime}, {"field_end_time", f.EndTime},
+		{"field_success", f.Success}, {"field_error_description", f.ErrorDescription},
+	}
+}
+
+// WorkerMatches reports whether the job may use the worker.
+func (j Job) WorkerMatches(workerID string) bool {
+	return j.FilterWorkerID == nil || j.FilterWorkerID.MatchString(workerID)
+}

@@ -1,0 +1,64 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+)
+
+// JobStatus counts a job's rows by state. Without snippets the states
+// partition the table: Total = Pending + Queued + Running + Completed + Failed.
+// The JSON field names are stable.
+type JobStatus struct {
+	Job       string `json:"job"`
+	Total     int64  `json:"total"`
+	Pending   int64  `json:"pending"`   // waiting for a worker, including failed rows with tries left
+	Queued    int64  `json:"queued"`    // reserved for a worker, not started
+	Running   int64  `json:"running"`   // started, not ended
+	Completed int64  `json:"completed"` // ended successfully
+	Failed    int64  `json:"failed"`    // ended unsuccessfully with no tries left
+}
+
+// Report counts the rows of every job in one statement each, honouring the
+// total_sql, completed_sql, pending_sql and failed_sql snippets.
+func Report(ctx context.Context, db DB, jobs []Job) ([]JobStatus, error) {
+	out := make([]JobStatus, 0, len(jobs))
+	for _, j := range jobs {
+		s, err := reportJob(ctx, db, j)
+		if err != nil {
+			return nil, fmt.Errorf("report job %q: %w", j.Name, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func reportJob(ctx context.Context, db DB, j Job) (JobStatus, error) {
+	f := j.Fields
+	id, ts, st, en, ok := quote(f.ID), quote(f.Times), quote(f.StartTime), quote(f.EndTime), quote(f.Success)
+	s := JobStatus{Job: j.Name}
+	err := db.QueryRow(ctx, fmt.Sprintf(`select
+  count(*),
+  coalesce(sum(case when %[1]s is not null and %[3]s is null then 1 else 0 end), 0),
+  coalesce(sum(case when %[3]s is not null and %[4]s is null then 1 else 0 end), 0),
+  coalesce(sum(case when %[4]s is not null and %[5]s then 1 else 0 end), 0),
+  coalesce(sum(case when %[4]s is not null and not %[5]s and coalesce(%[2]s, 0) >= $1 then 1 else 0 end), 0)
+from %[6]s`, id, ts, st, en, ok, quoteTable(j.Table)), j.MaxTryTimes).
+		Scan(&s.Total, &s.Queued, &s.Running, &s.Completed, &s.Failed)
+	if err != nil {
+		return s, err
+	}
+	s.Pending = s.Total - s.Queued - s.Running - s.Completed - s.Failed
+	sn := j.Snippets
+	for _, o := range []struct {
+		sql string
+		dst *int64
+	}{{sn.TotalSQL, &s.Total}, {sn.CompletedSQL, &s.Completed}, {sn.PendingSQL, &s.Pending}, {sn.FailedSQL, &s.Failed}} {
+		if o.sql == "" {
+			continue
+		}
+		if err := db.QueryRow(ctx, o.sql).Scan(o.dst); err != nil {
+			return s, fmt.Errorf("snippet %q: %w", firstLine(o.sql), err)
+		}
+	}
+	return s, nil
+}

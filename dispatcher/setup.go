@@ -1,0 +1,209 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Flavor is the database engine. PostgreSQL gets LISTEN/NOTIFY and an insert
+// trigger that wakes the dispatcher; CockroachDB polls every delay.
+type Flavor string
+
+const (
+	Postgres    Flavor = "postgres"
+	CockroachDB Flavor = "crdb"
+)
+
+// SchemaVersion is the version of Pampa's own tables written by Setup.
+const SchemaVersion = 1
+
+// ErrNotSetUp is returned by Check when a job's table lacks Pampa's columns
+// or Pampa's own tables are missing: run `pampactl db setup`.
+var ErrNotSetUp = errors.New("database not set up for Pampa")
+
+// ownTables are Pampa's tables, created in the connection's current schema.
+var ownTables = []string{
+	`create table if not exists pampa_schema_version (
+  version int primary key,
+  applied_at timestamptz not null default now())`,
+	`create table if not exists pampa_workers (
+  id text primary key,
+  node text not null default '',
+  hostname text not null default '',
+  pid int not null default 0,
+  state text not null default 'alive',
+  job text,
+  assigned_at timestamptz,
+  started_at timestamptz not null default now(),
+  heartbeat_at timestamptz not null default now(),
+  stopped_at timestamptz,
+  rows_done bigint not null default 0,
+  rows_failed bigint not null default 0)`,
+	`create table if not exists pampa_leases (
+  name text primary key,
+  holder text not null,
+  expires_at timestamptz not null)`,
+	`insert into pampa_schema_version (version) values (1) on conflict do nothing`,
+}
+
+// Setup creates Pampa's tables and, for each job, the bookkeeping columns
+// missing on its table and the partial indexes that keep selection fast. It
+// is idempotent and never drops or rewrites user data.
+func Setup(ctx context.Context, db DB, flavor Flavor, jobs []Job) error {
+	for _, s := range ownTables {
+		if _, err := db.Exec(ctx, s); err != nil {
+			return fmt.Errorf("create Pampa's tables: %w", err)
+		}
+	}
+	for _, j := range jobs {
+		if err := setupJob(ctx, db, flavor, j); err != nil {
+			return fmt.Errorf("set up job %q on table %s: %w", j.Name, j.Table, err)
+		}
+	}
+	return nil
+}
+
+func setupJob(ctx context.Context, db DB, flavor Flavor, j Job) error {
+	if _, err := tableColumns(ctx, db, j.Table); err != nil {
+		return err
+	}
+	f, t := j.Fields, quoteTable(j.Table)
+	stmts := []string{}
+	for _, c := range []struct{ name, typ string }{
+		{f.ID, "text"}, {f.Time, "timestamptz"}, {f.Times, "int"},
+		{f.StartTime, "timestamptz"}, {f.EndTime, "timestamptz"},
+		{f.Success, "boolean"}, {f.ErrorDescription, "text"},
+	} {
+		stmts = append(stmts, fmt.Sprintf("alter table %s add column if not exists %s %s", t, quote(c.name), c.typ))
+	}
+	pk, id, st, en, ok, ts := quote(f.PrimaryKey), quote(f.ID), quote(f.StartTime), quote(f.EndTime), quote(f.Success), quote(f.Times)
+	for _, ix := range []struct{ suffix, cols, where string }{
+		{"available", pk, fmt.Sprintf("%s is null and %s is null", id, en)},
+		{"queued", id + ", " + pk, fmt.Sprintf("%s is not null and %s is null", id, st)},
+		{"running", id, fmt.Sprintf("%s is not null and %s is null", st, en)},
+		{"failed", ts, fmt.Sprintf("%s is not null and %s = false", en, ok)},
+	} {
+		stmts = append(stmts, fmt.Sprintf("create index if not exists %s on %s (%s) where %s",
+			quote(indexName(j, ix.suffix)), t, ix.cols, ix.where))
+	}
+	if flavor != CockroachDB {
+		ns, err := Namespace(ctx, db)
+		if err != nil {
+			return err
+		}
+		stmts = append(stmts, notifyFunction(DispatcherChannel(ns)),
+			fmt.Sprintf("drop trigger if exists %s on %s", quote(indexName(j, "notify")), t),
+			fmt.Sprintf("create trigger %s after insert on %s for each statement execute function pampa_notify_insert()",
+				quote(indexName(j, "notify")), t))
+	}
+	for _, s := range stmts {
+		if _, err := db.Exec(ctx, s); err != nil {
+			return fmt.Errorf("%s: %w", firstLine(s), err)
+		}
+	}
+	return nil
+}
+
+// notifyFunction wakes the dispatcher when rows are inserted, so new rows
+// start within milliseconds instead of waiting out the poll delay.
+// The channel is baked in: the inserting session may have another search_path.
+func notifyFunction(channel string) string {
+	return `create or replace function pampa_notify_insert() returns trigger language plpgsql as $$
+begin
+  perform pg_notify('` + channel + `', 'insert');
+  return null;
+end $$`
+}
+
+// indexName names a job's index or trigger; long job names are shortened
+// with a hash so the name stays under 63 bytes and unique.
+func indexName(j Job, suffix string) string {
+	name := "pampa_" + j.Name + "_" + suffix
+	if len(name) <= 63 {
+		return name
+	}
+	return channelName(suffix, j.Table, j.Name)
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+// tableColumns returns the column names and types of a table, or an error
+// naming the table when it does not exist.
+func tableColumns(ctx context.Context, db DB, table string) (map[string]string, error) {
+	schema, name, found := strings.Cut(table, ".")
+	if !found {
+		schema, name = "", table
+	}
+	rows, err := db.Query(ctx, `select column_name, data_type from information_schema.columns
+where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2`, schema, name)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of table %s: %w", table, err)
+	}
+	cols := map[string]string{}
+	for rows.Next() {
+		var c, typ string
+		if err := rows.Scan(&c, &typ); err != nil {
+			return nil, err
+		}
+		cols[c] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read columns of table %s: %w", table, err)
+	}
+	if len(cols) == 0 {
+		return nil, fmt.Errorf("table %s does not exist in the database (check the job's table key and the connection's search_path)", table)
+	}
+	return cols, nil
+}
+
+// Check verifies, before anything is written, that Pampa's tables exist and
+// that every job's table has its primary key and bookkeeping columns.
+func Check(ctx context.Context, db DB, jobs []Job) error {
+	var version int
+	err := db.QueryRow(ctx, `select coalesce(max(version), 0) from pampa_schema_version`).Scan(&version)
+	if err != nil || version < SchemaVersion {
+		return fmt.Errorf("%w: Pampa's tables are missing or old; run: pampactl db setup", ErrNotSetUp)
+	}
+	var errs []error
+	for _, j := range jobs {
+		cols, err := tableColumns(ctx, db, j.Table)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("job %q: %w", j.Name, err))
+			continue
+		}
+		for _, c := range j.columns() {
+			if _, ok := cols[c.name]; !ok {
+				hint := "run: pampactl db setup"
+				if c.key == "field_primary_key" {
+					hint = "set field_primary_key to a column of the table"
+				}
+				errs = append(errs, fmt.Errorf("%w: job %q: %s = %q is not a column of table %s; %s",
+					ErrNotSetUp, j.Name, c.key, c.name, j.Table, hint))
+			}
+		}
+		if typ, ok := cols[j.Fields.ID]; ok && typ != "text" && typ != "character varying" {
+			errs = append(errs, fmt.Errorf("%w: job %q: column %s is %s; worker ids like node1.3 need text or varchar",
+				ErrNotSetUp, j.Name, j.Fields.ID, typ))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Namespace is the schema Pampa's tables live in; it scopes notification
+// channels so that tenants of one database do not wake each other.
+func Namespace(ctx context.Context, db DB) (string, error) {
+	var ns string
+	if err := db.QueryRow(ctx, `select current_schema()`).Scan(&ns); err != nil {
+		return "", fmt.Errorf("read current schema: %w", err)
+	}
+	return ns, nil
+}
+
+var _ DB = (*pgx.Conn)(nil)

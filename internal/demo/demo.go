@@ -1,0 +1,263 @@
+// Package demo runs the seed's example end to end: the numbers 1..N, a job
+// that finds the odd ones, a dispatcher and local worker processes, live
+// progress, a check of every row and the totals.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/internal/pgserver"
+	"github.com/pampa-go/pampa/orchestrator"
+)
+
+// Options configure a demo run.
+type Options struct {
+	DatabaseURL string // empty: start a private PostgreSQL
+	Rows        int
+	Workers     int
+	QueueSize   int
+	Binary      string // executable whose "worker run" starts a worker
+	Progress    io.Writer
+	Terminal    bool // redraw one progress line instead of printing lines
+	Logger      *slog.Logger
+}
+
+// Result is what the demo measured.
+type Result struct {
+	Status  dispatcher.JobStatus
+	Wrong   int64 // rows whose is_odd is not value % 2 = 1
+	Elapsed time.Duration
+}
+
+// Schema is where the demo keeps its table and Pampa's, on any database.
+const Schema = "pampa_demo"
+
+// Config is the demo's cluster.toml; %s is the database URL.
+const Config = `# The seed's example: find the odd numbers among 1..N.
+[database]
+url = %q
+
+[dispatcher]
+delay = "200ms"
+log_file = ""
+heartbeat_timeout = "10s"
+
+[worker]
+delay = "500ms"
+log_file = ""
+heartbeat_interval = "2s"
+grace_period = "5s"
+
+[[nodes]]
+name = "local"
+net_remote_ip = "local"
+max_workers = %d
+
+[[jobs]]
+name = "search_odd_numbers"
+table = "numbers"
+field_primary_key = "value"
+field_prefix = "odd_checking"
+max_assigned_workers = 5
+max_pending_tasks = 500
+queue_size = %d
+sql = "update numbers set is_odd = (value %% 2 = 1) where value = $1"
+`
+
+// Run runs the demo and returns its result; a wrong row is an error.
+func Run(ctx context.Context, o Options) (Result, error) {
+	start := time.Now()
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	url := o.DatabaseURL
+	if url == "" {
+		fmt.Fprintln(o.Progress, "starting a private PostgreSQL server (set PAMPA_DATABASE_URL to use yours)...")
+		srv, err := pgserver.Start(ctx)
+		if err != nil {
+			return Result{}, fmt.Errorf("demo database: %w", err)
+		}
+		defer srv.Close()
+		url = srv.URL()
+	}
+	url, err := prepare(ctx, url, o.Rows)
+	if err != nil {
+		return Result{}, err
+	}
+	dir, err := os.MkdirTemp("", "pampa-demo-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(dir)
+	cfgPath := filepath.Join(dir, "cluster.toml")
+	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, Config, url, o.Workers, o.QueueSize), 0o600); err != nil {
+		return Result{}, err
+	}
+	cfg, err := orchestrator.Load(cfgPath)
+	if err != nil {
+		return Result{}, err
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return Result{}, fmt.Errorf("demo database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := dispatcher.Setup(ctx, conn, dispatcher.Postgres, cfg.Jobs); err != nil {
+		return Result{}, err
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	d, err := dispatcher.New(dispatcher.Config{DatabaseURL: url, Jobs: cfg.Jobs, Delay: cfg.Dispatcher.Delay,
+		HeartbeatTimeout: cfg.Dispatcher.HeartbeatTimeout, Logger: log.With("component", "dispatcher")})
+	if err != nil {
+		return Result{}, err
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = d.Run(runCtx) }()
+	workers, err := startWorkers(runCtx, o.Binary, cfgPath, cfg.Nodes[0].WorkerIDs(), dir)
+	if err != nil {
+		stop()
+		wg.Wait()
+		return Result{}, err
+	}
+	status, err := watch(ctx, conn, cfg.Jobs, o)
+	stop()
+	for _, w := range workers {
+		<-w
+	}
+	wg.Wait()
+	if err != nil {
+		return Result{}, err
+	}
+	var wrong int64
+	if err := conn.QueryRow(ctx, `select count(*) from numbers where is_odd is distinct from (value % 2 = 1)`).Scan(&wrong); err != nil {
+		return Result{}, err
+	}
+	res := Result{Status: status, Wrong: wrong, Elapsed: time.Since(start)}
+	if wrong > 0 {
+		return res, fmt.Errorf("demo: %d rows have a wrong is_odd", wrong)
+	}
+	return res, nil
+}
+
+// prepare creates the demo schema with the numbers table and returns a URL
+// whose search_path points at it.
+func prepare(ctx context.Context, dbURL string, rows int) (string, error) {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return "", fmt.Errorf("demo database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for _, s := range []string{
+		`drop schema if exists ` + Schema + ` cascade`,
+		`create schema ` + Schema,
+		`create table ` + Schema + `.numbers (value bigint primary key, is_odd boolean)`,
+	} {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return "", fmt.Errorf("prepare demo schema: %w", err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `insert into `+Schema+`.numbers (value) select generate_series(1, $1::int)`, rows); err != nil {
+		return "", fmt.Errorf("insert demo rows: %w", err)
+	}
+	return WithSearchPath(dbURL, Schema)
+}
+
+// WithSearchPath points a connection string, URL or key=value form, at schema.
+func WithSearchPath(conn, schema string) (string, error) {
+	if strings.HasPrefix(conn, "postgres://") || strings.HasPrefix(conn, "postgresql://") {
+		u, err := url.Parse(conn)
+		if err != nil {
+			return "", fmt.Errorf("database URL: %w", err)
+		}
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	return conn + " search_path=" + schema, nil
+}
+
+// startWorkers runs worker processes as children that die with the demo:
+// TERM when ctx ends, KILL if they outlive a grace period.
+func startWorkers(ctx context.Context, bin, cfgPath string, ids []string, dir string) ([]chan struct{}, error) {
+	var dones []chan struct{}
+	for _, id := range ids {
+		cmd := exec.CommandContext(ctx, bin, "--config", cfgPath, "worker", "run", "--no-log-file", "--id", id)
+		cmd.Dir = dir
+		logf, err := os.Create(filepath.Join(dir, "worker."+id+".log"))
+		if err != nil {
+			return dones, err
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		cmd.WaitDelay = 10 * time.Second
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			return dones, fmt.Errorf("start worker %s: %w", id, err)
+		}
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+		dones = append(dones, done)
+	}
+	return dones, nil
+}
+
+// watch prints progress until every row ended or ctx ends.
+func watch(ctx context.Context, conn *pgx.Conn, jobs []dispatcher.Job, o Options) (dispatcher.JobStatus, error) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	begin := time.Now()
+	lastLine := time.Time{}
+	for {
+		st, err := dispatcher.Report(ctx, conn, jobs)
+		if err != nil {
+			return dispatcher.JobStatus{}, err
+		}
+		s := st[0]
+		done := s.Completed + s.Failed
+		rate := float64(done) / max(time.Since(begin).Seconds(), 0.001)
+		line := fmt.Sprintf("%s: %d/%d done (%.0f%%), %d running, %d queued, %d failed, %.0f rows/s",
+			s.Job, done, s.Total, 100*float64(done)/float64(max(s.Total, 1)), s.Running, s.Queued, s.Failed, rate)
+		switch {
+		case o.Terminal:
+			fmt.Fprintf(o.Progress, "\r\033[K%s", line)
+		case time.Since(lastLine) >= 2*time.Second || done == s.Total:
+			fmt.Fprintln(o.Progress, line)
+			lastLine = time.Now()
+		}
+		if done == s.Total {
+			if o.Terminal {
+				fmt.Fprintln(o.Progress)
+			}
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			if o.Terminal {
+				fmt.Fprintln(o.Progress)
+			}
+			return s, errors.Join(fmt.Errorf("demo interrupted at %d/%d rows", done, s.Total), ctx.Err())
+		case <-tick.C:
+		}
+	}
+}

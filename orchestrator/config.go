@@ -1,0 +1,607 @@
+// Package orchestrator holds the cluster model read from cluster.toml (nodes,
+// jobs, database, dispatcher and worker settings) and the operations that
+// span nodes.
+//
+// Config contract: Load and Parse return a fully validated *Config with every
+// default applied, or an error that wraps ErrConfig and names the file, the
+// line, the key path and what to change. Nothing is read from the
+// environment except the home directory for "~" in local paths;
+// DatabaseURL takes getenv explicitly.
+package orchestrator
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/pampa-go/pampa/dispatcher"
+)
+
+// ErrConfig is wrapped by every error about the configuration, so that cmd/
+// can map them all to exit code 2.
+var ErrConfig = errors.New("invalid configuration")
+
+// Database flavors.
+const (
+	FlavorPostgres  = "postgres" // LISTEN/NOTIFY wakes the dispatcher early
+	FlavorCockroach = "crdb"     // CockroachDB: no LISTEN/NOTIFY, polling only
+)
+
+// Defaults of settings outside jobs (job defaults live in dispatcher.Job.WithDefaults).
+const (
+	DefaultDatabaseURLEnv    = "PAMPA_DATABASE_URL"
+	DefaultDispatcherDelay   = time.Second
+	DefaultDispatcherLog     = "dispatcher.log"
+	DefaultHeartbeatTimeout  = 30 * time.Second
+	DefaultWorkerDelay       = time.Second
+	DefaultWorkerLog         = "worker.{id}.log" // {id} is replaced by the worker id
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultGracePeriod       = 30 * time.Second
+	DefaultSSHPort           = 22
+	DefaultMaxWorkers        = 1
+	DefaultRemoteWorkDir     = "pampa"              // relative to the SSH user's home
+	DefaultKnownHostsFile    = "~/.ssh/known_hosts" // on the control host
+)
+
+const (
+	localHost         = "local"                    // net_remote_ip of a local node
+	nodeNamePattern   = `^[A-Za-z0-9_-]+$`         // no dots: worker ids are node.N
+	configExampleHint = "see cluster.toml.example" // where every key is documented
+)
+
+// Config is a parsed and validated cluster.toml.
+type Config struct {
+	Path       string // the file, as given to Load or Parse
+	Database   Database
+	Dispatcher DispatcherSettings
+	Worker     WorkerSettings
+	Nodes      []Node
+	Jobs       []dispatcher.Job // validated, with defaults applied
+}
+
+// Database says where the task tables live.
+type Database struct {
+	URL    string // url; may be empty when URLEnv is exported
+	URLEnv string // url_env: environment variable that overrides URL when set
+	Flavor string // FlavorPostgres or FlavorCockroach
+}
+
+// DispatcherSettings configure the single dispatcher process.
+type DispatcherSettings struct {
+	Delay            time.Duration // idle poll period
+	LogFile          string        // "" means no log file
+	HeartbeatTimeout time.Duration // a worker silent this long is dead
+	StartSQL         string        // run once after connecting
+	StartCommand     []string      // argv run once after connecting
+}
+
+// WorkerSettings configure every worker process.
+type WorkerSettings struct {
+	Delay             time.Duration // idle poll period
+	LogFile           string        // "" means no log file; {id} is replaced by the worker id
+	HeartbeatInterval time.Duration
+	GracePeriod       time.Duration // on SIGTERM, how long the running task may finish
+	StartSQL          string
+	StartCommand      []string
+}
+
+// Node is a computer that runs workers: the control host itself (Local) or
+// an SSH host.
+type Node struct {
+	Name           string
+	Host           string // net_remote_ip; "" for a local node
+	Local          bool   // workers are child processes of the control host, no SSH
+	Port           int
+	User           string
+	Password       string
+	PasswordEnv    string // environment variable holding the SSH password
+	PrivateKeyFile string // "~" expanded on the control host
+	KnownHostsFile string // "~" expanded on the control host
+	// WorkDir is where workers run and log. Local nodes: an absolute path,
+	// default the config file's directory. SSH nodes: relative paths are
+	// relative to the SSH user's home ("~/x" is stored as "x").
+	WorkDir    string
+	MaxWorkers int
+}
+
+// WorkerIDs returns the ids of the node's workers: "name.1" .. "name.N".
+func (n Node) WorkerIDs() []string {
+	ids := make([]string, n.MaxWorkers)
+	for i := range ids {
+		ids[i] = n.Name + "." + strconv.Itoa(i+1)
+	}
+	return ids
+}
+
+// Node returns the node with the given name.
+func (c *Config) Node(name string) (Node, bool) {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// Job returns the job with the given name.
+func (c *Config) Job(name string) (dispatcher.Job, bool) {
+	for _, j := range c.Jobs {
+		if j.Name == name {
+			return j, true
+		}
+	}
+	return dispatcher.Job{}, false
+}
+
+// DatabaseURL returns the connection URL: the url_env variable when set,
+// else the url key. Secrets can thus stay out of the file.
+func (c *Config) DatabaseURL(getenv func(string) string) (string, error) {
+	if env := c.Database.URLEnv; env != "" {
+		if u := getenv(env); u != "" {
+			return u, nil
+		}
+	}
+	if c.Database.URL != "" {
+		return c.Database.URL, nil
+	}
+	hint := "set url in [database]"
+	if c.Database.URLEnv != "" {
+		hint = fmt.Sprintf("export %s or %s", c.Database.URLEnv, hint)
+	}
+	return "", &ConfigError{File: c.Path, Key: "database.url", Msg: "no database URL; " + hint}
+}
+
+// ConfigError is one problem in a configuration file. Several are joined
+// with errors.Join, one per line.
+type ConfigError struct {
+	File string
+	Line int    // 1-based; 0 when unknown
+	Col  int    // 1-based; 0 when unknown
+	Key  string // key path such as "jobs[1].queue_size"; "" for syntax errors
+	Msg  string // what is wrong and what to do
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+		if e.Col > 0 {
+			fmt.Fprintf(&b, ":%d", e.Col)
+		}
+	}
+	b.WriteString(": ")
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Is makes errors.Is(err, ErrConfig) true.
+func (e *ConfigError) Is(target error) bool { return target == ErrConfig }
+
+// Load reads and parses the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w: %w", ErrConfig, err)
+	}
+	return Parse(path, data)
+}
+
+// Parse parses cluster.toml data; path is used in messages and to resolve
+// the work directory of local nodes.
+func Parse(path string, data []byte) (*Config, error) {
+	text := string(data)
+	f := newFile(path, text)
+
+	// Three passes, each with precise messages: syntax (toml), value types
+	// per key path (checkTypes, since toml's own type errors name neither the
+	// [[jobs]] index nor its line), then strict decoding into the schema.
+	var tree map[string]any
+	if _, err := toml.Decode(text, &tree); err != nil {
+		return nil, f.decodeError(err)
+	}
+	if errs := f.checkTypes(rawConfigType, tree, ""); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	raw := rawConfig{
+		Database: rawDatabase{URLEnv: DefaultDatabaseURLEnv, Flavor: FlavorPostgres},
+		Dispatcher: rawDispatcher{
+			Delay: duration(DefaultDispatcherDelay), LogFile: DefaultDispatcherLog,
+			HeartbeatTimeout: duration(DefaultHeartbeatTimeout),
+		},
+		Worker: rawWorker{
+			Delay: duration(DefaultWorkerDelay), LogFile: DefaultWorkerLog,
+			HeartbeatInterval: duration(DefaultHeartbeatInterval), GracePeriod: duration(DefaultGracePeriod),
+		},
+	}
+	md, err := toml.Decode(text, &raw)
+	if err != nil {
+		return nil, f.decodeError(err)
+	}
+	if errs := f.unknownKeys(md.Undecoded()); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return f.build(raw)
+}
+
+// rawConfig is the file's schema; the toml tags are the key names, the
+// source of truth for type checks and "did you mean" suggestions.
+type rawConfig struct {
+	Database   rawDatabase   `toml:"database"`
+	Dispatcher rawDispatcher `toml:"dispatcher"`
+	Worker     rawWorker     `toml:"worker"`
+	Nodes      []rawNode     `toml:"nodes"`
+	Jobs       []rawJob      `toml:"jobs"`
+}
+
+type rawDatabase struct {
+	URL    string `toml:"url"`
+	URLEnv string `toml:"url_env"`
+	Flavor string `toml:"flavor"`
+}
+
+type rawDispatcher struct {
+	Delay            duration `toml:"delay"`
+	LogFile          string   `toml:"log_file"`
+	HeartbeatTimeout duration `toml:"heartbeat_timeout"`
+	StartSQL         string   `toml:"start_sql"`
+	StartCommand     []string `toml:"start_command"`
+}
+
+type rawWorker struct {
+	Delay             duration `toml:"delay"`
+	LogFile           string   `toml:"log_file"`
+	HeartbeatInterval duration `toml:"heartbeat_interval"`
+	GracePeriod       duration `toml:"grace_period"`
+	StartSQL          string   `toml:"start_sql"`
+	StartCommand      []string `toml:"start_command"`
+}
+
+type rawNode struct {
+	Name              string `toml:"name"`
+	NetRemoteIP       string `toml:"net_remote_ip"`
+	Transport         string `toml:"transport"`
+	SSHUsername       string `toml:"ssh_username"`
+	SSHPort           *int   `toml:"ssh_port"` // pointers tell "unset" from an explicit 0
+	SSHPassword       string `toml:"ssh_password"`
+	SSHPasswordEnv    string `toml:"ssh_password_env"`
+	SSHPrivateKeyFile string `toml:"ssh_private_key_file"`
+	KnownHostsFile    string `toml:"known_hosts_file"`
+	WorkDir           string `toml:"work_dir"`
+	MaxWorkers        *int   `toml:"max_workers"`
+}
+
+type rawJob struct {
+	Name                  string   `toml:"name"`
+	FilterWorkerID        string   `toml:"filter_worker_id"`
+	MaxAssignedWorkers    int      `toml:"max_assigned_workers"`
+	MaxPendingTasks       int      `toml:"max_pending_tasks"`
+	QueueSize             int      `toml:"queue_size"`
+	MaxJobDurationMinutes float64  `toml:"max_job_duration_minutes"`
+	MaxTryTimes           int      `toml:"max_try_times"`
+	Table                 string   `toml:"table"`
+	FieldPrefix           string   `toml:"field_prefix"`
+	FieldPrimaryKey       string   `toml:"field_primary_key"`
+	FieldID               string   `toml:"field_id"`
+	FieldTime             string   `toml:"field_time"`
+	FieldTimes            string   `toml:"field_times"`
+	FieldStartTime        string   `toml:"field_start_time"`
+	FieldEndTime          string   `toml:"field_end_time"`
+	FieldSuccess          string   `toml:"field_success"`
+	FieldErrorDescription string   `toml:"field_error_description"`
+	SQL                   string   `toml:"sql"`
+	Command               []string `toml:"command"`
+	SelectingSQL          string   `toml:"selecting_sql"`
+	RelaunchingSQL        string   `toml:"relaunching_sql"`
+	TotalSQL              string   `toml:"total_sql"`
+	CompletedSQL          string   `toml:"completed_sql"`
+	PendingSQL            string   `toml:"pending_sql"`
+	FailedSQL             string   `toml:"failed_sql"`
+}
+
+// duration is a TOML string parsed with time.ParseDuration ("1s", "500ms").
+type duration time.Duration
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+
+var nodeNameRE = regexp.MustCompile(nodeNamePattern)
+
+// build turns the decoded file into a Config, reporting every semantic
+// problem rather than the first.
+func (f *file) build(raw rawConfig) (*Config, error) {
+	var errs []error
+	bad := func(key, format string, args ...any) { errs = append(errs, f.errorf(key, format, args...)) }
+
+	c := &Config{
+		Path:     f.path,
+		Database: Database{URL: raw.Database.URL, URLEnv: raw.Database.URLEnv, Flavor: raw.Database.Flavor},
+		Dispatcher: DispatcherSettings{
+			Delay: time.Duration(raw.Dispatcher.Delay), LogFile: raw.Dispatcher.LogFile,
+			HeartbeatTimeout: time.Duration(raw.Dispatcher.HeartbeatTimeout),
+			StartSQL:         raw.Dispatcher.StartSQL, StartCommand: raw.Dispatcher.StartCommand,
+		},
+		Worker: WorkerSettings{
+			Delay: time.Duration(raw.Worker.Delay), LogFile: raw.Worker.LogFile,
+			HeartbeatInterval: time.Duration(raw.Worker.HeartbeatInterval),
+			GracePeriod:       time.Duration(raw.Worker.GracePeriod),
+			StartSQL:          raw.Worker.StartSQL, StartCommand: raw.Worker.StartCommand,
+		},
+	}
+
+	if fl := c.Database.Flavor; fl != FlavorPostgres && fl != FlavorCockroach {
+		bad("database.flavor", "got %q; use %q or %q (CockroachDB)", fl, FlavorPostgres, FlavorCockroach)
+	}
+	for _, d := range []struct {
+		key     string
+		v       time.Duration
+		canZero bool
+	}{
+		{"dispatcher.delay", c.Dispatcher.Delay, false},
+		{"dispatcher.heartbeat_timeout", c.Dispatcher.HeartbeatTimeout, false},
+		{"worker.delay", c.Worker.Delay, false},
+		{"worker.heartbeat_interval", c.Worker.HeartbeatInterval, false},
+		{"worker.grace_period", c.Worker.GracePeriod, true},
+	} {
+		if d.v < 0 || (d.v == 0 && !d.canZero) {
+			bad(d.key, "got %s; must be positive, such as \"1s\"", d.v)
+		}
+	}
+	if c.Dispatcher.HeartbeatTimeout <= c.Worker.HeartbeatInterval {
+		// Otherwise live workers are declared dead between two heartbeats.
+		bad("dispatcher.heartbeat_timeout", "%s must be longer than worker.heartbeat_interval (%s)",
+			c.Dispatcher.HeartbeatTimeout, c.Worker.HeartbeatInterval)
+	}
+	errs = append(errs, f.checkArgv("dispatcher.start_command", c.Dispatcher.StartCommand)...)
+	errs = append(errs, f.checkArgv("worker.start_command", c.Worker.StartCommand)...)
+
+	nodeAt := map[string]string{}
+	for i, rn := range raw.Nodes {
+		key := fmt.Sprintf("nodes[%d]", i)
+		n, nerrs := f.node(key, rn)
+		errs = append(errs, nerrs...)
+		if prev, dup := nodeAt[n.Name]; dup && n.Name != "" {
+			bad(key+".name", "node name %q is already used by %s; node names must be unique", n.Name, f.where(prev))
+		} else {
+			nodeAt[n.Name] = key
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+
+	jobAt := map[string]string{}
+	for i, rj := range raw.Jobs {
+		key := fmt.Sprintf("jobs[%d]", i)
+		j, jerrs := f.job(key, rj)
+		errs = append(errs, jerrs...)
+		if prev, dup := jobAt[j.Name]; dup && j.Name != "" {
+			bad(key+".name", "job name %q is already used by %s; job names must be unique", j.Name, f.where(prev))
+		} else {
+			jobAt[j.Name] = key
+		}
+		c.Jobs = append(c.Jobs, j)
+	}
+
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func (f *file) node(key string, rn rawNode) (Node, []error) {
+	var errs []error
+	bad := func(k, format string, args ...any) { errs = append(errs, f.errorf(key+k, format, args...)) }
+	n := Node{
+		Name: rn.Name, Host: rn.NetRemoteIP, Port: DefaultSSHPort, MaxWorkers: DefaultMaxWorkers,
+		User: rn.SSHUsername, Password: rn.SSHPassword, PasswordEnv: rn.SSHPasswordEnv,
+		PrivateKeyFile: rn.SSHPrivateKeyFile, KnownHostsFile: rn.KnownHostsFile, WorkDir: rn.WorkDir,
+	}
+	switch {
+	case rn.Name == "":
+		bad("", `name is required, such as name = "w1"`)
+	case !nodeNameRE.MatchString(rn.Name):
+		bad(".name", "%q: use letters, digits, '_' and '-' only (no dots: worker ids are <node>.<n>)", rn.Name)
+	}
+	if rn.SSHPort != nil {
+		n.Port = *rn.SSHPort
+	}
+	if rn.MaxWorkers != nil {
+		n.MaxWorkers = *rn.MaxWorkers
+	}
+	if n.MaxWorkers < 1 {
+		bad(".max_workers", "got %d; must be at least 1 (remove the node to run no workers on it)", n.MaxWorkers)
+	}
+
+	switch rn.Transport {
+	case "":
+		n.Local = rn.NetRemoteIP == localHost
+		if rn.NetRemoteIP == "" {
+			bad("", `net_remote_ip is required: the SSH host, or "local" for the control host itself`)
+		}
+	case "local":
+		n.Local = true
+		if rn.NetRemoteIP != "" && rn.NetRemoteIP != localHost {
+			bad(".transport", `"local" conflicts with net_remote_ip = %q; remove one of them`, rn.NetRemoteIP)
+		}
+	case "ssh":
+		if rn.NetRemoteIP == "" || rn.NetRemoteIP == localHost {
+			bad(".net_remote_ip", `transport "ssh" needs the SSH host here, such as "10.0.0.7"`)
+		}
+	default:
+		bad(".transport", `got %q; use "local" or "ssh"`, rn.Transport)
+	}
+
+	home := func(k, p string) string {
+		out, err := expandHome(p)
+		if err != nil {
+			bad(k, "%s: use an absolute path", err.Error())
+		}
+		return out
+	}
+	if n.Local {
+		// Local workers are child processes: ssh settings play no part.
+		n.Host = ""
+		dir := filepath.Dir(f.path)
+		if n.WorkDir != "" {
+			n.WorkDir = home(".work_dir", n.WorkDir)
+			if !filepath.IsAbs(n.WorkDir) {
+				n.WorkDir = filepath.Join(dir, n.WorkDir) // relative to the config file, not the cwd
+			}
+		} else {
+			n.WorkDir = dir
+		}
+		if abs, err := filepath.Abs(n.WorkDir); err == nil {
+			n.WorkDir = abs
+		}
+		return n, errs
+	}
+
+	if n.Port < 1 || n.Port > 65535 {
+		bad(".ssh_port", "got %d; use a TCP port from 1 to 65535 (default %d)", n.Port, DefaultSSHPort)
+	}
+	if n.User == "" {
+		bad("", `ssh_username is required for an SSH node, such as ssh_username = "root"`)
+	}
+	if n.Password != "" && n.PasswordEnv != "" {
+		bad(".ssh_password_env", "set either ssh_password or ssh_password_env, not both")
+	}
+	if n.KnownHostsFile == "" {
+		n.KnownHostsFile = DefaultKnownHostsFile
+	}
+	n.KnownHostsFile = home(".known_hosts_file", n.KnownHostsFile)
+	n.PrivateKeyFile = home(".ssh_private_key_file", n.PrivateKeyFile)
+	// The remote home is unknown here, but SSH sessions start in it, so a
+	// relative path means the same as "~/...".
+	switch {
+	case n.WorkDir == "" || n.WorkDir == "~" || n.WorkDir == "~/":
+		if n.WorkDir != "" {
+			n.WorkDir = "."
+		} else {
+			n.WorkDir = DefaultRemoteWorkDir
+		}
+	case strings.HasPrefix(n.WorkDir, "~/"):
+		n.WorkDir = strings.TrimPrefix(n.WorkDir, "~/")
+	case strings.HasPrefix(n.WorkDir, "~"):
+		bad(".work_dir", "%q: ~user is not supported; use an absolute path or one relative to the SSH user's home", n.WorkDir)
+	}
+	return n, errs
+}
+
+// maxMinutes keeps max_job_duration_minutes within time.Duration.
+var maxMinutes = float64(math.MaxInt64 / int64(time.Minute))
+
+func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
+	var errs []error
+	bad := func(k, format string, args ...any) { errs = append(errs, f.errorf(key+k, format, args...)) }
+	j := dispatcher.Job{
+		Name: rj.Name, Table: rj.Table,
+		MaxAssignedWorkers: rj.MaxAssignedWorkers, MaxPendingTasks: rj.MaxPendingTasks,
+		QueueSize: rj.QueueSize, MaxTryTimes: rj.MaxTryTimes,
+		Step: dispatcher.Step{SQL: rj.SQL, Command: rj.Command},
+		Snippets: dispatcher.Snippets{
+			SelectingSQL: rj.SelectingSQL, RelaunchingSQL: rj.RelaunchingSQL, TotalSQL: rj.TotalSQL,
+			CompletedSQL: rj.CompletedSQL, PendingSQL: rj.PendingSQL, FailedSQL: rj.FailedSQL,
+		},
+	}
+	if rj.Name == "" {
+		bad("", `name is required, such as name = "search_odd_numbers"`)
+	}
+	if rj.Table == "" {
+		bad("", `table is required: the table whose rows are the tasks, such as table = "numbers"`)
+	}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{
+		{".max_assigned_workers", rj.MaxAssignedWorkers}, {".max_pending_tasks", rj.MaxPendingTasks},
+		{".queue_size", rj.QueueSize}, {".max_try_times", rj.MaxTryTimes},
+	} {
+		if n.v < 0 {
+			bad(n.key, "got %d; must not be negative (0 or unset means the default)", n.v)
+		}
+	}
+	if m := rj.MaxJobDurationMinutes; !(m >= 0 && m <= maxMinutes) { // also catches nan
+		bad(".max_job_duration_minutes", "got %v; use a positive number of minutes (default %v)",
+			m, dispatcher.DefaultMaxJobDuration.Minutes())
+	} else {
+		j.MaxJobDuration = time.Duration(m * float64(time.Minute))
+	}
+	if rj.FilterWorkerID != "" {
+		re, err := regexp.Compile(rj.FilterWorkerID)
+		if err != nil {
+			bad(".filter_worker_id", "%s; use Go (RE2) syntax, such as %q for the first worker of each node", err.Error(), `\.1$`)
+		}
+		j.FilterWorkerID = re
+	}
+	if rj.SQL != "" && len(rj.Command) > 0 {
+		bad(".command", "set either sql or command, not both (neither: a Go handler registered as %q)", rj.Name)
+	}
+	errs = append(errs, f.checkArgv(key+".command", rj.Command)...)
+
+	prefix := rj.FieldPrefix
+	if prefix == "" {
+		prefix = rj.Name
+	}
+	// field_prefix sets the seed's naming; explicit field_* keys win.
+	j.Fields = dispatcher.FieldsFor(prefix, dispatcher.DefaultPrimaryKey)
+	for _, o := range []struct {
+		dst *string
+		v   string
+	}{
+		{&j.Fields.PrimaryKey, rj.FieldPrimaryKey}, {&j.Fields.ID, rj.FieldID}, {&j.Fields.Time, rj.FieldTime},
+		{&j.Fields.Times, rj.FieldTimes}, {&j.Fields.StartTime, rj.FieldStartTime},
+		{&j.Fields.EndTime, rj.FieldEndTime}, {&j.Fields.Success, rj.FieldSuccess},
+		{&j.Fields.ErrorDescription, rj.FieldErrorDescription},
+	} {
+		if o.v != "" {
+			*o.dst = o.v
+		}
+	}
+
+	j = j.WithDefaults()
+	if len(errs) == 0 {
+		if err := j.Validate(); err != nil {
+			errs = append(errs, f.errorf(key, "%s", err.Error()))
+		}
+	}
+	return j, errs
+}
+
+// checkArgv rejects argv whose program is empty; an empty argv means unset.
+func (f *file) checkArgv(key string, argv []string) []error {
+	if len(argv) > 0 && argv[0] == "" {
+		return []error{f.errorf(key, `the program (first element) is empty; use such as ["./check.sh", "--fast"]`)}
+	}
+	return nil
+}
+
+// expandHome replaces a leading "~" or "~/" with the home directory.
+func expandHome(p string) (string, error) {
+	if p != "~" && !strings.HasPrefix(p, "~/") {
+		if strings.HasPrefix(p, "~") {
+			return p, fmt.Errorf("%q: ~user is not supported", p)
+		}
+		return p, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return p, fmt.Errorf("expand %q: %w", p, err)
+	}
+	return filepath.Join(home, strings.TrimPrefix(p, "~")), nil
+}
