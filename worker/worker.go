@@ -218,7 +218,18 @@ func (w *Worker) loop(stop, work context.Context) {
 	bo := backoff.New(100*time.Millisecond, 30*time.Second)
 	job := ""
 	refresh := true
+	orphans := false // a chunk failed midway: its started rows are still ours
 	for stop.Err() == nil {
+		if orphans {
+			// Rows a failed chunk started go back to the queue, their attempt
+			// refunded: a lost connection is not the task's fault.
+			if err := w.requeueRunning(work); err != nil {
+				w.log.Error("cannot requeue interrupted rows; retrying", "err", err, "in", bo.Peek())
+				bo.Wait(stop)
+				continue
+			}
+			orphans = false
+		}
 		if refresh {
 			j, err := dispatcher.AssignedJob(work, w.pool, w.cfg.ID)
 			if err != nil {
@@ -245,6 +256,7 @@ func (w *Worker) loop(stop, work context.Context) {
 				return
 			}
 			w.log.Error("database error; retrying", "job", job, "err", err, "in", bo.Peek())
+			orphans = true
 			bo.Wait(stop)
 			refresh = true
 			continue
@@ -497,6 +509,15 @@ func decodeRow(raw json.RawMessage, dst *map[string]any) error {
 	d.UseNumber()
 	if err := d.Decode(dst); err != nil {
 		return fmt.Errorf("decode row: %w", err)
+	}
+	return nil
+}
+
+func (w *Worker) requeueRunning(ctx context.Context) error {
+	for _, q := range w.all {
+		if _, err := w.pool.Exec(ctx, q.Unstart, w.cfg.ID); err != nil {
+			return err
+		}
 	}
 	return nil
 }
