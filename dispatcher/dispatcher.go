@@ -102,6 +102,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	bo := backoff.New(100*time.Millisecond, 30*time.Second)
 	for ctx.Err() == nil {
 		if err := d.connect(ctx); err != nil {
+			if errors.Is(err, ErrNotSetUp) {
+				return err // retrying cannot fix the schema
+			}
 			d.log.Error("dispatcher cannot reach the database; retrying", "err", err, "in", bo.Peek())
 			bo.Wait(ctx)
 			continue

@@ -12,10 +12,11 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pampa-go/pampa/internal/leaktest"
 	"github.com/pampa-go/pampa/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.RunMain(m)) }
+func TestMain(m *testing.M) { os.Exit(leaktest.Check(pgtest.RunMain(m))) }
 
 // env is a schema with the seed's numbers table and Pampa set up.
 type env struct {

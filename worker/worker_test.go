@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/internal/leaktest"
 	"github.com/pampa-go/pampa/internal/pgtest"
 )
 
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(asWorkerEnv) != "" {
 		os.Exit(runAsWorker())
 	}
-	os.Exit(pgtest.RunMain(m))
+	os.Exit(leaktest.Check(pgtest.RunMain(m)))
 }
 
 func runAsWorker() int {

@@ -51,6 +51,7 @@ const Schema = "pampa_demo"
 const Config = `# The seed's example: find the odd numbers among 1..N.
 [database]
 url = %q
+url_env = ""  # the URL above already points at the demo schema
 
 [dispatcher]
 delay = "200ms"
@@ -138,7 +139,17 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		wg.Wait()
 		return Result{}, err
 	}
-	status, err := watch(ctx, conn, cfg.Jobs, o)
+	allExited := make(chan struct{})
+	go func() {
+		for _, w := range workers {
+			<-w
+		}
+		close(allExited)
+	}()
+	status, err := watch(ctx, conn, cfg.Jobs, o, allExited)
+	if errors.Is(err, errWorkersExited) {
+		err = fmt.Errorf("%w; their logs:\n%s", err, logTails(dir))
+	}
 	stop()
 	for _, w := range workers {
 		<-w
@@ -196,6 +207,22 @@ func WithSearchPath(conn, schema string) (string, error) {
 	return conn + " search_path=" + schema, nil
 }
 
+var errWorkersExited = errors.New("demo: every worker exited before the job was done")
+
+// logTails returns the end of every worker log in dir.
+func logTails(dir string) string {
+	files, _ := filepath.Glob(filepath.Join(dir, "worker.*.log"))
+	var b strings.Builder
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		if len(data) > 1500 {
+			data = data[len(data)-1500:]
+		}
+		fmt.Fprintf(&b, "==> %s <==\n%s\n", filepath.Base(f), data)
+	}
+	return b.String()
+}
+
 // startWorkers runs worker processes as children that die with the demo:
 // TERM when ctx ends, KILL if they outlive a grace period.
 func startWorkers(ctx context.Context, bin, cfgPath string, ids []string, dir string) ([]chan struct{}, error) {
@@ -223,7 +250,7 @@ func startWorkers(ctx context.Context, bin, cfgPath string, ids []string, dir st
 }
 
 // watch prints progress until every row ended or ctx ends.
-func watch(ctx context.Context, conn *pgx.Conn, jobs []dispatcher.Job, o Options) (dispatcher.JobStatus, error) {
+func watch(ctx context.Context, conn *pgx.Conn, jobs []dispatcher.Job, o Options, exited <-chan struct{}) (dispatcher.JobStatus, error) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	begin := time.Now()
@@ -252,6 +279,8 @@ func watch(ctx context.Context, conn *pgx.Conn, jobs []dispatcher.Job, o Options
 			return s, nil
 		}
 		select {
+		case <-exited:
+			return s, errWorkersExited
 		case <-ctx.Done():
 			if o.Terminal {
 				fmt.Fprintln(o.Progress)

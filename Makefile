@@ -1,0 +1,37 @@
+# Pampa's front door. `make help` lists the targets.
+GO      ?= go
+BIN     ?= bin
+PKGS    ?= ./...
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: help build test test-short bench demo lint dist clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/pampactl (controller, dispatcher and worker in one binary)
+	$(GO) build -o $(BIN)/pampactl ./cmd/pampactl
+
+test: ## run every test with the race detector (needs PostgreSQL and OpenSSH server binaries; .ci/run installs them)
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+test-short: ## tests without the race detector, for a quick loop
+	$(GO) test -count=1 $(PKGS)
+
+bench: build ## measure throughput and latency against River and a raw-SQL ceiling; writes BENCHMARKS.md
+	cd bench && $(GO) run . -out ../BENCHMARKS.md
+
+demo: build ## the seed's example: 100,000 numbers, a dispatcher and two local workers on a private PostgreSQL
+	./$(BIN)/pampactl demo
+
+lint: ## go vet and a gofmt check
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+dist: ## cross-build pampactl for linux/amd64 and linux/arm64 into dist/ (what nodes deploy pushes)
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o dist/pampactl-linux-amd64 ./cmd/pampactl
+	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -trimpath -o dist/pampactl-linux-arm64 ./cmd/pampactl
+
+clean: ## remove build outputs
+	rm -rf $(BIN) dist
