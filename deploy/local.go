@@ -7,6 +7,7 @@ import (
 	"io"
 	"os/exec"
 	"strings"
+	"time"
 )
 
 // Local runs commands on the control host: the remote of a local node.
@@ -31,4 +32,13 @@ func (Local) Run(ctx context.Context, argv []string, stdin io.Reader) ([]byte, e
 		return stdout.Bytes(), err
 	}
 	return stdout.Bytes(), nil
+}
+
+// Stream runs argv, copying its output as it arrives. Cancelling ctx
+// kills it.
+func (Local) Stream(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	cmd.WaitDelay = time.Second
+	return cmd.Run()
 }

@@ -42,20 +42,31 @@ func LogFile(id string) string { return "worker." + id + ".log" }
 const aliveFunc = `alive() { kill -0 "$1" 2>/dev/null && tr '\0' ' ' < /proc/"$1"/cmdline 2>/dev/null | grep -qF -- "--id $2 "; }
 `
 
-// startScript: $1 work dir, $2 id, then the worker argv. setsid -f returns
-// at once and the worker survives the session that started it; the pid it
-// writes is its process group, which stop signals as a whole.
+// startScript: $1 work dir, $2 the number K of ids, then the K ids, then
+// the worker argv. All workers of a node start in one round trip: each SSH
+// command costs the login shell's start-up on the node. Ids are node.N with
+// node names of [A-Za-z0-9_-] only, so $ids splits safely. setsid -f
+// returns at once and the worker survives the session that started it; the
+// pid it writes is its process group, which stop signals as a whole.
 const startScript = aliveFunc + `set -e
-cd "$1"; id=$2; shift 2
-pidfile=run/$id.pid
+cd "$1"; k=$2; shift 2
+ids=""; i=0
+while [ $i -lt "$k" ]; do ids="$ids $1"; shift; i=$((i+1)); done
 mkdir -p run
-if [ -s "$pidfile" ] && alive "$(cat "$pidfile")" "$id"; then echo "running $(cat "$pidfile")"; exit 0; fi
-rm -f "$pidfile"
-setsid -f sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" --id "$id" >> "worker.$id.log" 2>&1 < /dev/null
-i=0
-while [ ! -s "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-[ -s "$pidfile" ] || { echo "worker $id did not start; see worker.$id.log" >&2; exit 1; }
-echo "started $(cat "$pidfile")"
+for id in $ids; do
+  pidfile=run/$id.pid
+  if [ -s "$pidfile" ] && alive "$(cat "$pidfile")" "$id"; then continue; fi
+  rm -f "$pidfile"
+  setsid -f sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" --id "$id" >> "worker.$id.log" 2>&1 < /dev/null
+  echo "$id new"
+done
+for id in $ids; do
+  pidfile=run/$id.pid
+  i=0
+  while [ ! -s "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+  [ -s "$pidfile" ] || { echo "worker $id did not start; see worker.$id.log" >&2; exit 1; }
+  echo "$id $(cat "$pidfile")"
+done
 `
 
 // stopScript: $1 work dir, $2 grace seconds, then ids. TERM to each
@@ -109,25 +120,42 @@ type ProcessState struct {
 }
 
 // Start starts the given workers that are not running; running ones are
-// left alone, so Start is idempotent.
+// left alone, so Start is idempotent. It costs one command on the node.
 func Start(ctx context.Context, r Remote, n Node, ids []string) ([]ProcessState, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := append([]string{n.WorkDir, strconv.Itoa(len(ids))}, ids...)
+	stdout, err := r.Run(ctx, sh(startScript, append(args, n.Command...)...), nil)
+	if err != nil {
+		return nil, fmt.Errorf("start workers: %w", err)
+	}
+	return parseStarted(stdout), nil
+}
+
+// parseStarted reads "id new" for each worker started, then "id pid" for
+// every worker.
+func parseStarted(b []byte) []ProcessState {
+	started := map[string]bool{}
 	var out []ProcessState
-	for _, id := range ids {
-		stdout, err := r.Run(ctx, sh(startScript, append([]string{n.WorkDir, id}, n.Command...)...), nil)
-		if err != nil {
-			return out, fmt.Errorf("start worker %s: %w", id, err)
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 {
+			continue
 		}
-		f := strings.Fields(string(stdout))
-		st := ProcessState{ID: id, State: "started"}
-		if len(f) == 2 {
-			st.PID, _ = strconv.Atoi(f[1])
-			if f[0] == "running" {
-				st.State = "running"
-			}
+		if f[1] == "new" {
+			started[f[0]] = true
+			continue
+		}
+		st := ProcessState{ID: f[0], State: "running"}
+		st.PID, _ = strconv.Atoi(f[1])
+		if started[f[0]] {
+			st.State = "started"
 		}
 		out = append(out, st)
 	}
-	return out, nil
+	return out
 }
 
 // Stop sends TERM to the workers, waits up to grace, then KILLs the rest.

@@ -49,6 +49,7 @@ const (
 	DefaultMaxWorkers        = 1
 	DefaultRemoteWorkDir     = "pampa"              // relative to the SSH user's home
 	DefaultKnownHostsFile    = "~/.ssh/known_hosts" // on the control host
+	DefaultDBTunnelPort      = 15432                // db_tunnel_port: where a node's tunnel listens
 )
 
 const (
@@ -110,6 +111,11 @@ type Node struct {
 	// relative to the SSH user's home ("~/x" is stored as "x").
 	WorkDir    string
 	MaxWorkers int
+	// DBTunnel: the node cannot reach the database, so `pampactl up` keeps
+	// an SSH reverse tunnel from 127.0.0.1:DBTunnelPort on the node to the
+	// database, and the node's workers connect there (NodeDatabaseURL).
+	DBTunnel     bool
+	DBTunnelPort int // default DefaultDBTunnelPort when DBTunnel is set
 }
 
 // WorkerIDs returns the ids of the node's workers: "name.1" .. "name.N".
@@ -280,6 +286,8 @@ type rawNode struct {
 	KnownHostsFile    string `toml:"known_hosts_file"`
 	WorkDir           string `toml:"work_dir"`
 	MaxWorkers        *int   `toml:"max_workers"`
+	DBTunnel          bool   `toml:"db_tunnel"`
+	DBTunnelPort      *int   `toml:"db_tunnel_port"`
 }
 
 type rawJob struct {
@@ -411,6 +419,13 @@ func (f *file) node(key string, rn rawNode) (Node, []error) {
 		Name: rn.Name, Host: rn.NetRemoteIP, Port: DefaultSSHPort, MaxWorkers: DefaultMaxWorkers,
 		User: rn.SSHUsername, Password: rn.SSHPassword, PasswordEnv: rn.SSHPasswordEnv,
 		PrivateKeyFile: rn.SSHPrivateKeyFile, KnownHostsFile: rn.KnownHostsFile, WorkDir: rn.WorkDir,
+		DBTunnel: rn.DBTunnel,
+	}
+	if n.DBTunnel {
+		n.DBTunnelPort = DefaultDBTunnelPort
+	}
+	if rn.DBTunnelPort != nil {
+		n.DBTunnelPort = *rn.DBTunnelPort
 	}
 	switch {
 	case rn.Name == "":
@@ -453,6 +468,12 @@ func (f *file) node(key string, rn rawNode) (Node, []error) {
 			bad(k, "%s: use an absolute path", err.Error())
 		}
 		return out
+	}
+	if n.DBTunnel && (n.DBTunnelPort < 1 || n.DBTunnelPort > 65535) {
+		bad(".db_tunnel_port", "got %d; use a TCP port from 1 to 65535 (default %d)", n.DBTunnelPort, DefaultDBTunnelPort)
+	}
+	if n.Local && n.DBTunnel {
+		bad(".db_tunnel", "a local node reaches the database directly; remove db_tunnel")
 	}
 	if n.Local {
 		// Local workers are child processes: ssh settings play no part.

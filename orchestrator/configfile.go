@@ -195,6 +195,11 @@ func (f *file) checkTypes(t reflect.Type, m map[string]any, prefix string) []err
 				continue
 			}
 			want = "a string"
+		case ft.Kind() == reflect.Bool:
+			if _, ok := v.(bool); ok {
+				continue
+			}
+			want = "true or false"
 		case ft.Kind() == reflect.Int:
 			if _, ok := v.(int64); ok {
 				continue

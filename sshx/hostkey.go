@@ -1,12 +1,14 @@
 package sshx
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -144,3 +146,64 @@ type placeholderKey struct{}
 func (placeholderKey) Type() string                        { return "placeholder" }
 func (placeholderKey) Marshal() []byte                     { return []byte("placeholder") }
 func (placeholderKey) Verify([]byte, *ssh.Signature) error { return errors.New("placeholder key") }
+
+// errKeyScanned ends a handshake once the host key is known.
+var errKeyScanned = errors.New("host key scanned")
+
+// TrustHostKey fetches the node's host key (no authentication needed) and
+// records it in cfg.KnownHostsFile unless it is there already. It returns
+// the key's SHA256 fingerprint and whether it was added. A key different
+// from the recorded one is a *HostKeyError and is not recorded.
+func TrustHostKey(ctx context.Context, cfg Config) (fingerprint string, added bool, err error) {
+	target, jumps, err := cfg.resolve()
+	if err != nil {
+		return "", false, fmt.Errorf("trust host key of %s: %w", cfg.Host, err)
+	}
+	addr := target.addr()
+	if len(jumps) > 0 {
+		return "", false, fmt.Errorf("trust host key of %s: reached through ProxyJump; record it with ssh(1) instead", addr)
+	}
+	hosts, err := newHostKeyCheck(cfg.KnownHostsFile, false)
+	if err != nil {
+		return "", false, fmt.Errorf("trust host key of %s: %w", addr, err)
+	}
+	var key ssh.PublicKey
+	scan := Config{ConnectTimeout: cfg.ConnectTimeout, HandshakeTimeout: cfg.HandshakeTimeout}
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, cmp(scan.ConnectTimeout, defaultConnectTimeout))
+	conn, err := d.DialContext(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		return "", false, fmt.Errorf("trust host key of %s: connect: %w", addr, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(cmp(scan.HandshakeTimeout, defaultHandshakeTimeout)))
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	_, _, _, err = ssh.NewClientConn(conn, addr, &ssh.ClientConfig{
+		User:              "pampa-keyscan",
+		HostKeyAlgorithms: hosts.algorithms(addr),
+		HostKeyCallback: func(_ string, _ net.Addr, k ssh.PublicKey) error {
+			key = k
+			return errKeyScanned
+		},
+	})
+	if key == nil {
+		if ctx.Err() != nil {
+			return "", false, fmt.Errorf("trust host key of %s: %w", addr, context.Cause(ctx))
+		}
+		return "", false, fmt.Errorf("trust host key of %s: ssh handshake: %w", addr, err)
+	}
+	fingerprint = ssh.FingerprintSHA256(key)
+	switch err := hosts.callback(addr, conn.RemoteAddr(), key); {
+	case err == nil:
+		return fingerprint, false, nil
+	case errors.As(err, new(*UnknownHostError)):
+		if err := hosts.record(addr, key); err != nil {
+			return fingerprint, false, err
+		}
+		return fingerprint, true, nil
+	default:
+		return fingerprint, false, err
+	}
+}

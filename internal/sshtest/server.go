@@ -48,6 +48,10 @@ type Server struct {
 	KeyPassphrase    string
 	// Password is accepted for User; empty when password login is off (sshd).
 	Password string
+	// AuthorizedKeysFile also lists accepted keys, read at each login, so a
+	// test can install a key (as `pampactl nodes bootstrap` does). It may
+	// not exist yet.
+	AuthorizedKeysFile string
 
 	Dir string // private directory holding the server's files
 }
@@ -177,6 +181,7 @@ func NewServer(tb testing.TB) *Server {
 	tb.Helper()
 	s, hostPriv, clientKeys := newIdentity(tb)
 	s.Password = "s3cret-" + rand.Text()
+	s.AuthorizedKeysFile = filepath.Join(s.Dir, "authorized_keys")
 	hostSigner, err := ssh.NewSignerFromKey(hostPriv)
 	if err != nil {
 		tb.Fatal(err)
@@ -189,7 +194,7 @@ func NewServer(tb testing.TB) *Server {
 			return nil, errors.New("wrong password")
 		},
 		PublicKeyCallback: func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
-			for _, k := range clientKeys {
+			for _, k := range append(clientKeys, readAuthorizedKeys(s.AuthorizedKeysFile)...) {
 				if meta.User() == s.User && bytes.Equal(key.Marshal(), k.Marshal()) {
 					return nil, nil
 				}
@@ -209,6 +214,21 @@ func NewServer(tb testing.TB) *Server {
 	go srv.serve()
 	tb.Cleanup(srv.close)
 	return s
+}
+
+// readAuthorizedKeys parses an authorized_keys file; a missing file or a
+// bad line yields fewer keys.
+func readAuthorizedKeys(path string) []ssh.PublicKey {
+	data, err := os.ReadFile(path)
+	var keys []ssh.PublicKey
+	for err == nil && len(data) > 0 {
+		var k ssh.PublicKey
+		k, _, _, data, err = ssh.ParseAuthorizedKey(data)
+		if err == nil {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }
 
 func (srv *inproc) serve() {

@@ -32,6 +32,7 @@ func StartSSHD(tb testing.TB) *Server {
 	hostKeyFile := filepath.Join(s.Dir, "host_ed25519")
 	writeKey(tb, hostKeyFile, hostPriv, "")
 	authorized := filepath.Join(s.Dir, "authorized_keys")
+	s.AuthorizedKeysFile = authorized
 	var keys []byte
 	for _, k := range clientKeys {
 		keys = append(keys, ssh.MarshalAuthorizedKey(k)...)

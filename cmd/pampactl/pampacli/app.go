@@ -20,7 +20,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -69,6 +68,7 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string, opts Options) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, opts: opts}
 	app := e.app()
+	ownHelpCommands(app) // concurrent Runs must not share urfave's help command
 	err := app.RunContext(ctx, args)
 	return e.exitCode(ctx, err)
 }
@@ -83,7 +83,7 @@ func (e *env) exitCode(ctx context.Context, err error) int {
 	switch {
 	case errors.As(err, &partial):
 		return ExitPartial
-	case errors.As(err, &ue), errors.Is(err, orchestrator.ErrConfig):
+	case errors.As(err, &ue), errors.Is(err, orchestrator.ErrConfig), errors.Is(err, dispatcher.ErrNotSetUp):
 		return ExitUsage
 	case ctx.Err() != nil:
 		return ExitInterrupted
@@ -92,7 +92,7 @@ func (e *env) exitCode(ctx context.Context, err error) int {
 }
 
 func (e *env) app() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:      "pampactl",
 		Usage:     "distribute the rows of your own tables over workers on many machines",
 		Writer:    e.stdout,
@@ -102,11 +102,11 @@ func (e *env) app() *cli.App {
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "cluster file (env PAMPA_CONFIG)", Value: ""},
 			&cli.StringFlag{Name: "db", Usage: "database flavor: postgres or crdb (overrides [database] flavor)"},
 			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, Usage: "debug logs"},
-		},
+		}, sshFlags()...),
 		Commands: []*cli.Command{
 			e.dbCommand(),
 			e.dispatcherCommand(),
@@ -115,7 +115,21 @@ func (e *env) app() *cli.App {
 			e.jobsCommand(),
 			e.demoCommand(),
 			e.periodicCommand(),
+			e.nodesCommand(),
+			e.logsCommand(),
+			e.upCommand(),
+			e.downCommand(),
 		},
+	}
+	markUsageErrors(app.Commands)
+	return app
+}
+
+// markUsageErrors makes flag errors of every subcommand exit with code 2.
+func markUsageErrors(cmds []*cli.Command) {
+	for _, c := range cmds {
+		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+		markUsageErrors(c.Subcommands)
 	}
 }
 
@@ -202,5 +216,3 @@ func plural(n int, word string) string {
 	}
 	return fmt.Sprintf("%d %ss", n, word)
 }
-
-var _ = strings.TrimSpace

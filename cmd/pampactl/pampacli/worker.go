@@ -30,7 +30,7 @@ func (e *env) workerCommand() *cli.Command {
 				if !ok {
 					return usagef("worker id %q: no node %q in %s", id, nodeName, cfg.Path)
 				}
-				url, err := cfg.DatabaseURL(e.getenv)
+				url, err := cfg.NodeDatabaseURL(node, e.getenv) // through the db tunnel when the node has one
 				if err != nil {
 					return err
 				}

@@ -1,0 +1,241 @@
+package pampacli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/internal/pgtest"
+)
+
+// The test binary doubles as pampactl: the worker processes that `workers
+// start` and the demo launch are this binary with this variable set.
+const asMainEnv = "PAMPACLI_TEST_AS_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asMainEnv) != "" {
+		Main(Options{})
+	}
+	os.Setenv(asMainEnv, "1") // inherited by the workers we start
+	os.Exit(pgtest.RunMain(m))
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, ctx context.Context, env map[string]string, args ...string) result {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	getenv := func(k string) string { return env[k] }
+	code := Run(ctx, append([]string{"pampactl"}, args...), strings.NewReader(""), &stdout, &stderr, getenv, Options{})
+	return result{code, stdout.String(), stderr.String()}
+}
+
+func writeConfig(t *testing.T, dir, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, "cluster.toml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigErrorExitsTwoAndNamesTheLine(t *testing.T) {
+	t.Parallel()
+	p := writeConfig(t, t.TempDir(), `[database]
+url = "postgres://x@127.0.0.1:1/x"
+
+[[jobs]]
+name = "j"
+table = "t"
+queue_sise = 5
+`)
+	r := run(t, t.Context(), nil, "--config", p, "jobs", "status")
+	if r.code != ExitUsage {
+		t.Fatalf("exit %d, want 2; stderr: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"cluster.toml:7", "queue_sise", `did you mean "queue_size"`} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr %q lacks %q", r.stderr, want)
+		}
+	}
+}
+
+func TestMissingConfigAndBadUsage(t *testing.T) {
+	t.Parallel()
+	r := run(t, t.Context(), nil, "--config", filepath.Join(t.TempDir(), "none.toml"), "jobs", "status")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "cluster.toml.example") {
+		t.Fatalf("missing config: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = run(t, t.Context(), nil, "dispatcher", "run", "--no-such-flag")
+	if r.code != ExitUsage {
+		t.Fatalf("unknown flag: exit %d, want 2; stderr %q", r.code, r.stderr)
+	}
+	r = run(t, t.Context(), nil, "periodic", "--once")
+	if r.code != ExitUsage {
+		t.Fatalf("periodic without a command: exit %d, want 2", r.code)
+	}
+}
+
+func TestPeriodicOnce(t *testing.T) {
+	t.Parallel()
+	if r := run(t, t.Context(), nil, "periodic", "--once", "--", "true"); r.code != 0 {
+		t.Fatalf("true: exit %d, stderr %s", r.code, r.stderr)
+	}
+	r := run(t, t.Context(), nil, "periodic", "--once", "--", "sh", "-c", "echo nope >&2; exit 3")
+	if r.code != ExitFailure || !strings.Contains(r.stderr, "nope") {
+		t.Fatalf("failing command: exit %d, stderr %s", r.code, r.stderr)
+	}
+}
+
+const localConfig = `[database]
+url = %q
+url_env = ""
+
+[dispatcher]
+delay = "100ms"
+log_file = ""
+heartbeat_timeout = "5s"
+
+[worker]
+delay = "100ms"
+heartbeat_interval = "500ms"
+grace_period = "5s"
+
+[[nodes]]
+name = "local"
+net_remote_ip = "local"
+max_workers = 2
+work_dir = %q
+
+[[jobs]]
+name = "search_odd_numbers"
+table = "numbers"
+field_primary_key = "value"
+field_prefix = "odd_checking"
+queue_size = 50
+max_pending_tasks = 100
+sql = "update numbers set is_odd = (value %% 2 = 1) where value = $1"
+`
+
+// TestLocalWorkflow is a user's story on one machine: set up the database,
+// start local workers, run the dispatcher, watch progress, stop.
+func TestLocalWorkflow(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `create table numbers (value bigint primary key, is_odd boolean);
+insert into numbers (value) select generate_series(1, 1000)`); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, fmt.Sprintf(localConfig, url, dir))
+	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
+
+	if r := c("db", "setup"); r.code != 0 {
+		t.Fatalf("db setup: %d %s", r.code, r.stderr)
+	}
+	r := c("workers", "start", "--node", "local")
+	if r.code != 0 || strings.Count(r.stdout, "started") != 2 {
+		t.Fatalf("workers start: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { c("workers", "stop") })
+	if r := c("workers", "start"); r.code != 0 || strings.Count(r.stdout, "running") != 2 {
+		t.Fatalf("second workers start should find both running: %q %q", r.stdout, r.stderr)
+	}
+
+	dctx, stopDispatcher := context.WithCancel(ctx)
+	done := make(chan result, 1)
+	go func() { done <- run(t, dctx, nil, "--config", cfg, "dispatcher", "run", "--no-log-file") }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		r := c("jobs", "status", "--json")
+		var st []dispatcher.JobStatus
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+			t.Fatalf("jobs status --json: %v: %q %q", err, r.stdout, r.stderr)
+		}
+		if st[0].Completed == 1000 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not done in time: %+v\n%s", st[0], logs(dir))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	stopDispatcher()
+	if r := <-done; r.code != 0 && r.code != ExitInterrupted {
+		t.Fatalf("dispatcher run: exit %d, %s", r.code, r.stderr)
+	}
+
+	r = c("workers", "status", "--json")
+	var rows []workerRow
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+		t.Fatalf("workers status --json: %v: %q", err, r.stdout)
+	}
+	var total int64
+	for _, w := range rows {
+		if w.Process != "running" || w.PID == 0 || w.State != "alive" {
+			t.Fatalf("worker %+v should be running and alive", w)
+		}
+		total += w.RowsDone
+	}
+	if total != 1000 {
+		t.Fatalf("workers report %d rows done, want 1000", total)
+	}
+	if r := c("jobs", "status"); !strings.Contains(r.stdout, "COMPLETED") || !strings.Contains(r.stdout, "1000") {
+		t.Fatalf("jobs status table: %q", r.stdout)
+	}
+
+	r = c("workers", "stop")
+	if r.code != 0 || strings.Count(r.stdout, "stopped") != 2 {
+		t.Fatalf("workers stop: exit %d, %q %q", r.code, r.stdout, r.stderr)
+	}
+	r = c("workers", "status", "--json")
+	rows = nil
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range rows {
+		if w.Process != "none" || w.State != "stopped" {
+			t.Fatalf("after stop, worker %+v should have no process and be stopped", w)
+		}
+	}
+}
+
+func logs(dir string) string {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	var b strings.Builder
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		fmt.Fprintf(&b, "==> %s <==\n%s\n", f, data)
+	}
+	return b.String()
+}
+
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"PAMPA_DATABASE_URL": pgtest.Schema(t)}
+	r := run(t, t.Context(), env, "demo", "--rows", "3000", "--queue-size", "100")
+	if r.code != 0 {
+		t.Fatalf("demo: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "3000 total, 3000 completed, 0 failed, 0 pending") || !strings.Contains(r.stdout, "0 wrong") {
+		t.Fatalf("demo totals: %s", r.stdout)
+	}
+}

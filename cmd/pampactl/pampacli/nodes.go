@@ -1,0 +1,487 @@
+package pampacli
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/pampa-go/pampa/orchestrator"
+	"github.com/pampa-go/pampa/sshx"
+)
+
+// sshFleet is the Fleet of commands that reach SSH nodes.
+func (e *env) sshFleet(c *cli.Context) (*orchestrator.Fleet, error) {
+	f, err := e.fleet(c)
+	if err != nil {
+		return nil, err
+	}
+	f.Parallel = flagInt(c, "parallel", 16)
+	if f.Parallel < 1 {
+		return nil, usagef("--parallel %d: must be at least 1", f.Parallel)
+	}
+	f.Logger, _, _ = e.logger(c, "")
+	return f, nil
+}
+
+func withSSHFlags(flags ...cli.Flag) []cli.Flag {
+	return append(append([]cli.Flag{newNodeFlag()}, flags...), sshFlags()...)
+}
+
+// Flags are built per App: urfave writes into them while parsing, so a
+// shared *cli.Flag would race between concurrent Runs.
+func jsonFlag() cli.Flag { return &cli.BoolFlag{Name: "json", Usage: "print JSON"} }
+
+func binaryFlag() cli.Flag {
+	return &cli.StringFlag{Name: "binary", Usage: "push this pampactl build instead of the one for the node's platform (checked against it)"}
+}
+
+func newNodeFlag() cli.Flag {
+	return &cli.StringSliceFlag{Name: "node", Aliases: []string{"n"}, Usage: "only this node (repeatable); all nodes by default"}
+}
+
+func (e *env) nodesCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "nodes",
+		Usage: "list, check, trust, bootstrap and deploy to the nodes of the cluster",
+		Subcommands: []*cli.Command{
+			{Name: "list", Usage: "list the nodes of the config", Flags: []cli.Flag{newNodeFlag(), jsonFlag()}, Action: e.nodesList},
+			{Name: "check", Usage: "check that the nodes are reachable and what they run", Flags: withSSHFlags(jsonFlag(), binaryFlag()), Action: e.nodesCheck},
+			{Name: "trust", Usage: "record the host key of SSH nodes in known_hosts", ArgsUsage: "NODE...", Flags: withSSHFlags(), Action: e.nodesTrust},
+			{Name: "bootstrap", Usage: "install this host's SSH key on the nodes (logging in with ssh_password the first time), create the work dir",
+				Flags:  withSSHFlags(&cli.StringFlag{Name: "authorized-keys", Usage: "authorized_keys file on the node (default ~/.ssh/authorized_keys)"}),
+				Action: e.nodesBootstrap},
+			{Name: "deploy", Usage: "push the worker binary and the config to the SSH nodes (skipping unchanged files)",
+				Flags:  withSSHFlags(jsonFlag(), binaryFlag(), &cli.BoolFlag{Name: "restart", Usage: "restart running workers where something changed"}),
+				Action: e.nodesDeploy},
+		},
+	}
+}
+
+type nodeView struct {
+	Name       string `json:"name"`
+	Addr       string `json:"addr"`
+	User       string `json:"user,omitempty"`
+	Transport  string `json:"transport"`
+	MaxWorkers int    `json:"max_workers"`
+	WorkDir    string `json:"work_dir"`
+	DBTunnel   bool   `json:"db_tunnel,omitempty"`
+}
+
+func (e *env) nodesList(c *cli.Context) error {
+	cfg, err := e.loadConfig(c)
+	if err != nil {
+		return err
+	}
+	f := &orchestrator.Fleet{Config: cfg}
+	nodes, err := f.Nodes(c.StringSlice("node"))
+	if err != nil {
+		return err
+	}
+	var rows []nodeView
+	for _, n := range nodes {
+		v := nodeView{Name: n.Name, Addr: n.Addr(), User: n.User, Transport: "ssh", MaxWorkers: n.MaxWorkers, WorkDir: n.WorkDir, DBTunnel: n.DBTunnel}
+		if n.Local {
+			v.Transport = "local"
+		}
+		rows = append(rows, v)
+	}
+	if c.Bool("json") {
+		return e.printJSON(rows)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tADDRESS\tUSER\tTRANSPORT\tWORKERS\tWORK DIR")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, r.Addr, dash(r.User), r.Transport, r.MaxWorkers, r.WorkDir)
+	}
+	return tw.Flush()
+}
+
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// binaryFunc picks the pampactl build pushed to a node of a platform: this
+// executable for the control host's own platform, else
+// pampactl-GOOS-GOARCH from `make dist`, next to this executable, in its
+// dist directory, or in ./dist. --binary overrides it.
+func (e *env) binaryFunc(c *cli.Context) orchestrator.BinaryFunc {
+	if p := c.String("binary"); p != "" {
+		return func(string, string) (string, error) { return p, nil }
+	}
+	return func(goos, goarch string) (string, error) {
+		self, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("find this executable: %w", err)
+		}
+		if goos == runtime.GOOS && goarch == runtime.GOARCH {
+			return self, nil
+		}
+		name := "pampactl-" + goos + "-" + goarch
+		dirs := []string{filepath.Dir(self), filepath.Join(filepath.Dir(self), "dist"), "dist"}
+		for _, d := range dirs {
+			p := filepath.Join(d, name)
+			if _, err := os.Stat(p); err == nil {
+				return p, nil
+			}
+		}
+		return "", fmt.Errorf("no pampactl build for %s/%s: looked for %s in %s; run `make dist` (or GOOS=%s GOARCH=%s go build -o dist/%s ./cmd/pampactl)",
+			goos, goarch, name, strings.Join(dirs, ", "), goos, goarch, name)
+	}
+}
+
+func (e *env) configData(cfg *orchestrator.Config) ([]byte, error) {
+	data, err := os.ReadFile(cfg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return data, nil
+}
+
+func (e *env) nodesCheck(c *cli.Context) error {
+	f, err := e.sshFleet(c)
+	if err != nil {
+		return err
+	}
+	data, err := e.configData(f.Config)
+	if err != nil {
+		return err
+	}
+	res, err := f.Check(c.Context, c.StringSlice("node"), e.binaryFunc(c), data)
+	if c.Bool("json") {
+		if jerr := e.printJSON(res); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tPLATFORM\tFREE\tBINARY\tCONFIG")
+	for _, r := range res {
+		status, free := "ok", "-"
+		if !r.OK {
+			status = "FAILED"
+		}
+		if r.Platform != "" {
+			free = humanBytes(r.FreeKiB << 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.Addr, status, dash(r.Platform), free, r.Binary, r.Config)
+	}
+	tw.Flush()
+	return err
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func (e *env) nodesTrust(c *cli.Context) error {
+	cfg, err := e.loadConfig(c)
+	if err != nil {
+		return err
+	}
+	if c.NArg() == 0 {
+		return usagef("nodes trust: name the nodes, such as: pampactl nodes trust w1")
+	}
+	f := &orchestrator.Fleet{Config: cfg}
+	nodes, err := f.Nodes(append(c.Args().Slice(), c.StringSlice("node")...))
+	if err != nil {
+		return err
+	}
+	failed := map[string]error{}
+	for _, n := range nodes {
+		if n.Local {
+			fmt.Fprintf(e.stdout, "%s\tlocal node: no host key\n", n.Name)
+			continue
+		}
+		sc, err := e.sshConfig(c, n)
+		if err != nil {
+			failed[n.Name] = err
+			continue
+		}
+		fp, added, err := sshx.TrustHostKey(c.Context, sc)
+		if err != nil {
+			failed[n.Name] = err
+			continue
+		}
+		verb := "already trusted"
+		if added {
+			verb = "added to " + n.KnownHostsFile
+		}
+		fmt.Fprintf(e.stdout, "%s\t%s\t%s\t%s\n", n.Name, n.Addr(), fp, verb)
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	if len(nodes) == 1 {
+		for name, err := range failed {
+			return fmt.Errorf("trust node %q: %w", name, err)
+		}
+	}
+	return &orchestrator.PartialError{Op: "trust host keys", Failed: failed, Total: len(nodes)}
+}
+
+func (e *env) nodesBootstrap(c *cli.Context) error {
+	f, err := e.sshFleet(c)
+	if err != nil {
+		return err
+	}
+	nodes, err := f.Nodes(c.StringSlice("node"))
+	if err != nil {
+		return err
+	}
+	// Every node must be bootstrapped with the key it will then log in
+	// with: its ssh_private_key_file, or one generated for Pampa.
+	byKey := map[string][]string{}
+	var generated string
+	for _, n := range nodes {
+		if n.Local {
+			continue
+		}
+		key := n.PrivateKeyFile
+		if key == "" {
+			if generated == "" {
+				if generated, err = e.pampaKey(); err != nil {
+					return err
+				}
+			}
+			key = generated
+		}
+		byKey[key] = append(byKey[key], n.Name)
+	}
+	var all []orchestrator.NodeBootstrap
+	failed := map[string]error{}
+	for key, names := range byKey {
+		pub, err := e.publicKey(key)
+		if err != nil {
+			return err
+		}
+		opts := orchestrator.BootstrapOptions{Names: names, PublicKey: pub, AuthorizedKeys: c.String("authorized-keys")}
+		if key == generated {
+			opts.KeyFile = generated
+		}
+		res, err := f.Bootstrap(c.Context, opts)
+		all = append(all, res...)
+		var partial *orchestrator.PartialError
+		switch {
+		case errors.As(err, &partial):
+			for n, err := range partial.Failed {
+				failed[n] = err
+			}
+		case err != nil && len(names) == 1:
+			failed[names[0]] = errors.Unwrap(err)
+			if failed[names[0]] == nil {
+				failed[names[0]] = err
+			}
+		case err != nil:
+			return err
+		}
+	}
+	for _, r := range all {
+		verb := "key already installed"
+		if r.KeyAdded {
+			verb = "key installed"
+		}
+		fmt.Fprintf(e.stdout, "%s\t%s; key login ok; work dir ready\n", r.Node, verb)
+	}
+	if generated != "" {
+		fmt.Fprintf(e.stderr, "pampactl: nodes without ssh_private_key_file got the key %s; set ssh_private_key_file = %q for them in %s\n",
+			generated+".pub", generated, f.Config.Path)
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	total := 0
+	for _, names := range byKey {
+		total += len(names)
+	}
+	if total == 1 {
+		for name, err := range failed {
+			return fmt.Errorf("bootstrap node %q: %w", name, err)
+		}
+	}
+	return &orchestrator.PartialError{Op: "bootstrap nodes", Failed: failed, Total: total}
+}
+
+// pampaKey returns ~/.pampa/id_ed25519, generating it if missing.
+func (e *env) pampaKey() (string, error) {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no ssh_private_key_file set and no home directory for ~/.pampa/id_ed25519: %w", err)
+	}
+	path := filepath.Join(home, ".pampa", "id_ed25519")
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", fmt.Errorf("generate key: %w", err)
+	}
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return "", fmt.Errorf("generate key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "pampa")
+	if err != nil {
+		return "", fmt.Errorf("generate key: %w", err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("generate key: %w", err)
+	}
+	if err := os.WriteFile(path+".pub", ssh.MarshalAuthorizedKey(sshPub), 0o644); err != nil {
+		return "", fmt.Errorf("generate key: %w", err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		return "", fmt.Errorf("generate key: %w", err)
+	}
+	fmt.Fprintf(e.stderr, "pampactl: generated SSH key %s\n", path)
+	return path, nil
+}
+
+// publicKey returns the authorized_keys line of a private key file: its
+// .pub file, else derived from the key itself.
+func (e *env) publicKey(privPath string) (string, error) {
+	if b, err := os.ReadFile(privPath + ".pub"); err == nil {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey(b); err == nil {
+			return strings.TrimSpace(string(b)), nil
+		}
+	}
+	data, err := os.ReadFile(privPath)
+	if err != nil {
+		return "", fmt.Errorf("read ssh_private_key_file: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(data)
+	var missing *ssh.PassphraseMissingError
+	if errors.As(err, &missing) {
+		if missing.PublicKey != nil {
+			return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(missing.PublicKey))), nil
+		}
+		pass := e.getenv(EnvPassphrase)
+		if pass == "" {
+			return "", fmt.Errorf("key file %s is encrypted: export %s or create %s.pub", privPath, EnvPassphrase, privPath)
+		}
+		signer, err = ssh.ParsePrivateKeyWithPassphrase(data, []byte(pass))
+	}
+	if err != nil {
+		return "", fmt.Errorf("parse key file %s: %w", privPath, err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))), nil
+}
+
+func (e *env) nodesDeploy(c *cli.Context) error {
+	f, err := e.sshFleet(c)
+	if err != nil {
+		return err
+	}
+	data, err := e.configData(f.Config)
+	if err != nil {
+		return err
+	}
+	opts := orchestrator.DeployOptions{Names: c.StringSlice("node"), Binary: e.binaryFunc(c), ConfigData: data, Restart: c.Bool("restart")}
+	var bar *progressBar
+	if isTerminal(e.stderr) {
+		bar = &progressBar{w: e.stderr}
+		opts.Progress = bar.update
+	}
+	res, err := f.Deploy(c.Context, opts)
+	if bar != nil {
+		bar.done()
+	}
+	if c.Bool("json") {
+		if jerr := e.printJSON(res); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	e.printDeploy(res)
+	return err
+}
+
+func (e *env) printDeploy(res []orchestrator.NodeDeploy) {
+	for _, r := range res {
+		var did []string
+		if r.BinaryUploaded {
+			did = append(did, "binary uploaded")
+		}
+		if r.ConfigUploaded {
+			did = append(did, "config uploaded")
+		}
+		if len(did) == 0 {
+			did = append(did, "up to date")
+		}
+		if len(r.Restarted) > 0 {
+			did = append(did, "restarted "+plural(len(r.Restarted), "worker"))
+		}
+		fmt.Fprintf(e.stdout, "%s\t%s\t%s\n", r.Node, r.Platform, strings.Join(did, ", "))
+	}
+}
+
+// progressBar redraws one line on a terminal: bytes sent per node.
+type progressBar struct {
+	w     interface{ Write([]byte) (int, error) }
+	mu    sync.Mutex
+	sent  map[string][2]int64
+	order []string
+	last  time.Time
+}
+
+func (p *progressBar) update(node string, sent, total int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sent == nil {
+		p.sent = map[string][2]int64{}
+	}
+	if _, ok := p.sent[node]; !ok {
+		p.order = append(p.order, node)
+	}
+	p.sent[node] = [2]int64{sent, total}
+	if time.Since(p.last) < 100*time.Millisecond && sent < total {
+		return
+	}
+	p.last = time.Now()
+	p.draw()
+}
+
+func (p *progressBar) draw() {
+	var parts []string
+	for _, n := range p.order {
+		s := p.sent[n]
+		parts = append(parts, fmt.Sprintf("%s %d%%", n, s[0]*100/max(s[1], 1)))
+	}
+	fmt.Fprintf(p.w, "\r\033[Kuploading: %s", strings.Join(parts, "  "))
+}
+
+func (p *progressBar) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.order) > 0 {
+		p.draw()
+		fmt.Fprintln(p.w)
+	}
+}

@@ -1,0 +1,209 @@
+package pampacli_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/internal/pgtest"
+	"github.com/pampa-go/pampa/internal/sshtest"
+)
+
+// poll calls cond until it returns "" or the deadline passes, then fails
+// with its last complaint.
+func poll(t *testing.T, what string, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		msg := cond()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, msg)
+		}
+		time.Sleep(20 * time.Millisecond) // polling, not waiting for an effect
+	}
+}
+
+func registry(t *testing.T, url string) map[string]string {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	ws, err := dispatcher.ListWorkers(t.Context(), conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, w := range ws {
+		out[w.ID] = w.State
+	}
+	return out
+}
+
+func pidOf(t *testing.T, workDir, id string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(workDir, "run", id+".pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestWorkersOverSSH deploys real pampactl workers to an SSH node, starts
+// them, sees them register and run, and stops them with TERM.
+func TestWorkersOverSSH(t *testing.T) {
+	t.Parallel()
+	bin := pampactlBinary(t)
+	for _, s := range servers {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			srv := s.start(t)
+			url := pgtest.Schema(t)
+			n := sshNode(t, "w1", srv)
+			n.workDir = filepath.Join(t.TempDir(), "work dir")
+			cfg := writeConfig(t, url, n)
+			must := func(args ...string) result {
+				t.Helper()
+				r := pampactl(t.Context(), t, nil, append([]string{"--config", cfg}, args...)...)
+				if r.code != 0 {
+					t.Fatalf("pampactl %v:\n%s", args, r)
+				}
+				return r
+			}
+			must("db", "setup")
+			must("nodes", "deploy", "--binary", bin)
+			t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
+
+			start := time.Now()
+			r := must("workers", "start")
+			took := time.Since(start)
+			for _, id := range []string{"w1.1", "w1.2"} {
+				if !strings.Contains(r.stdout, id+"\tstarted") {
+					t.Errorf("workers start did not start %s:\n%s", id, r)
+				}
+			}
+			t.Logf("workers start took %s", took)
+			poll(t, "workers register", func() string {
+				reg := registry(t, url)
+				if reg["w1.1"] != dispatcher.StateAlive || reg["w1.2"] != dispatcher.StateAlive {
+					return fmt.Sprintf("registry %v", reg)
+				}
+				return ""
+			})
+			pids := map[string]int{}
+			for _, id := range []string{"w1.1", "w1.2"} {
+				pids[id] = pidOf(t, n.workDir, id)
+				if err := syscall.Kill(pids[id], 0); err != nil {
+					t.Fatalf("worker %s (pid %d) is not running: %v", id, pids[id], err)
+				}
+			}
+			if r := must("workers", "start"); !strings.Contains(r.stdout, "w1.1\trunning") {
+				t.Errorf("second start is not idempotent:\n%s", r)
+			}
+			if r := must("workers", "status"); strings.Count(r.stdout, "running") != 2 {
+				t.Errorf("workers status:\n%s", r)
+			}
+
+			r = must("workers", "stop")
+			if strings.Count(r.stdout, "stopped") != 2 {
+				t.Errorf("workers stop did not TERM both workers:\n%s", r)
+			}
+			for id, pid := range pids {
+				poll(t, "worker "+id+" exits", func() string {
+					if syscall.Kill(pid, 0) == nil {
+						if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
+							return "still running"
+						}
+					}
+					return ""
+				})
+			}
+			poll(t, "workers deregister", func() string {
+				reg := registry(t, url)
+				if reg["w1.1"] != dispatcher.StateStopped || reg["w1.2"] != dispatcher.StateStopped {
+					return fmt.Sprintf("registry %v", reg)
+				}
+				return ""
+			})
+		})
+	}
+}
+
+// TestLogsTail reads the last lines of two workers' logs, then follows
+// them.
+func TestLogsTail(t *testing.T) {
+	t.Parallel()
+	srv := sshtest.NewServer(t)
+	n := sshNode(t, "w1", srv)
+	if err := os.MkdirAll(n.workDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	appendLog := func(id, text string) {
+		f, err := os.OpenFile(filepath.Join(n.workDir, "worker."+id+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(text); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendLog("w1.1", "one\ntwo\nthree\n")
+	appendLog("w1.2", "alpha\n\nbeta\n")
+	cfg := writeConfig(t, "postgres://x@127.0.0.1/db", n)
+
+	r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "-n", "2")
+	want := "w1.1 | two\nw1.1 | three\nw1.2 | \nw1.2 | beta\n"
+	if r.code != 0 || r.stdout != want {
+		t.Fatalf("logs tail -n 2: got\n%s\nwant stdout:\n%s", r, want)
+	}
+	if r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "-n", "1", "--worker", "w1.2"); r.stdout != "w1.2 | beta\n" {
+		t.Fatalf("logs tail --worker w1.2:\n%s", r)
+	}
+	if r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "--worker", "w9.1"); r.code != 2 {
+		t.Fatalf("logs tail of an unknown worker:\n%s", r)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	var out syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- runTo(ctx, &out, "--config", cfg, "logs", "tail", "-n", "1", "-f")
+	}()
+	poll(t, "follow prints the last lines", func() string {
+		if !strings.Contains(out.String(), "w1.1 | three\n") {
+			return fmt.Sprintf("output %q", out.String())
+		}
+		return ""
+	})
+	appendLog("w1.2", "gamma\n")
+	appendLog("w1.1", "four\n")
+	poll(t, "follow prints new lines", func() string {
+		s := out.String()
+		if !strings.Contains(s, "w1.2 | gamma\n") || !strings.Contains(s, "w1.1 | four\n") {
+			return fmt.Sprintf("output %q", s)
+		}
+		return ""
+	})
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("logs tail -f ended with %d:\n%s", code, out.String())
+	}
+}

@@ -1,0 +1,72 @@
+package netnstest
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// TestSweep checks that New's sweep removes a namespace left by a dead run,
+// with the process still running in it.
+func TestSweep(t *testing.T) {
+	t.Parallel()
+	Require(t)
+	ctx := t.Context()
+
+	// A pid that is gone: a finished child of ours.
+	done := exec.Command("true")
+	if err := done.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dead := done.Process.Pid
+	if alive(dead) {
+		t.Skipf("pid %d was reused already", dead)
+	}
+
+	ns := fmt.Sprintf("pampa-%d-pdeadbeef", dead)
+	if err := ip(ctx, "netns", "add", ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = remove(t.Context(), ns, "") })
+	orphan := exec.Command("ip", "netns", "exec", ns, "sleep", "600")
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = orphan.Process.Kill(); _ = orphan.Wait() })
+
+	sweep(ctx, func(pid int) bool { return pid == dead })
+
+	if nsExists(ns) {
+		t.Errorf("namespace %s of dead pid %d survived the sweep", ns, dead)
+	}
+	var exit *exec.ExitError
+	if err := orphan.Wait(); !errors.As(err, &exit) {
+		t.Errorf("process in %s: wait = %v; want killed", ns, err)
+	}
+	if _, err := os.Stat("/run/netns/" + ns); err == nil {
+		t.Errorf("/run/netns/%s still exists", ns)
+	}
+}
+
+func TestSlotAddrs(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		slot        int
+		gateway, ip string
+	}{
+		{1, "198.18.1.1", "198.18.1.2"},
+		{255, "198.18.255.1", "198.18.255.2"},
+		{256, "198.19.0.1", "198.19.0.2"},
+		{maxSlot, "198.19.255.1", "198.19.255.2"},
+	} {
+		gw, addr := slotAddrs(tc.slot)
+		if gw != tc.gateway || addr != tc.ip {
+			t.Errorf("slotAddrs(%d) = %s, %s; want %s, %s", tc.slot, gw, addr, tc.gateway, tc.ip)
+		}
+		if n := len(fmt.Sprintf("pampa-v%d", tc.slot)); n > 15 {
+			t.Errorf("link name for slot %d is %d bytes; Linux allows 15", tc.slot, n)
+		}
+	}
+}

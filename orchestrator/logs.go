@@ -1,0 +1,141 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pampa-go/pampa/deploy"
+)
+
+// TailOptions configure Fleet.TailLogs.
+type TailOptions struct {
+	Names   []string // nodes; all when empty
+	Workers []string // worker ids; all of the nodes' when empty
+	Lines   int      // last lines of each log to print first
+	Follow  bool     // keep printing, reconnecting to nodes that drop
+	// Emit receives each line; calls are serialised.
+	Emit func(node, worker, line string)
+	// Backoff is the first wait before reconnecting (default 500ms); it
+	// doubles up to MaxBackoff (default 15s) while the node stays away.
+	Backoff, MaxBackoff time.Duration
+}
+
+// TailLogs prints the last lines of the workers' logs, one session per
+// node (tail -n N [-F] on the node, its "==> file <==" headers telling
+// which worker wrote a line). With Follow it runs until ctx ends, and a
+// node that drops is reconnected with backoff and resumed from the end of
+// its logs (lines written meanwhile are not shown); the reconnections are
+// logged. Without Follow, failures are per node (*PartialError).
+func (f *Fleet) TailLogs(ctx context.Context, opts TailOptions) error {
+	nodes, err := f.Nodes(opts.Names)
+	if err != nil {
+		return err
+	}
+	ids := map[string][]string{}
+	var keep []Node
+	matched := map[string]bool{}
+	for _, n := range nodes {
+		for _, id := range n.WorkerIDs() {
+			if len(opts.Workers) == 0 || slices.Contains(opts.Workers, id) {
+				ids[n.Name] = append(ids[n.Name], id)
+				matched[id] = true
+			}
+		}
+		if len(ids[n.Name]) > 0 {
+			keep = append(keep, n)
+		}
+	}
+	for _, w := range opts.Workers {
+		if !matched[w] {
+			return &ConfigError{File: f.Config.Path, Key: "nodes", Msg: fmt.Sprintf("no worker %q on the selected nodes; worker ids are <node>.<1..max_workers>", w)}
+		}
+	}
+	var mu sync.Mutex
+	emit := func(node string) func(file, line string) {
+		return func(file, line string) {
+			mu.Lock()
+			defer mu.Unlock()
+			opts.Emit(node, deploy.WorkerOfLog(file), line)
+		}
+	}
+	if !opts.Follow {
+		return f.each(ctx, "read logs", keep, func(ctx context.Context, n Node, c Conn) error {
+			return tailOnce(ctx, c, n, ids[n.Name], opts.Lines, false, emit(n.Name))
+		})
+	}
+	var wg sync.WaitGroup
+	for _, n := range keep {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.follow(ctx, n, ids[n.Name], opts, emit(n.Name))
+		}()
+	}
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+func tailOnce(ctx context.Context, c Conn, n Node, ids []string, lines int, follow bool, emit func(file, line string)) error {
+	split := &deploy.TailSplitter{Emit: emit}
+	err := c.Stream(ctx, deploy.TailCommand(n.WorkDir, ids, lines, follow), nil, split, nil)
+	split.Flush()
+	return err
+}
+
+// follow streams one node's logs until ctx ends, reconnecting as needed.
+func (f *Fleet) follow(ctx context.Context, n Node, ids []string, opts TailOptions, emit func(file, line string)) {
+	log := f.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	first, max := opts.Backoff, opts.MaxBackoff
+	if first <= 0 {
+		first = 500 * time.Millisecond
+	}
+	if max <= 0 {
+		max = 15 * time.Second
+	}
+	wait := first
+	lines := opts.Lines
+	for attempt := 0; ; attempt++ {
+		got := false
+		err := func() error {
+			c, err := f.dial(ctx, n)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if attempt > 0 {
+				log.Info("reconnected; following logs again", "node", n.Name)
+			}
+			return tailOnce(ctx, c, n, ids, lines, true, func(file, line string) {
+				got = true
+				emit(file, line)
+			})
+		}()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("tail ended")
+		}
+		if got {
+			wait = first // it worked for a while: retry soon
+		}
+		lines = 0 // resume from the end: what was shown is not repeated
+		log.Warn("lost the node's log stream; reconnecting", "node", n.Name, "addr", n.Addr(), "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(wait*2, max)
+	}
+}

@@ -1,0 +1,266 @@
+package orchestrator
+
+import (
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/pampa-go/pampa/deploy"
+)
+
+// BinaryFunc returns the local path of the pampactl build for a platform
+// (GOOS, GOARCH), or an error saying how to make one.
+type BinaryFunc func(goos, goarch string) (string, error)
+
+// Addr is host:port of an SSH node, "local" for a local node.
+func (n Node) Addr() string {
+	if n.Local {
+		return "local"
+	}
+	return net.JoinHostPort(n.Host, strconv.Itoa(n.Port))
+}
+
+// NodeCheck is what `nodes check` learnt about one node.
+type NodeCheck struct {
+	Node         string   `json:"node"`
+	Addr         string   `json:"addr"`
+	OK           bool     `json:"ok"`
+	Error        string   `json:"error,omitempty"`
+	Platform     string   `json:"platform,omitempty"` // GOOS/GOARCH
+	Uname        string   `json:"uname,omitempty"`
+	FreeKiB      int64    `json:"free_kib"`
+	Binary       string   `json:"binary"` // current, outdated, missing, local, unknown (no local build)
+	Config       string   `json:"config"` // current, outdated, missing, local
+	MissingTools []string `json:"missing_tools,omitempty"`
+}
+
+// Check probes the nodes: reachable and authenticated, OS and arch, free
+// disk in the work dir, tools, and whether the deployed binary and config
+// are those deploy would push. A node that fails is reported in its
+// NodeCheck and in the returned error (*PartialError for some nodes).
+func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, configData []byte) ([]NodeCheck, error) {
+	nodes, err := f.Nodes(names)
+	if err != nil {
+		return nil, err
+	}
+	sums := &fileSums{}
+	cfgSum := sha256Hex(configData)
+	var mu sync.Mutex
+	res := map[string]*NodeCheck{}
+	for _, n := range nodes {
+		res[n.Name] = &NodeCheck{Node: n.Name, Addr: n.Addr(), Binary: "unknown", Config: "unknown"}
+	}
+	err = f.each(ctx, "check nodes", nodes, func(ctx context.Context, n Node, c Conn) error {
+		p, err := deploy.ProbeNode(ctx, c, n.WorkDir)
+		mu.Lock()
+		defer mu.Unlock()
+		r := res[n.Name]
+		if err != nil {
+			return err
+		}
+		r.Platform, r.Uname, r.FreeKiB, r.MissingTools = p.OS+"/"+p.Arch, p.Uname, p.FreeKiB, p.MissingTools
+		if n.Local {
+			r.Binary, r.Config = "local", "local"
+		} else {
+			r.Config = compare(p.ConfigSHA256, cfgSum)
+			if path, err := binary(p.OS, p.Arch); err == nil {
+				if sum, err := sums.get(path); err == nil {
+					r.Binary = compare(p.BinarySHA256, sum)
+				}
+			} else if p.BinarySHA256 == "" {
+				r.Binary = "missing"
+			}
+		}
+		if len(p.MissingTools) > 0 {
+			return fmt.Errorf("%s: missing %s; install them (coreutils, util-linux) on the node",
+				n.Addr(), strings.Join(p.MissingTools, ", "))
+		}
+		r.OK = true
+		return nil
+	})
+	out := make([]NodeCheck, 0, len(nodes))
+	var partial *PartialError
+	for _, n := range nodes {
+		r := res[n.Name]
+		if !r.OK {
+			var nerr error
+			if errors.As(err, &partial) {
+				nerr = partial.Failed[n.Name]
+			} else if err != nil {
+				nerr = err
+			}
+			if nerr != nil {
+				r.Error = nerr.Error()
+			}
+		}
+		out = append(out, *r)
+	}
+	return out, err
+}
+
+func compare(remote, local string) string {
+	switch remote {
+	case "":
+		return "missing"
+	case local:
+		return "current"
+	}
+	return "outdated"
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// fileSums caches the SHA-256 of local files: every node of one
+// platform gets the same binary.
+type fileSums struct {
+	mu   sync.Mutex
+	sums map[string]string
+}
+
+func (s *fileSums) get(path string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sum, ok := s.sums[path]; ok {
+		return sum, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	if s.sums == nil {
+		s.sums = map[string]string{}
+	}
+	s.sums[path] = hex.EncodeToString(h.Sum(nil))
+	return s.sums[path], nil
+}
+
+// BinaryPlatform reads the GOOS/GOARCH an executable was built for from
+// its ELF header.
+func BinaryPlatform(path string) (goos, goarch string, err error) {
+	ef, err := elf.Open(path)
+	if err != nil {
+		return "", "", fmt.Errorf("%s is not a Linux executable: %w", path, err)
+	}
+	defer ef.Close()
+	goos = "linux"
+	if ef.OSABI == elf.ELFOSABI_FREEBSD {
+		goos = "freebsd"
+	}
+	switch ef.Machine {
+	case elf.EM_X86_64:
+		goarch = "amd64"
+	case elf.EM_AARCH64:
+		goarch = "arm64"
+	case elf.EM_ARM:
+		goarch = "arm"
+	case elf.EM_386:
+		goarch = "386"
+	case elf.EM_RISCV:
+		goarch = "riscv64"
+	case elf.EM_PPC64:
+		goarch = "ppc64le"
+	case elf.EM_S390:
+		goarch = "s390x"
+	default:
+		goarch = strings.ToLower(strings.TrimPrefix(ef.Machine.String(), "EM_"))
+	}
+	return goos, goarch, nil
+}
+
+// BootstrapOptions configure Fleet.Bootstrap.
+type BootstrapOptions struct {
+	Names     []string
+	PublicKey string // authorized_keys line of the control host's key
+	// AuthorizedKeys is the file on the node; "" for ~/.ssh/authorized_keys.
+	AuthorizedKeys string
+	// KeyFile is the private half of PublicKey for nodes without
+	// ssh_private_key_file, used to check the key login.
+	KeyFile string
+}
+
+// NodeBootstrap is the result of bootstrapping one node.
+type NodeBootstrap struct {
+	Node     string `json:"node"`
+	KeyAdded bool   `json:"key_added"`
+	KeyLogin bool   `json:"key_login"` // a login without password then worked
+}
+
+// Bootstrap prepares SSH nodes for key login: it logs in (with the
+// node's password if the key is not accepted yet), adds PublicKey to the
+// authorized keys, creates the work dir, checks the tools the workers
+// need, then checks that a login without password works. Local nodes are
+// skipped. Running it again changes nothing.
+func (f *Fleet) Bootstrap(ctx context.Context, opts BootstrapOptions) ([]NodeBootstrap, error) {
+	nodes, err := f.Nodes(opts.Names)
+	if err != nil {
+		return nil, err
+	}
+	nodes = sshNodes(nodes)
+	var mu sync.Mutex
+	var out []NodeBootstrap
+	err = f.each(ctx, "bootstrap nodes", nodes, func(ctx context.Context, n Node, c Conn) error {
+		added, err := deploy.Bootstrap(ctx, c, opts.PublicKey, opts.AuthorizedKeys, n.WorkDir)
+		if err != nil {
+			return err
+		}
+		r := NodeBootstrap{Node: n.Name, KeyAdded: added}
+		defer func() {
+			mu.Lock()
+			out = append(out, r)
+			mu.Unlock()
+		}()
+		p, err := deploy.ProbeNode(ctx, c, n.WorkDir)
+		if err != nil {
+			return err
+		}
+		if len(p.MissingTools) > 0 {
+			return fmt.Errorf("%s: key installed, but %s missing; install them (coreutils, util-linux) on the node",
+				n.Addr(), strings.Join(p.MissingTools, ", "))
+		}
+		keyOnly := n
+		keyOnly.Password, keyOnly.PasswordEnv = "", ""
+		if keyOnly.PrivateKeyFile == "" {
+			keyOnly.PrivateKeyFile = opts.KeyFile
+		}
+		kc, err := f.dial(ctx, keyOnly)
+		if err != nil {
+			return fmt.Errorf("key installed, but login with it failed (is ssh_private_key_file the key whose public half was installed?): %w", err)
+		}
+		defer kc.Close()
+		if _, err := kc.Run(ctx, []string{"true"}, nil); err != nil {
+			return fmt.Errorf("key login: %w", err)
+		}
+		r.KeyLogin = true
+		return nil
+	})
+	sort.Slice(out, func(a, b int) bool { return out[a].Node < out[b].Node })
+	return out, err
+}
+
+func sshNodes(nodes []Node) []Node {
+	var out []Node
+	for _, n := range nodes {
+		if !n.Local {
+			out = append(out, n)
+		}
+	}
+	return out
+}

@@ -1,0 +1,173 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pampa-go/pampa/sshx"
+)
+
+// NodeDatabaseURL is the database URL the workers of n use: the control
+// host's (DatabaseURL), with the host and port replaced by the node's end
+// of the tunnel when n has db_tunnel set.
+func (c *Config) NodeDatabaseURL(n Node, getenv func(string) string) (string, error) {
+	u, err := c.DatabaseURL(getenv)
+	if err != nil || !n.DBTunnel {
+		return u, err
+	}
+	pu, err := url.Parse(u)
+	if err != nil || pu.Host == "" {
+		return "", &ConfigError{File: c.Path, Key: fmt.Sprintf("nodes.%s.db_tunnel", n.Name),
+			Msg: "db_tunnel needs the database URL in postgres://user@host:port/db form"}
+	}
+	pu.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(n.DBTunnelPort))
+	return pu.String(), nil
+}
+
+// DatabaseAddr is the host:port of the database as the control host sees
+// it: where tunnels lead.
+func (c *Config) DatabaseAddr(getenv func(string) string) (string, error) {
+	u, err := c.DatabaseURL(getenv)
+	if err != nil {
+		return "", err
+	}
+	pu, err := url.Parse(u)
+	if err != nil || pu.Host == "" {
+		return "", &ConfigError{File: c.Path, Key: "database.url", Msg: "db_tunnel needs the database URL in postgres://user@host:port/db form"}
+	}
+	port := pu.Port()
+	if port == "" {
+		port = "5432"
+	}
+	host := pu.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// remoteListener is what a tunnel needs of an SSH connection
+// (*sshx.Client).
+type remoteListener interface {
+	ListenRemote(ctx context.Context, addr string) (net.Listener, error)
+}
+
+// Tunnels are the open db tunnels of `pampactl up`.
+type Tunnels struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// OpenTunnels opens, on every db_tunnel node among names, a listener on
+// 127.0.0.1:db_tunnel_port whose connections dialDB connects to the
+// database from the control host. It returns once every listener is up
+// (failures are per node: *PartialError); the tunnels then stay open,
+// re-established with backoff when a node drops, until ctx ends or Close.
+func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(context.Context) (net.Conn, error)) (*Tunnels, error) {
+	nodes, err := f.Nodes(names)
+	if err != nil {
+		return nil, err
+	}
+	var tunnelled []Node
+	for _, n := range nodes {
+		if n.DBTunnel {
+			tunnelled = append(tunnelled, n)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	t := &Tunnels{cancel: cancel}
+	log := f.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var mu sync.Mutex
+	failed := map[string]error{}
+	var ready sync.WaitGroup
+	for _, n := range tunnelled {
+		ready.Add(1)
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(n.DBTunnelPort))
+			wait := time.Second
+			for attempt := 0; ; attempt++ {
+				err := f.tunnel(ctx, n, addr, dialDB, func() {
+					if attempt == 0 {
+						ready.Done()
+					} else {
+						log.Info("db tunnel re-established", "node", n.Name, "listen", addr)
+					}
+					wait = time.Second
+				})
+				if ctx.Err() != nil {
+					if attempt == 0 && !isReadyErr(err) {
+						ready.Done() // cancelled before it was ready
+					}
+					return
+				}
+				if attempt == 0 && err != nil && !isReadyErr(err) {
+					mu.Lock()
+					failed[n.Name] = err
+					mu.Unlock()
+					ready.Done()
+					return
+				}
+				log.Warn("db tunnel lost; reopening", "node", n.Name, "in", wait, "err", err)
+				timer := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					timer.Stop()
+					return
+				case <-timer.C:
+				}
+				wait = min(2*wait, 30*time.Second)
+			}
+		}()
+	}
+	ready.Wait()
+	if err := nodeErrors("open db tunnels", failed, len(tunnelled)); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// errAfterReady marks a tunnel that worked, then broke.
+type errAfterReady struct{ error }
+
+func (e errAfterReady) Unwrap() error { return e.error }
+
+func isReadyErr(err error) bool { return errors.As(err, new(errAfterReady)) }
+
+// tunnel opens one node's tunnel, calls ready once it listens, and serves
+// it until it fails or ctx ends.
+func (f *Fleet) tunnel(ctx context.Context, n Node, addr string, dialDB func(context.Context) (net.Conn, error), ready func()) error {
+	c, err := f.dial(ctx, n)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rl, ok := c.(remoteListener)
+	if !ok {
+		return fmt.Errorf("%s: this connection cannot listen on the node", n.Addr())
+	}
+	ln, err := rl.ListenRemote(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("db tunnel: %w (is port %d free on the node? set db_tunnel_port)", err, n.DBTunnelPort)
+	}
+	ready()
+	return errAfterReady{sshx.Forward(ctx, ln, dialDB)}
+}
+
+// Close stops the tunnels and waits for them.
+func (t *Tunnels) Close() {
+	t.cancel()
+	t.wg.Wait()
+}
