@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pampa-go/pampa/internal/backoff"
 )
@@ -275,7 +276,16 @@ func (d *Dispatcher) Cycle(ctx context.Context) (map[string]Stats, error) {
 		return nil, err
 	}
 	for _, q := range d.queries {
-		if err := d.assign(ctx, q, alive, stats); err != nil {
+		// A worker's wake-up between full cycles only needs its queue topped
+		// up; assignment is revisited every Delay, or at once for a job that
+		// has no worker (new rows must not wait for the poll).
+		assigned := assignedTo(alive, q.job.Name)
+		if full || len(assigned) == 0 {
+			err = d.assign(ctx, q, alive, stats)
+		} else {
+			err = d.queueCounts(ctx, q, assigned)
+		}
+		if err != nil {
 			return nil, err
 		}
 		if err := d.reserve(ctx, q, alive, stats); err != nil {
@@ -486,51 +496,46 @@ where id = any($1) and job = $2`, ids(surplus), j.Name); err != nil {
 // round trip, and wakes the workers that received rows.
 func (d *Dispatcher) reserve(ctx context.Context, q *Queries, alive []*worker, stats map[string]Stats) error {
 	j := q.job
-	ws := assignedTo(alive, j.Name)
-	if len(ws) == 0 {
-		return nil
-	}
-	if err := d.queueCounts(ctx, q, ws); err != nil {
-		return err
-	}
+	ws := assignedTo(alive, j.Name) // w.queued was read by assign or Cycle
 	b := &pgx.Batch{}
 	var hungry []*worker
 	for _, w := range ws {
-		if n := int64(j.QueueSize) - w.queued; n > 0 {
+		n := int64(j.QueueSize) - w.queued
+		switch {
+		case n <= 0:
+			continue
+		case d.cfg.Flavor == Postgres:
+			b.Queue(q.ReserveAndWake, n, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name)
+		default:
 			b.Queue(q.Reserve, n, w.id, j.MaxTryTimes)
-			hungry = append(hungry, w)
 		}
+		hungry = append(hungry, w)
 	}
 	if len(hungry) == 0 {
 		return nil
 	}
 	res := d.conn.SendBatch(ctx, b)
+	defer res.Close()
 	s := stats[j.Name]
-	var fed []*worker
 	for _, w := range hungry {
-		tag, err := res.Exec()
+		var n int64
+		var err error
+		if d.cfg.Flavor == Postgres {
+			err = res.QueryRow().Scan(&n)
+		} else {
+			var tag pgconn.CommandTag
+			tag, err = res.Exec()
+			n = tag.RowsAffected()
+		}
 		if err != nil {
-			res.Close()
 			return fmt.Errorf("job %q: reserve rows for worker %s: %w", j.Name, w.id, err)
 		}
-		if tag.RowsAffected() > 0 {
-			s.Reserved += tag.RowsAffected()
-			fed = append(fed, w)
-		}
+		s.Reserved += n
+		w.queued += n
 	}
 	stats[j.Name] = s
 	if err := res.Close(); err != nil {
 		return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
-	}
-	if len(fed) == 0 || d.cfg.Flavor != Postgres {
-		return nil
-	}
-	channels := make([]string, len(fed))
-	for i, w := range fed {
-		channels[i] = WorkerChannel(d.namespace, w.id)
-	}
-	if _, err := d.conn.Exec(ctx, `select pg_notify(c, $2) from unnest($1::text[]) c`, channels, j.Name); err != nil {
-		return fmt.Errorf("job %q: wake workers: %w", j.Name, err)
 	}
 	return nil
 }

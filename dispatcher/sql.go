@@ -34,6 +34,7 @@ type Queries struct {
 	job Job
 
 	Reserve        string // $1 how many, $2 worker id, $3 max tries
+	ReserveAndWake string // same, then notifies channel $4 with payload $5 if it reserved; returns the count
 	QueueCounts    string // $1 worker ids → (id, queued)
 	PendingCount   string // $1 cap, $2 max tries
 	ReleaseQueued  string // $1 worker ids: queued rows back to the pool, no attempt spent
@@ -86,8 +87,12 @@ where {PK} = any(array(
   for update skip locked))
 and {ID} is null and {EN} is null`)
 		q.PendingCount = sql(`select count(*) from (
-  select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2 limit $1) s`)
+  select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2
+  order by {PK} limit $1) s`) // the order makes the planner walk the available index
 	}
+	// One round trip per worker: reserve, and wake the worker only if it got rows.
+	q.ReserveAndWake = `with r as (` + q.Reserve + ` returning 1), n as (select count(*) as c from r)
+select n.c from n left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`
 	q.QueueCounts = sql(`select {ID}, count(*) from {T} where {ID} = any($1) and {ST} is null group by {ID}`)
 	q.ReleaseQueued = sql(`update {T} set {ID} = null, {TM} = null where {ID} = any($1) and {ST} is null`)
 	q.ReleaseRunning = sql(`update {T} set ` + reset + `,
