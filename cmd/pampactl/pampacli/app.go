@@ -69,6 +69,10 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, opts: opts}
 	app := e.app()
 	ownHelpCommands(app) // concurrent Runs must not share urfave's help command
+	if len(args) == 2 && (args[1] == "--help" || args[1] == "-h") {
+		// The root's help flag is urfave's global one, which we replace.
+		args = []string{args[0], "help"}
+	}
 	err := app.RunContext(ctx, args)
 	return e.exitCode(ctx, err)
 }

@@ -239,3 +239,13 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo totals: %s", r.stdout)
 	}
 }
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}, {"help", "workers"}, {"workers", "start", "--help"}} {
+		r := run(t, t.Context(), nil, args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "USAGE") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
+		}
+	}
+}
