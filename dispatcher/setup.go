@@ -25,6 +25,9 @@ const SchemaVersion = 1
 // or Pampa's own tables are missing: run `pampactl db setup`.
 var ErrNotSetUp = errors.New("database not set up for Pampa")
 
+// ErrNoTable means a job names a table the database does not have.
+var ErrNoTable = errors.New("no such table")
+
 // ownTables are Pampa's tables, created in the connection's current schema.
 var ownTables = []string{
 	`create table if not exists pampa_schema_version (
@@ -54,6 +57,12 @@ var ownTables = []string{
 // missing on its table and the partial indexes that keep selection fast. It
 // is idempotent and never drops or rewrites user data.
 func Setup(ctx context.Context, db DB, flavor Flavor, jobs []Job) error {
+	// Every table must exist before anything is written.
+	for _, j := range jobs {
+		if _, err := tableColumns(ctx, db, j.Table); err != nil {
+			return fmt.Errorf("job %q: %w", j.Name, err)
+		}
+	}
 	for _, s := range ownTables {
 		if _, err := db.Exec(ctx, s); err != nil {
 			return fmt.Errorf("create Pampa's tables: %w", err)
@@ -158,7 +167,7 @@ where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name =
 		return nil, fmt.Errorf("read columns of table %s: %w", table, err)
 	}
 	if len(cols) == 0 {
-		return nil, fmt.Errorf("table %s does not exist in the database (check the job's table key and the connection's search_path)", table)
+		return nil, fmt.Errorf("%w: %s is not in the database (check the job's table key and the connection's search_path)", ErrNoTable, table)
 	}
 	return cols, nil
 }

@@ -249,3 +249,32 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// A job naming a table the database lacks is refused with exit code 2
+// before anything is written.
+func TestSetupMissingTableWritesNothing(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, fmt.Sprintf(localConfig, url, dir))
+	r := run(t, t.Context(), nil, "--config", cfg, "db", "setup")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "numbers is not in the database") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = run(t, t.Context(), nil, "--config", cfg, "dispatcher", "run", "--no-log-file")
+	if r.code != ExitUsage || !strings.Contains(r.stderr, "pampactl db setup") {
+		t.Fatalf("dispatcher on a database not set up: exit %d, stderr %q", r.code, r.stderr)
+	}
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	if err := conn.QueryRow(t.Context(), `select count(*) from information_schema.tables where table_schema = current_schema()`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("%d tables were created despite the error", n)
+	}
+}
