@@ -198,7 +198,6 @@ func New(tb testing.TB, n int) *Net {
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil { // sshd's privilege separation directory
 		tb.Fatal(err)
 	}
-	penalties := supportsPerSourcePenalties()
 
 	for i := range n {
 		h := &Host{Name: fmt.Sprintf("host%d", i), SSHPort: 22, User: nt.User, ClientKeyFile: nt.ClientKeyFile}
@@ -216,7 +215,7 @@ func New(tb testing.TB, n int) *Net {
 		}
 		hostKeyFile := filepath.Join(h.dir, "host_ed25519")
 		h.HostKey = sshtest.NewKey(tb, hostKeyFile, "")
-		if err := h.startSSHD(ctx, hostKeyFile, authorized, penalties); err != nil {
+		if err := h.startSSHD(ctx, hostKeyFile, authorized); err != nil {
 			tb.Fatalf("%s: %v", h, err)
 		}
 		sshtest.WriteKnownHosts(tb, nt.KnownHostsFile, h.SSHAddr(), h.HostKey)
@@ -295,25 +294,8 @@ func (h *Host) link(ctx context.Context) error {
 // startSSHD runs sshd in h's namespace and waits until it accepts
 // connections from the root namespace. The configuration is sshtest's
 // (StartSSHD), listening on h.Addr.
-func (h *Host) startSSHD(ctx context.Context, hostKeyFile, authorized string, penalties bool) error {
-	config := fmt.Sprintf(`ListenAddress %s
-HostKey %s
-PidFile %s
-AuthorizedKeysFile %s
-StrictModes no
-PermitRootLogin yes
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-AllowTcpForwarding yes
-MaxStartups 100
-MaxSessions 100
-Subsystem sftp internal-sftp
-`, h.SSHAddr(), hostKeyFile, filepath.Join(h.dir, "sshd.pid"), authorized)
-	if penalties {
-		config += "PerSourcePenalties no\n"
-	}
+func (h *Host) startSSHD(ctx context.Context, hostKeyFile, authorized string) error {
+	config := sshtest.SSHDConfig(h.SSHAddr(), hostKeyFile, filepath.Join(h.dir, "sshd.pid"), authorized)
 	configFile := filepath.Join(h.dir, "sshd_config")
 	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
 		return err
@@ -360,13 +342,6 @@ func (h *Host) logFile() string { return filepath.Join(h.dir, "sshd.log") }
 func (h *Host) log() string {
 	b, _ := os.ReadFile(h.logFile())
 	return string(b)
-}
-
-// supportsPerSourcePenalties says whether this sshd knows the option: newer
-// ones penalise sources that fail to authenticate, older ones reject it.
-func supportsPerSourcePenalties() bool {
-	probe, _ := exec.Command(sshtest.SSHDPath, "-t", "-f", "/dev/null", "-o", "PerSourcePenalties=no").CombinedOutput()
-	return !bytes.Contains(probe, []byte("Bad configuration option"))
 }
 
 // Cut sets the root side of h's link down: dials to h fail with "no route

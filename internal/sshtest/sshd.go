@@ -72,27 +72,7 @@ func StartSSHD(tb testing.TB) *Server {
 func startSSHD(tb testing.TB, s *Server, hostKeyFile, authorized string, port int) (string, bool) {
 	tb.Helper()
 	dir := tb.TempDir()
-	config := fmt.Sprintf(`ListenAddress 127.0.0.1:%d
-HostKey %s
-PidFile %s
-AuthorizedKeysFile %s
-StrictModes no
-PermitRootLogin yes
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-AllowTcpForwarding yes
-MaxStartups 100
-MaxSessions 100
-Subsystem sftp internal-sftp
-`, port, hostKeyFile, filepath.Join(dir, "sshd.pid"), authorized)
-	// Newer sshd penalises sources that fail to authenticate, which the
-	// wrong-key tests do on purpose. Older ones reject the option.
-	probe, _ := exec.Command(SSHDPath, "-t", "-f", "/dev/null", "-o", "PerSourcePenalties=no").CombinedOutput()
-	if !bytes.Contains(probe, []byte("Bad configuration option")) {
-		config += "PerSourcePenalties no\n"
-	}
+	config := SSHDConfig(fmt.Sprintf("127.0.0.1:%d", port), hostKeyFile, filepath.Join(dir, "sshd.pid"), authorized)
 	configFile := filepath.Join(dir, "sshd_config")
 	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
 		tb.Fatal(err)
@@ -161,4 +141,31 @@ func freePort(tb testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// SSHDConfig is the sshd_config of every test sshd: key login only, as
+// the current user (root included), with forwarding and many sessions.
+func SSHDConfig(listen, hostKeyFile, pidFile, authorizedKeysFile string) string {
+	config := fmt.Sprintf(`ListenAddress %s
+HostKey %s
+PidFile %s
+AuthorizedKeysFile %s
+StrictModes no
+PermitRootLogin yes
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+AllowTcpForwarding yes
+MaxStartups 100
+MaxSessions 100
+Subsystem sftp internal-sftp
+`, listen, hostKeyFile, pidFile, authorizedKeysFile)
+	// Newer sshd penalises sources that fail to authenticate, which the
+	// wrong-key tests do on purpose. Older ones reject the option.
+	probe, _ := exec.Command(SSHDPath, "-t", "-f", "/dev/null", "-o", "PerSourcePenalties=no").CombinedOutput()
+	if !bytes.Contains(probe, []byte("Bad configuration option")) {
+		config += "PerSourcePenalties no\n"
+	}
+	return config
 }

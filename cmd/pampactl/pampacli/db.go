@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/orchestrator"
 )
 
 func (e *env) dbCommand() *cli.Command {
@@ -17,17 +18,9 @@ func (e *env) dbCommand() *cli.Command {
 			Name:  "setup",
 			Usage: "create Pampa's tables and add the bookkeeping columns and indexes of every job (idempotent)",
 			Action: func(c *cli.Context) error {
-				cfg, err := e.loadConfig(c)
+				cfg, conn, err := e.connect(c)
 				if err != nil {
 					return err
-				}
-				url, err := cfg.DatabaseURL(e.getenv)
-				if err != nil {
-					return err
-				}
-				conn, err := pgx.Connect(c.Context, url)
-				if err != nil {
-					return fmt.Errorf("connect to the database: %w", err)
 				}
 				defer conn.Close(c.Context)
 				if err := dispatcher.Setup(c.Context, conn, flavor(cfg), cfg.Jobs); err != nil {
@@ -38,4 +31,21 @@ func (e *env) dbCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// connect loads the config and opens a connection to its database.
+func (e *env) connect(c *cli.Context) (*orchestrator.Config, *pgx.Conn, error) {
+	cfg, err := e.loadConfig(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	url, err := cfg.DatabaseURL(e.getenv)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := pgx.Connect(c.Context, url)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to the database: %w", err)
+	}
+	return cfg, conn, nil
 }

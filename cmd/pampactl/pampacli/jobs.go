@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"text/tabwriter"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
@@ -20,17 +19,9 @@ func (e *env) jobsCommand() *cli.Command {
 			Usage: "rows per job: total, pending, queued, running, completed, failed",
 			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON: a list of {job,total,pending,queued,running,completed,failed}"}},
 			Action: func(c *cli.Context) error {
-				cfg, err := e.loadConfig(c)
+				cfg, conn, err := e.connect(c)
 				if err != nil {
 					return err
-				}
-				url, err := cfg.DatabaseURL(e.getenv)
-				if err != nil {
-					return err
-				}
-				conn, err := pgx.Connect(c.Context, url)
-				if err != nil {
-					return fmt.Errorf("connect to the database: %w", err)
 				}
 				defer conn.Close(c.Context)
 				st, err := dispatcher.Report(c.Context, conn, cfg.Jobs)
