@@ -243,3 +243,78 @@ func (c *Client) Close() error {
 
 // Addr is the node's host:port, after applying the ssh config.
 func (c *Client) Addr() string { return c.addr }
+
+// errAbandoned is why the connection was closed when an operation that
+// cannot be cancelled outlived its context.
+var errAbandoned = errors.New("connection closed: an operation on it did not finish after its context ended")
+
+// await runs op, which x/crypto/ssh or SFTP gives no way to cancel, and
+// returns its error. If ctx ends first, await gives op grace to finish,
+// then closes the connection, which makes op return, and returns ctx's
+// cause; op must release whatever it opened when ctx has ended.
+//
+// op runs in the caller's goroutine and a watcher does the closing: running
+// op elsewhere would change when x/crypto registers a remote listener
+// relative to its first connection, which it then refuses.
+func (c *Client) await(ctx context.Context, grace time.Duration, op func() error) error {
+	finished := make(chan struct{})
+	fired := make(chan struct{})
+	var closed bool // written by the watcher before fired is closed
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		var timeout <-chan time.Time
+		if grace > 0 {
+			t := time.NewTimer(grace)
+			defer t.Stop()
+			timeout = t.C
+		} else {
+			ch := make(chan time.Time)
+			close(ch)
+			timeout = ch
+		}
+		select {
+		case <-finished:
+			return
+		default:
+		}
+		select {
+		case <-finished:
+			return
+		case <-timeout:
+		}
+		err := errAbandoned
+		c.lost.CompareAndSwap(nil, &err)
+		c.closeConns()
+		closed = true
+	})
+	err := op()
+	close(finished)
+	if !stop() {
+		<-fired // the watcher has returned: nothing is left running
+		if closed || err != nil {
+			return context.Cause(ctx)
+		}
+	}
+	return err
+}
+
+// newSession opens a session, or gives up when ctx ends. Opening waits for
+// the node's reply, which a silent link never sends: giving up closes the
+// connection, and the Client with it.
+func (c *Client) newSession(ctx context.Context) (*ssh.Session, error) {
+	var s *ssh.Session
+	err := c.await(ctx, 0, func() error {
+		var err error
+		s, err = c.conn.NewSession()
+		if err == nil && ctx.Err() != nil {
+			s.Close()
+			s = nil
+			return context.Cause(ctx)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}

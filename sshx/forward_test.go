@@ -60,27 +60,36 @@ func TestReverseForward(t *testing.T) {
 			return d.DialContext(ctx, "tcp", echo.Addr().String())
 		})
 	}()
-	var conn net.Conn
+	// x/crypto registers a remote listener only once the node has replied,
+	// and refuses a connection that comes before (the node resets it):
+	// retry until one gets through.
 	deadline := time.Now().Add(10 * time.Second)
-	for conn == nil {
-		conn, err = net.Dial("tcp", remote)
-		if err != nil && time.Now().After(deadline) {
-			t.Fatalf("remote listener %s never came up: %v", remote, err)
+	for {
+		line, err := echoOnce(remote)
+		if err == nil && strings.TrimSpace(line) == "echo hello" {
+			break
 		}
-		if err != nil {
-			time.Sleep(10 * time.Millisecond) // polling for the listener
+		if time.Now().After(deadline) {
+			t.Fatalf("through the tunnel %s: %q, %v", remote, line, err)
 		}
-	}
-	defer conn.Close()
-	fmt.Fprintln(conn, "hello")
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != "echo hello" {
-		t.Fatalf("through the tunnel: %q, %v", line, err)
+		time.Sleep(10 * time.Millisecond) // polling for the listener
 	}
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("ReverseForward = %v, want context.Canceled", err)
 	}
+}
+
+// echoOnce sends "hello" to addr and returns the line it answers.
+func echoOnce(addr string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(conn, "hello")
+	return bufio.NewReader(conn).ReadString('\n')
 }
 
 func TestTrustHostKey(t *testing.T) {

@@ -100,8 +100,11 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 	if err := ctx.Err(); err != nil {
 		return context.Cause(ctx)
 	}
-	s, err := c.conn.NewSession()
+	s, err := c.newSession(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
 		return fmt.Errorf("open session: %w", c.why(err))
 	}
 	defer s.Close()
@@ -115,7 +118,13 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 	// The shell reports its pid, which sshd made a process group leader,
 	// then becomes the command. Cancelling can then kill the whole group
 	// from another session: OpenSSH ignores signal requests for root.
-	if err := s.Start(`echo "` + pidMarker + `$$" >&2; exec ` + Quote(argv...)); err != nil {
+	// Start waits for the node to accept the command; like opening the
+	// session, a silent link would hold it forever.
+	script := `echo "` + pidMarker + `$$" >&2; exec ` + Quote(argv...)
+	if err := c.await(ctx, 0, func() error { return s.Start(script) }); err != nil {
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
 		return fmt.Errorf("start: %w", c.why(err))
 	}
 	done := make(chan error, 1)
@@ -150,18 +159,21 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 
 // kill stops a cancelled command: by signal where the server allows it,
 // else by killing its process group from a second session, then closes
-// the session.
+// the session. A node that does not answer within closeGrace has its
+// connection closed, which ends the command's session too.
 func (c *Client) kill(s *ssh.Session, pgid int) {
 	_ = s.Signal(ssh.SIGKILL)
 	if pgid > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
 		defer cancel()
-		if ks, err := c.conn.NewSession(); err == nil {
-			stop := context.AfterFunc(ctx, func() { ks.Close() })
-			_ = ks.Run(fmt.Sprintf("kill -KILL -- -%d 2>/dev/null || kill -KILL %d", pgid, pgid))
-			stop()
-			ks.Close()
-		}
+		_ = c.await(ctx, 0, func() error {
+			ks, err := c.conn.NewSession()
+			if err != nil {
+				return err
+			}
+			defer ks.Close()
+			return ks.Run(fmt.Sprintf("kill -KILL -- -%d 2>/dev/null || kill -KILL %d", pgid, pgid))
+		})
 	}
 	_ = s.Close()
 }
