@@ -103,10 +103,16 @@ func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, e
 			if err := deploy.Push(ctx, up, n.WorkDir, deploy.BinaryFile, src, 0o755); err != nil {
 				return err
 			}
+			if err := deploy.Stamp(ctx, c, n.WorkDir, deploy.BinaryFile, sum); err != nil {
+				return err
+			}
 			r.BinaryUploaded = true
 		}
 		if cfgSum != p.ConfigSHA256 {
 			if err := deploy.Push(ctx, up, n.WorkDir, deploy.ConfigFile, bytes.NewReader(opts.ConfigData), 0o600); err != nil {
+				return err
+			}
+			if err := deploy.Stamp(ctx, c, n.WorkDir, deploy.ConfigFile, cfgSum); err != nil {
 				return err
 			}
 			r.ConfigUploaded = true
