@@ -209,9 +209,13 @@ func logFileFlag(c *cli.Context, def string) string {
 	return def
 }
 
-var logFlags = []cli.Flag{
-	&cli.StringFlag{Name: "log-file", Usage: "append logs to this file too"},
-	&cli.BoolFlag{Name: "no-log-file", Usage: "log to stderr only"},
+// logFlags are made per command: urfave/cli writes to a flag while parsing,
+// so one flag value shared by two apps is a data race.
+func logFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "log-file", Usage: "append logs to this file too"},
+		&cli.BoolFlag{Name: "no-log-file", Usage: "log to stderr only"},
+	}
 }
 
 func plural(n int, word string) string {

@@ -21,7 +21,7 @@ func (e *env) dispatcherCommand() *cli.Command {
 			Flags: append([]cli.Flag{
 				&cli.DurationFlag{Name: "delay", Usage: "idle poll period (default: [dispatcher] delay)"},
 				&cli.BoolFlag{Name: "once", Usage: "run one cycle and exit"},
-			}, logFlags...),
+			}, logFlags()...),
 			Action: func(c *cli.Context) error {
 				cfg, err := e.loadConfig(c)
 				if err != nil {

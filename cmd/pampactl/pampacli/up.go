@@ -19,7 +19,7 @@ func (e *env) upCommand() *cli.Command {
 			"(workers keep running when it stops: pampactl down stops them)",
 		Flags: append(withSSHFlags(binaryFlag(),
 			&cli.DurationFlag{Name: "delay", Usage: "dispatcher idle poll period (default: [dispatcher] delay)"},
-		), logFlags...),
+		), logFlags()...),
 		Action: e.up,
 	}
 }

@@ -18,7 +18,7 @@ func (e *env) workerCommand() *cli.Command {
 			Usage: "process the rows the dispatcher reserves for this worker",
 			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "id", Usage: "worker id, node.N (like local.1)", Required: true},
-			}, logFlags...),
+			}, logFlags()...),
 			Action: func(c *cli.Context) error {
 				cfg, err := e.loadConfig(c)
 				if err != nil {

@@ -14,8 +14,6 @@ import (
 	"github.com/pampa-go/pampa/orchestrator"
 )
 
-var nodeFlag = &cli.StringSliceFlag{Name: "node", Aliases: []string{"n"}, Usage: "only this node (repeatable); all nodes by default"}
-
 func (e *env) fleet(c *cli.Context) (*orchestrator.Fleet, error) {
 	cfg, err := e.loadConfig(c)
 	if err != nil {
@@ -52,16 +50,16 @@ func (e *env) workersCommand() *cli.Command {
 		Name:  "workers",
 		Usage: "start, stop and list the worker processes of the nodes",
 		Subcommands: []*cli.Command{
-			{Name: "start", Usage: "start the missing workers, up to max_workers per node (idempotent)", Flags: []cli.Flag{nodeFlag}, Action: start},
-			{Name: "stop", Usage: "stop workers: TERM, then KILL after the grace period", Flags: []cli.Flag{nodeFlag}, Action: stop},
-			{Name: "restart", Usage: "stop, then start", Flags: []cli.Flag{nodeFlag}, Action: func(c *cli.Context) error {
+			{Name: "start", Usage: "start the missing workers, up to max_workers per node (idempotent)", Flags: []cli.Flag{newNodeFlag()}, Action: start},
+			{Name: "stop", Usage: "stop workers: TERM, then KILL after the grace period", Flags: []cli.Flag{newNodeFlag()}, Action: stop},
+			{Name: "restart", Usage: "stop, then start", Flags: []cli.Flag{newNodeFlag()}, Action: func(c *cli.Context) error {
 				if err := stop(c); err != nil {
 					return err
 				}
 				return start(c)
 			}},
 			{Name: "status", Usage: "list workers: pid, state, heartbeat age, job, rows done",
-				Flags: []cli.Flag{nodeFlag, &cli.BoolFlag{Name: "json", Usage: "print JSON"}}, Action: e.workersStatus},
+				Flags: []cli.Flag{newNodeFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}}, Action: e.workersStatus},
 		},
 	}
 }
