@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pampa-go/pampa/internal/backoff"
 )
@@ -71,6 +70,13 @@ type Dispatcher struct {
 	leader     bool
 	lastFull   time.Time
 	lastReport map[string]Stats
+	// after is, per job, the highest key reserved since the last full
+	// cycle: reservation resumes there instead of walking again past every
+	// row taken since the last VACUUM. Rows that become free below it
+	// (relaunched, released, inserted, edited by hand) are found by the
+	// walk from the start that every full cycle and every short
+	// reservation makes.
+	after map[string]any
 }
 
 // Stats counts what one cycle did, per job.
@@ -84,7 +90,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{cfg: cfg, log: cfg.Logger}
+	d := &Dispatcher{cfg: cfg, log: cfg.Logger, after: map[string]any{}}
 	for _, j := range cfg.Jobs {
 		d.queries = append(d.queries, NewQueries(j))
 	}
@@ -262,6 +268,7 @@ func (d *Dispatcher) Cycle(ctx context.Context) (map[string]Stats, error) {
 	}
 	if full {
 		d.lastFull = time.Now()
+		clear(d.after)
 		if err := d.releaseDead(ctx, stats); err != nil {
 			return nil, err
 		}
@@ -493,51 +500,71 @@ where id = any($1) and job = $2`, ids(surplus), j.Name); err != nil {
 }
 
 // reserve tops up the queue of every worker of the job to queue_size, in one
-// round trip, and wakes the workers that received rows.
+// round trip, and wakes the workers that received rows. It resumes after
+// the last key it reserved; if that leaves a worker short, it walks once
+// more from the first key.
 func (d *Dispatcher) reserve(ctx context.Context, q *Queries, alive []*worker, stats map[string]Stats) error {
 	j := q.job
-	ws := assignedTo(alive, j.Name) // w.queued was read by assign or Cycle
+	after, resume := d.after[j.Name]
+	resume = resume && q.ReserveAfter != ""
+	short, err := d.reserveFrom(ctx, q, assignedTo(alive, j.Name), after, resume, stats)
+	if err == nil && short && resume {
+		delete(d.after, j.Name)
+		_, err = d.reserveFrom(ctx, q, assignedTo(alive, j.Name), nil, false, stats)
+	}
+	return err
+}
+
+// reserveFrom runs one reservation round for ws (w.queued was read by
+// assign or Cycle) and reports whether a worker got fewer rows than asked.
+func (d *Dispatcher) reserveFrom(ctx context.Context, q *Queries, ws []*worker, after any, resume bool, stats map[string]Stats) (short bool, err error) {
+	j := q.job
 	b := &pgx.Batch{}
 	var hungry []*worker
+	var asked []int64
 	for _, w := range ws {
 		n := int64(j.QueueSize) - w.queued
-		switch {
-		case n <= 0:
+		if n <= 0 {
 			continue
-		case d.cfg.Flavor == Postgres:
+		}
+		wake := d.cfg.Flavor == Postgres
+		switch {
+		case resume && wake:
+			b.Queue(q.ReserveAfterAndWake, n, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name, after)
+		case resume:
+			b.Queue(q.ReserveAfter, n, w.id, j.MaxTryTimes, after)
+		case wake:
 			b.Queue(q.ReserveAndWake, n, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name)
 		default:
 			b.Queue(q.Reserve, n, w.id, j.MaxTryTimes)
 		}
 		hungry = append(hungry, w)
+		asked = append(asked, n)
 	}
 	if len(hungry) == 0 {
-		return nil
+		return false, nil
 	}
 	res := d.conn.SendBatch(ctx, b)
 	defer res.Close()
 	s := stats[j.Name]
-	for _, w := range hungry {
+	for i, w := range hungry {
 		var n int64
-		var err error
-		if d.cfg.Flavor == Postgres {
-			err = res.QueryRow().Scan(&n)
-		} else {
-			var tag pgconn.CommandTag
-			tag, err = res.Exec()
-			n = tag.RowsAffected()
-		}
-		if err != nil {
-			return fmt.Errorf("job %q: reserve rows for worker %s: %w", j.Name, w.id, err)
+		var last any
+		if err := res.QueryRow().Scan(&n, &last); err != nil {
+			return false, fmt.Errorf("job %q: reserve rows for worker %s: %w", j.Name, w.id, err)
 		}
 		s.Reserved += n
 		w.queued += n
+		short = short || n < asked[i]
+		if last != nil && q.ReserveAfter != "" {
+			d.after[j.Name] = last // the rounds' keys only grow: each starts above the last
+		}
 	}
 	stats[j.Name] = s
 	if err := res.Close(); err != nil {
-		return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
+		return false, fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
 	}
-	return nil
+	return short, nil
 }
 
 // Jobs returns the names of the dispatcher's jobs in config order.

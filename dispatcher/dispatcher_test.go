@@ -228,6 +228,42 @@ func TestReserveFillsQueuesInKeyOrder(t *testing.T) {
 	}
 }
 
+func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 30)
+	e.register("n1.1")
+	d := e.dispatcher(func(c *Config) { c.Delay = time.Hour })
+	e.cycle(d) // full: assigns the worker, reserves 1..5
+	quick := func() Stats {
+		t.Helper()
+		d.lastFull = time.Now() // not a full cycle: the cursor stays
+		stats, err := d.Cycle(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stats[e.job.Name]
+	}
+	e.work("n1.1", 5, true)
+	// Key 3 becomes free again behind the cursor (as a hand edit would).
+	mustExec(t, e.pool, `update numbers set odd_checking_reservation_id = null, odd_checking_start_time = null,
+  odd_checking_end_time = null, odd_checking_success = null where value = 3`)
+	if s := quick(); s.Reserved != 5 {
+		t.Fatalf("reserved %d, want 5", s.Reserved)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and odd_checking_start_time is null and value between 6 and 10`); n != 5 {
+		t.Fatalf("want keys 6..10 reserved after the cursor, got %d of them", n)
+	}
+	e.work("n1.1", 5, true)
+	mustExec(t, e.pool, `update numbers set odd_checking_end_time = now(), odd_checking_success = true where value > 10`)
+	// Nothing is left after the cursor: the short round walks from the start.
+	if s := quick(); s.Reserved != 1 {
+		t.Fatalf("reserved %d, want the freed key 3", s.Reserved)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and odd_checking_start_time is null and value = 3`); n != 1 {
+		t.Fatal("key 3 was not reserved")
+	}
+}
+
 func TestConcurrentReservationNeverDoubleAssigns(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
@@ -240,7 +276,11 @@ func TestConcurrentReservationNeverDoubleAssigns(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 40 {
-				if _, err := e.pool.Exec(ctx, q.Reserve, 10, fmt.Sprintf("n.%d", i), e.job.MaxTryTimes); err != nil {
+				sql, args := q.Reserve, []any{10, fmt.Sprintf("n.%d", i), e.job.MaxTryTimes}
+				if i%2 == 1 { // half of them resume after a key, as the dispatcher does
+					sql, args = q.ReserveAfter, append(args, int64(i))
+				}
+				if _, err := e.pool.Exec(ctx, sql, args...); err != nil {
 					t.Error(err)
 					return
 				}

@@ -34,15 +34,22 @@ type Queries struct {
 	job Job
 
 	Reserve        string // $1 how many, $2 worker id, $3 max tries
-	ReserveAndWake string // same, then notifies channel $4 with payload $5 if it reserved; returns the count
-	QueueCounts    string // $1 worker ids → (id, queued)
-	PendingCount   string // $1 cap, $2 max tries
-	ReleaseQueued  string // $1 worker ids: queued rows back to the pool, no attempt spent
-	ReleaseRunning string // $1 worker ids, $2 max tries: running rows of dead workers
-	FailRunning    string // $1 worker ids, $2 max tries: same, out of tries
-	RelaunchFailed string // $1 max tries, or how many for a relaunching snippet
-	RelaunchLate   string // $1 max tries, $2 seconds
-	FailLate       string // $1 max tries, $2 seconds
+	ReserveAndWake string // same, then notifies channel $4 with payload $5 if it reserved
+	// The same two, but only rows whose key is above the last argument ($4,
+	// or $6 after the wake-up's two): a cursor that spares walking past every
+	// row already taken. "" with a selecting_sql snippet, which chooses its
+	// own order. All four return how many rows they reserved and the highest
+	// key among them (null for none).
+	ReserveAfter        string
+	ReserveAfterAndWake string
+	QueueCounts         string // $1 worker ids → (id, queued)
+	PendingCount        string // $1 cap, $2 max tries
+	ReleaseQueued       string // $1 worker ids: queued rows back to the pool, no attempt spent
+	ReleaseRunning      string // $1 worker ids, $2 max tries: running rows of dead workers
+	FailRunning         string // $1 worker ids, $2 max tries: same, out of tries
+	RelaunchFailed      string // $1 max tries, or how many for a relaunching snippet
+	RelaunchLate        string // $1 max tries, $2 seconds
+	FailLate            string // $1 max tries, $2 seconds
 
 	StartChunk     string // $1 worker id, $2 how many → (key, key text, attempt)
 	StartChunkRows string // same, plus the row as JSON
@@ -67,32 +74,45 @@ func NewQueries(j Job) *Queries {
 	sql := func(s string) string { return r.Replace(s) }
 	const reset = `{ID} = null, {TM} = null, {ST} = null, {EN} = null, {OK} = null`
 
+	// counted reports how many rows the update u reserved and the highest
+	// key; wake also notifies channel $4 with payload $5 when there were any,
+	// so the worker hears of its rows in the same round trip.
+	counted := func(u string, wake bool) string {
+		notify := ""
+		if wake {
+			notify = ` left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`
+		}
+		return sql(`with r as (` + u + ` returning {PK}), n as (select count(*) as c from r)
+select n.c, (select {PK} from r order by {PK} desc limit 1) from n` + notify)
+	}
 	if s := j.Snippets.SelectingSQL; s != "" {
 		// The snippet chooses; the guard keeps a row from being reserved twice:
 		// a concurrent reservation makes the re-checked "id is null" false.
-		q.Reserve = sql(`with sel as (` + s + `)
+		u := `with sel as (` + s + `)
 update {T} set {ID} = $2, {TM} = now()
 where {PK} in (select {PK} from sel) and {ID} is null and {EN} is null
-  and coalesce({TS}, 0) < $3 and $1::bigint >= 0`)
+  and coalesce({TS}, 0) < $3 and $1::bigint >= 0`
+		q.Reserve, q.ReserveAndWake = counted(u, false), counted(u, true)
 		q.PendingCount = `select count(*) from (` + s + `) sel where $2::int >= 0`
 	} else {
 		// The candidates are an array computed once (an InitPlan): as a
 		// subquery PostgreSQL may re-run it per row, and with SKIP LOCKED
 		// each run finds other rows, reserving far more than asked.
-		q.Reserve = sql(`update {T} set {ID} = $2, {TM} = now()
+		u := func(after string) string {
+			return `update {T} set {ID} = $2, {TM} = now()
 where {PK} = any(array(
   select {PK} from {T}
-  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3
+  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + after + `
   order by {PK} limit $1
   for update skip locked))
-and {ID} is null and {EN} is null`)
+and {ID} is null and {EN} is null`
+		}
+		q.Reserve, q.ReserveAndWake = counted(u(""), false), counted(u(""), true)
+		q.ReserveAfter, q.ReserveAfterAndWake = counted(u(` and {PK} > $4`), false), counted(u(` and {PK} > $6`), true)
 		q.PendingCount = sql(`select count(*) from (
   select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2
   order by {PK} limit $1) s`) // the order makes the planner walk the available index
 	}
-	// One round trip per worker: reserve, and wake the worker only if it got rows.
-	q.ReserveAndWake = `with r as (` + q.Reserve + ` returning 1), n as (select count(*) as c from r)
-select n.c from n left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`
 	q.QueueCounts = sql(`select {ID}, count(*) from {T} where {ID} = any($1) and {ST} is null group by {ID}`)
 	q.ReleaseQueued = sql(`update {T} set {ID} = null, {TM} = null where {ID} = any($1) and {ST} is null`)
 	q.ReleaseRunning = sql(`update {T} set ` + reset + `,

@@ -250,7 +250,7 @@ func (w *Worker) loop(stop, work context.Context) {
 			job, refresh = w.idle(stop), true
 			continue
 		}
-		n, err := w.chunk(stop, work, q)
+		n, drained, err := w.chunk(stop, work, q)
 		if err != nil {
 			if work.Err() != nil {
 				return
@@ -262,7 +262,7 @@ func (w *Worker) loop(stop, work context.Context) {
 			continue
 		}
 		bo.Reset()
-		if n == 0 {
+		if n == 0 || drained {
 			if j := w.idle(stop); j != "" {
 				job = j
 			} else {
@@ -295,8 +295,10 @@ type started struct {
 }
 
 // chunk starts up to a chunk of the worker's queued rows and processes them.
-// It returns how many rows it started.
-func (w *Worker) chunk(stop, work context.Context, q *dispatcher.Queries) (int, error) {
+// It returns how many rows it started, and whether that emptied the queue:
+// then only the dispatcher can refill it, and it wakes the worker when it
+// does, so asking the database again at once would find nothing.
+func (w *Worker) chunk(stop, work context.Context, q *dispatcher.Queries) (n int, drained bool, err error) {
 	j := q.Job()
 	size, withRows := 1, true
 	if j.Step.SQL != "" {
@@ -304,20 +306,18 @@ func (w *Worker) chunk(stop, work context.Context, q *dispatcher.Queries) (int, 
 	}
 	rows, err := w.startChunk(work, q, size, withRows)
 	if err != nil || len(rows) == 0 {
-		return 0, err
+		return 0, false, err
 	}
+	drained = w.cfg.Flavor == dispatcher.Postgres && (len(rows) < size || size >= j.QueueSize)
 	if j.Step.SQL != "" {
-		if err := w.runSQLChunk(work, q, rows); err != nil {
-			return len(rows), err
-		}
-		return len(rows), nil
+		return len(rows), drained, w.runSQLChunk(work, q, rows)
 	}
 	for _, r := range rows {
 		if err := w.runOne(stop, work, q, r); err != nil {
-			return len(rows), err
+			return len(rows), drained, err
 		}
 	}
-	return len(rows), nil
+	return len(rows), drained, nil
 }
 
 // startChunk marks the start of the next rows and asks the dispatcher to
