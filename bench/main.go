@@ -33,7 +33,7 @@ func main() {
 	os.Exit(code)
 }
 
-var allScenarios = []string{"pampa", "latency", "river", "ceiling", "idle"}
+var allScenarios = []string{"pampa", "latency", "river", "ceiling", "idle", "fleet"}
 
 type options struct {
 	rows           int
@@ -48,6 +48,7 @@ type options struct {
 	latencySpacing time.Duration
 	pgstats        bool
 	repeat         int
+	fleetRuns      int
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -65,6 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.latencyInserts, "latency-inserts", 300, "rows inserted one by one for the latency scenario")
 	fs.DurationVar(&o.latencySpacing, "latency-spacing", 15*time.Millisecond, "time between two latency inserts")
 	fs.IntVar(&o.repeat, "repeat", 3, "runs of each short scenario (Pampa at queue_size 1000, raw SQL); the best counts")
+	fs.IntVar(&o.fleetRuns, "fleet-runs", 3, "runs of each fleet benchmark; the mean counts")
 	fs.BoolVar(&o.pgstats, "pgstats", false, "load pg_stat_statements and print the costliest statements of each Pampa scenario")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -253,6 +255,19 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		} else {
 			progress("  VmRSS %d KiB, CPU %s over %s", i.RSSKB, i.CPU, i.Window)
 			rp.Idle = &i
+		}
+	}
+	if want("fleet") {
+		progress("Fleet over SSH (go test -bench Fleet %s, %d runs each):", fleetPackage, o.fleetRuns)
+		f, err := runFleet(ctx, o.moduleDir, o.fleetRuns)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			failed("fleet", err)
+		} else {
+			progress("%s", f.markdown())
+			rp.Fleet = &f
 		}
 	}
 	rp.WallClock = time.Since(began)

@@ -53,6 +53,7 @@ type report struct {
 	RiverBest  int // index into Results, -1 if none
 	Latency    *latencyResult
 	Idle       *idleResult
+	Fleet      *fleetResult
 	Errors     []string
 	WallClock  time.Duration
 	InProcRSS  int64
@@ -150,6 +151,9 @@ func (rp *report) markdown() string {
 		}
 		b.WriteString("\n")
 	}
+	if rp.Fleet != nil {
+		b.WriteString(rp.Fleet.markdown())
+	}
 	if len(rp.Errors) > 0 {
 		b.WriteString("Scenarios that failed:\n\n")
 		for _, e := range rp.Errors {
@@ -182,13 +186,13 @@ in one go on one throwaway PostgreSQL server (internal/pgserver: fsync off, on
 127.0.0.1) and rewrites the results section below. The harness is its own Go
 module in bench/, so the main module never depends on River.
 
-Flags: ` + "`-rows N`" + ` (default 200000), ` + "`-only pampa,latency,river,ceiling,idle`" + `,
+Flags: ` + "`-rows N`" + ` (default 200000), ` + "`-only pampa,latency,river,ceiling,idle,fleet`" + `,
 ` + "`-timeout`" + ` per scenario (default 2m; a scenario that runs out reports the rate
 over what it finished, marked partial), ` + "`-repeat 3`" + ` (short scenarios run this
 often and the best run counts: the machine is shared), ` + "`-cpuprofile FILE`" + `
 (Go profile of the Pampa throughput scenarios), ` + "`-pgstats`" + ` (load
 pg_stat_statements and print each Pampa scenario's costliest statements),
-` + "`-out FILE`" + `, ` + "`-v`" + ` (logs). A whole run takes about 4 minutes on 2 cores.
+` + "`-fleet-runs N`" + `, ` + "`-out FILE`" + `, ` + "`-v`" + ` (logs). A whole run takes about 6 minutes on 2 cores.
 
 What the numbers mean:
 
@@ -222,11 +226,26 @@ What the numbers mean:
   shows who was the bottleneck.
 - **Idle worker**: one real ` + "`pampactl worker run`" + ` process with nothing to do:
   VmRSS and CPU time (utime+stime) over a 5 s window.
+- **Fleet**: the Go benchmarks in cmd/pampactl/pampacli/fleet_bench_test.go,
+  run by the harness with ` + "`go test -bench Fleet`" + ` against 8 real OpenSSH sshd
+  on loopback (` + "`-fleet-runs`" + `, default 3, the mean counts): ` + "`nodes deploy`" + ` of
+  the pampactl build, cold (empty work dirs) and unchanged, against 8 ` + "`scp`" + `
+  of the same file at once; ` + "`workers start`" + ` of 8 nodes × 4 workers;
+  ` + "`nodes check`" + ` against GNU parallel running ` + "`uname`" + ` over ` + "`ssh`" + ` on each node (not
+  measured, and said so, without the parallel package). sshd runs every
+  remote command through the login shell of the user, and bash reads
+  ~/.bashrc even then: a slow one (pyenv init is ~150 ms) is paid per
+  command by pampactl and the reference tools alike. ` + "`PAMPA_BENCH_USER`" + `
+  names another user for the nodes (run as root; for example
+  ` + "`useradd -r -M -s /bin/sh pampabench && usermod -p '*' pampabench`" + `);
+  the results say which user it was.
 
 Targets: Pampa ≥ 1.5× River and ≥ 60% of the raw-SQL ceiling, both for
 Pampa's best scenario (large queue_size values are how users ask for
-throughput); insert-to-start latency median < 5 ms and p99 < 50 ms. The other
-scenarios' ratios are printed for reference: one worker is one connection
+throughput); insert-to-start latency median < 5 ms and p99 < 50 ms; cold deploy no
+slower than parallel scp, unchanged redeploy under 10% of a cold one, 32
+workers started in under 2 s, ` + "`nodes check`" + ` at least 5× faster than GNU
+parallel. The other scenarios' ratios are printed for reference: one worker is one connection
 doing one thing at a time, against the ceiling's two, and queue_size 5 pays
 a dispatcher round per 5 rows by design.
 

@@ -28,8 +28,11 @@ import (
 // command pays for it, pampactl and the reference tools alike; scp and
 // SFTP uploads do not run a shell. To measure without that cost, run as
 // root with PAMPA_BENCH_USER naming a user whose login shell is plain sh,
-// such as one made by `useradd -r -M -s /bin/sh pampabench`: the nodes then
-// log in as that user, whose work dirs and key files are opened to it.
+// such as one made by `useradd -r -M -s /bin/sh pampabench && usermod -p
+// '*' pampabench` (sshd refuses a locked account, even for key logins):
+// the nodes then log in as that user, whose work dirs and key files are
+// opened to it. `make bench` runs these benchmarks too and writes their
+// ratios into BENCHMARKS.md.
 
 const benchNodes = 8
 
@@ -146,7 +149,6 @@ func BenchmarkFleetDeploy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("binary: %.1f MB", float64(fi.Size())/1e6)
 	clear := func() {
 		for _, n := range f.nodes {
 			if err := os.RemoveAll(n.workDir); err != nil {
@@ -183,6 +185,7 @@ func BenchmarkFleetDeploy(b *testing.B) {
 		scp += timeIt(scpAll)
 	}
 	n := float64(b.N)
+	b.ReportMetric(float64(fi.Size())/1e6, "MB")
 	b.ReportMetric(ms(cold)/n, "cold-ms")
 	b.ReportMetric(ms(unchanged)/n, "unchanged-ms")
 	b.ReportMetric(ms(scp)/n, "scp-ms")
