@@ -17,12 +17,16 @@ const (
 	ConfigFile = "cluster.toml"
 )
 
-// RequiredTools are the programs the worker scripts need on a node.
-var RequiredTools = []string{"sh", "setsid", "sha256sum", "df", "tail"}
+// RequiredTools are the programs the worker and log scripts need on a node.
+var RequiredTools = []string{"sh", "setsid", "sha256sum", "df", "stat", "tail", "head", "base64"}
 
 // probeScript: $1 work dir, then the tools to look for. One round trip
 // tells the OS, the free space where the work dir is (or will be), the
-// checksums of the deployed files and which tools are missing.
+// checksums of the deployed files, which tools are missing and what
+// systemd offers (see Systemd): /run/systemd/system exists only when
+// systemd is PID 1 (what sd_booted checks), and each systemd question is
+// asked only then, with timeout where it exists, so a node without
+// systemd answers at once and a stuck bus cannot hang the probe.
 const probeScript = `wd=$1; shift
 echo "uname $(uname -sm)"
 d=$wd
@@ -37,6 +41,15 @@ for f in ` + BinaryFile + ` ` + ConfigFile + `; do
   else echo "sum $f $(sha256sum < "$p" | cut -d' ' -f1)"; fi
 done
 for t in "$@"; do command -v "$t" >/dev/null 2>&1 || echo "missing $t"; done
+sd=none linger=no kill=no
+if [ -d /run/systemd/system ]; then
+  sd=system
+  to=; command -v timeout >/dev/null 2>&1 && to="timeout 5"
+  $to systemctl --user show-environment >/dev/null 2>&1 && sd=user
+  [ "$($to loginctl show-user "$(id -un)" -p Linger --value 2>/dev/null)" = yes ] && linger=yes
+  [ "$($to busctl get-property org.freedesktop.login1 /org/freedesktop/login1 org.freedesktop.login1.Manager KillUserProcesses 2>/dev/null)" = "b true" ] && kill=yes
+fi
+echo "systemd $sd $linger $kill"
 true
 `
 
@@ -65,6 +78,41 @@ type Probe struct {
 	BinarySHA256 string // "" when no binary is deployed
 	ConfigSHA256 string // "" when no config is deployed
 	MissingTools []string
+	Systemd      Systemd
+}
+
+// Systemd is what a node offers to start workers as systemd user units
+// (systemd-run --user) instead of with setsid. Workers are started with
+// setsid everywhere; this is detected and reported, never assumed,
+// because many nodes (containers, this project's CI) have no systemd as
+// PID 1.
+type Systemd struct {
+	// Booted: systemd is PID 1 (/run/systemd/system exists).
+	Booted bool `json:"booted"`
+	// UserManager: `systemctl --user` reaches the login's user manager,
+	// so systemd-run --user could start a worker as a unit.
+	UserManager bool `json:"user_manager"`
+	// Linger: the user manager runs without a login (loginctl
+	// enable-linger), so units started by it outlive the SSH session.
+	Linger bool `json:"linger"`
+	// KillUserProcesses: logind kills every process of a login when it
+	// ends, setsid ones included: workers started over SSH would die
+	// with the session that started them.
+	KillUserProcesses bool `json:"kill_user_processes"`
+}
+
+// String is the short form `nodes check` shows: none, system (PID 1, no
+// user manager for this login), user, or user+linger.
+func (s Systemd) String() string {
+	switch {
+	case !s.Booted:
+		return "none"
+	case !s.UserManager:
+		return "system"
+	case s.Linger:
+		return "user+linger"
+	}
+	return "user"
 }
 
 // ProbeNode asks the node for its OS, disk space, deployed files and tools.
@@ -100,6 +148,11 @@ func parseProbe(out []byte) (Probe, error) {
 			}
 		case "missing":
 			p.MissingTools = append(p.MissingTools, rest)
+		case "systemd":
+			f := strings.Fields(rest)
+			if len(f) == 3 {
+				p.Systemd = Systemd{Booted: f[0] != "none", UserManager: f[0] == "user", Linger: f[1] == "yes", KillUserProcesses: f[2] == "yes"}
+			}
 		}
 	}
 	if p.Uname == "" {

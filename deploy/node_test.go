@@ -57,3 +57,52 @@ func TestProbeTrustsStampOnlyForTheSameFile(t *testing.T) {
 		t.Fatalf("replaced file: probe %s, want its fresh hash", got)
 	}
 }
+
+func TestParseProbeSystemd(t *testing.T) {
+	t.Parallel()
+	for line, want := range map[string]Systemd{
+		"systemd none no no":        {},
+		"systemd system no no":      {Booted: true},
+		"systemd user no no":        {Booted: true, UserManager: true},
+		"systemd user yes no":       {Booted: true, UserManager: true, Linger: true},
+		"systemd system yes yes":    {Booted: true, Linger: true, KillUserProcesses: true},
+		"systemd garbled":           {},
+		"not a systemd line at all": {},
+	} {
+		p, err := parseProbe([]byte("uname Linux x86_64\ndf 100\n" + line + "\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Systemd != want {
+			t.Errorf("%q: %+v, want %+v", line, p.Systemd, want)
+		}
+	}
+	for s, want := range map[Systemd]string{
+		{}: "none", {Booted: true}: "system", {Booted: true, UserManager: true}: "user",
+		{Booted: true, UserManager: true, Linger: true}: "user+linger",
+	} {
+		if s.String() != want {
+			t.Errorf("%+v.String() = %q, want %q", s, s.String(), want)
+		}
+	}
+}
+
+// The probe's systemd detection, run on this host, agrees with it: no
+// systemd as PID 1 here (no /run/systemd/system) is reported as such.
+func TestProbeSystemdHere(t *testing.T) {
+	t.Parallel()
+	p, err := ProbeNode(context.Background(), Local{}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = os.Stat("/run/systemd/system")
+	if booted := err == nil; p.Systemd.Booted != booted {
+		t.Fatalf("probe says systemd booted = %v, but /run/systemd/system exists = %v", p.Systemd.Booted, booted)
+	}
+	if !p.Systemd.Booted && p.Systemd != (Systemd{}) {
+		t.Fatalf("no systemd, yet the probe reports %+v", p.Systemd)
+	}
+	if len(p.MissingTools) > 0 {
+		t.Fatalf("this host lacks %v", p.MissingTools)
+	}
+}

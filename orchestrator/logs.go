@@ -17,7 +17,7 @@ type TailOptions struct {
 	Names   []string // nodes; all when empty
 	Workers []string // worker ids; all of the nodes' when empty
 	Lines   int      // last lines of each log to print first
-	Follow  bool     // keep printing, reconnecting to nodes that drop
+	Follow  bool     // keep printing, reconnecting to nodes that drop and resuming each log where it was left
 	// Emit receives each line; calls are serialised.
 	Emit func(node, worker, line string)
 	// Backoff is the first wait before reconnecting (default 500ms); it
@@ -26,11 +26,12 @@ type TailOptions struct {
 }
 
 // TailLogs prints the last lines of the workers' logs, one session per
-// node (tail -n N [-F] on the node, its "==> file <==" headers telling
-// which worker wrote a line). With Follow it runs until ctx ends, and a
-// node that drops is reconnected with backoff and resumed from the end of
-// its logs (lines written meanwhile are not shown); the reconnections are
-// logged. Without Follow, failures are per node (*PartialError).
+// node for all of its workers (deploy.TailCommand). With Follow it runs
+// until ctx ends, and a node that drops is reconnected with backoff and
+// resumed where each log was left: lines the workers wrote while the
+// link was down are printed after the reconnection, and no line is
+// printed twice. The reconnections are logged. Without Follow, failures
+// are per node (*PartialError).
 func (f *Fleet) TailLogs(ctx context.Context, opts TailOptions) error {
 	nodes, err := f.Nodes(opts.Names)
 	if err != nil {
@@ -65,7 +66,7 @@ func (f *Fleet) TailLogs(ctx context.Context, opts TailOptions) error {
 	}
 	if !opts.Follow {
 		return f.each(ctx, "read logs", keep, func(ctx context.Context, n Node, c Conn) error {
-			return tailOnce(ctx, c, n, ids[n.Name], opts.Lines, false, emit(n.Name))
+			return tailOnce(ctx, c, n, ids[n.Name], opts.Lines, emit(n.Name))
 		})
 	}
 	var wg sync.WaitGroup
@@ -80,14 +81,22 @@ func (f *Fleet) TailLogs(ctx context.Context, opts TailOptions) error {
 	return context.Cause(ctx)
 }
 
-func tailOnce(ctx context.Context, c Conn, n Node, ids []string, lines int, follow bool, emit func(file, line string)) error {
-	split := &deploy.TailSplitter{Emit: emit}
-	err := c.Stream(ctx, deploy.TailCommand(n.WorkDir, ids, lines, follow), nil, split, nil)
-	split.Flush()
-	return err
+func tailOnce(ctx context.Context, c Conn, n Node, ids []string, lines int, emit func(file, line string)) error {
+	r := &deploy.LogReader{Emit: emit}
+	return c.Stream(ctx, deploy.TailCommand(n.WorkDir, logFiles(ids), nil, lines, false), nil, r, nil)
+}
+
+func logFiles(ids []string) []string {
+	files := make([]string, len(ids))
+	for i, id := range ids {
+		files[i] = deploy.LogFile(id)
+	}
+	return files
 }
 
 // follow streams one node's logs until ctx ends, reconnecting as needed.
+// The reader outlives the connections: its cursors are where the next
+// connection resumes.
 func (f *Fleet) follow(ctx context.Context, n Node, ids []string, opts TailOptions, emit func(file, line string)) {
 	log := f.Logger
 	if log == nil {
@@ -101,9 +110,14 @@ func (f *Fleet) follow(ctx context.Context, n Node, ids []string, opts TailOptio
 		max = 15 * time.Second
 	}
 	wait := first
-	lines := opts.Lines
+	files := logFiles(ids)
+	got := false // lines came through this connection
+	r := &deploy.LogReader{Emit: func(file, line string) {
+		got = true
+		emit(file, line)
+	}}
 	for attempt := 0; ; attempt++ {
-		got := false
+		got = false
 		err := func() error {
 			c, err := f.dial(ctx, n)
 			if err != nil {
@@ -111,23 +125,22 @@ func (f *Fleet) follow(ctx context.Context, n Node, ids []string, opts TailOptio
 			}
 			defer c.Close()
 			if attempt > 0 {
-				log.Info("reconnected; following logs again", "node", n.Name)
+				log.Info("reconnected; following logs again from where they were left", "node", n.Name)
 			}
-			return tailOnce(ctx, c, n, ids, lines, true, func(file, line string) {
-				got = true
-				emit(file, line)
-			})
+			r.Resume()
+			// Stream returns once its output is copied: got is not
+			// written after it.
+			return c.Stream(ctx, deploy.TailCommand(n.WorkDir, files, r.Cursors(), opts.Lines, true), nil, r, nil)
 		}()
 		if ctx.Err() != nil {
 			return
 		}
 		if err == nil {
-			err = errors.New("tail ended")
+			err = errors.New("the log reader on the node ended")
 		}
 		if got {
 			wait = first // it worked for a while: retry soon
 		}
-		lines = 0 // resume from the end: what was shown is not repeated
 		log.Warn("lost the node's log stream; reconnecting", "node", n.Name, "addr", n.Addr(), "in", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {

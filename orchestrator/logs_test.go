@@ -2,112 +2,25 @@ package orchestrator_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/pampa-go/pampa/deploy"
 	"github.com/pampa-go/pampa/internal/sshtest"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/sshx"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// flakyLink forwards TCP to a target; Cut drops every connection, and
-// while Down it refuses new ones (accepts and closes), like a node that
-// went away and comes back on the same address.
-type flakyLink struct {
-	Addr   string
-	target string
-	ln     net.Listener
-	wg     sync.WaitGroup
-
-	mu      sync.Mutex
-	down    bool
-	refused int
-	conns   []net.Conn
-}
-
-func newFlakyLink(t *testing.T, target string) *flakyLink {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &flakyLink{Addr: ln.Addr().String(), target: target, ln: ln}
-	l.wg.Add(1)
-	go l.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		l.Cut()
-		l.wg.Wait()
-	})
-	return l
-}
-
-func (l *flakyLink) serve() {
-	defer l.wg.Done()
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			return
-		}
-		l.mu.Lock()
-		if l.down {
-			l.refused++
-			l.mu.Unlock()
-			c.Close()
-			continue
-		}
-		s, err := net.Dial("tcp", l.target)
-		if err != nil {
-			l.mu.Unlock()
-			c.Close()
-			continue
-		}
-		l.conns = append(l.conns, c, s)
-		l.mu.Unlock()
-		l.wg.Add(2)
-		go l.copy(c, s)
-		go l.copy(s, c)
-	}
-}
-
-func (l *flakyLink) copy(dst, src net.Conn) {
-	defer l.wg.Done()
-	_, _ = io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-}
-
-// Cut closes every forwarded connection.
-func (l *flakyLink) Cut() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, c := range l.conns {
-		c.Close()
-	}
-	l.conns = nil
-}
-
-func (l *flakyLink) SetDown(down bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.down = down
-}
-
-func (l *flakyLink) Refused() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.refused
-}
 
 func poll(t *testing.T, what string, cond func() string) {
 	t.Helper()
@@ -124,33 +37,57 @@ func poll(t *testing.T, what string, cond func() string) {
 	}
 }
 
-// TestFollowLogsReconnects follows a node's logs through a link that
-// drops and stays down for a while: the stream comes back by itself.
+// TestFollowLogsReconnects follows two workers' logs through a link that
+// drops and stays down while the workers keep writing: once the node is
+// back, every line is printed exactly once, in order, including those
+// written during the outage and a line half written when the link went.
 func TestFollowLogsReconnects(t *testing.T) {
 	t.Parallel()
-	srv := sshtest.NewServer(t)
-	link := newFlakyLink(t, srv.Addr)
+	for name, start := range map[string]func(testing.TB) *sshtest.Server{"inproc": sshtest.NewServer, "sshd": sshtest.StartSSHD} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testFollowLogsReconnects(t, start(t))
+		})
+	}
+}
+
+func testFollowLogsReconnects(t *testing.T, srv *sshtest.Server) {
+	link := sshtest.NewLink(t, srv.Addr)
 	host, port, _ := net.SplitHostPort(link.Addr)
 	work := filepath.Join(t.TempDir(), "work")
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	logFile := filepath.Join(work, "worker.w1.1.log")
-	appendLine := func(s string) {
-		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	write := func(id, s string) {
+		t.Helper()
+		f, err := os.OpenFile(filepath.Join(work, "worker."+id+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer f.Close()
-		fmt.Fprintln(f, s)
+		if _, err := f.WriteString(s); err != nil {
+			t.Fatal(err)
+		}
 	}
-	appendLine("first")
+	var want map[string][]string = map[string][]string{}
+	line := func(id, s string) {
+		t.Helper()
+		write(id, s+"\n")
+		want[id] = append(want[id], s)
+	}
+	for i := range 5 {
+		write("w1.1", fmt.Sprintf("old %d\n", i))
+	}
+	want["w1.1"] = []string{"old 2", "old 3", "old 4"} // -n 3
+	write("w1.2", "b old\n")
+	want["w1.2"] = []string{"b old"}
 	cfg, err := orchestrator.Parse("cluster.toml", fmt.Appendf(nil, `[[nodes]]
 name = "w1"
 net_remote_ip = %q
 ssh_port = %s
 ssh_username = %q
 work_dir = %q
+max_workers = 2
 `, host, port, srv.User, work))
 	if err != nil {
 		t.Fatal(err)
@@ -163,35 +100,45 @@ work_dir = %q
 	}}
 
 	var mu sync.Mutex
-	var lines []string
-	seen := func(want string) func() string {
-		return func() string {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, l := range lines {
-				if l == want {
-					return ""
-				}
+	got := map[string][]string{}
+	// caughtUp says whether every line written so far was printed.
+	caughtUp := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		for id, w := range want {
+			if len(got[id]) < len(w) {
+				return fmt.Sprintf("%s: printed %q, want %q", id, got[id], w)
 			}
-			return fmt.Sprintf("no %q in %q", want, lines)
 		}
+		return ""
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- fleet.TailLogs(ctx, orchestrator.TailOptions{Lines: 10, Follow: true, Backoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		done <- fleet.TailLogs(ctx, orchestrator.TailOptions{Lines: 3, Follow: true, Backoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 			Emit: func(node, worker, line string) {
 				mu.Lock()
 				defer mu.Unlock()
-				lines = append(lines, node+" "+worker+" "+line)
+				if node != "w1" {
+					t.Errorf("line %q from node %q", line, node)
+				}
+				got[worker] = append(got[worker], line)
 			}})
 	}()
-	poll(t, "initial lines", seen("w1 w1.1 first"))
-	appendLine("second")
-	poll(t, "followed line", seen("w1 w1.1 second"))
+	poll(t, "initial lines", caughtUp)
+	line("w1.1", "live 1")
+	line("w1.2", "b live 1")
+	poll(t, "followed lines", caughtUp)
+	write("w1.1", "half") // the link goes before the line is finished
 
 	link.SetDown(true)
 	link.Cut()
+	write("w1.1", " written\n")
+	want["w1.1"] = append(want["w1.1"], "half written")
+	for i := range 3 {
+		line("w1.1", fmt.Sprintf("while down %d", i))
+		line("w1.2", fmt.Sprintf("b while down %d", i))
+	}
 	poll(t, "reconnection attempts while the node is away", func() string {
 		if link.Refused() < 2 {
 			return "no reconnection attempt refused yet"
@@ -199,31 +146,70 @@ work_dir = %q
 		return ""
 	})
 	link.SetDown(false)
-	// Lines written before the new tail starts are not shown (it resumes
-	// at the end); keep writing until one comes through.
-	i := 0
-	poll(t, "lines after the node came back", func() string {
-		i++
-		appendLine(fmt.Sprintf("back %d", i))
-		mu.Lock()
-		defer mu.Unlock()
-		for _, l := range lines {
-			if strings.HasPrefix(l, "w1 w1.1 back ") {
-				return ""
-			}
-		}
-		return fmt.Sprintf("lines %q", lines)
-	})
-	mu.Lock()
-	for _, l := range lines {
-		if l == "w1 w1.1 first" && strings.Count(strings.Join(lines, "\n"), "w1 w1.1 first") > 1 {
-			t.Errorf("lines shown before the drop were repeated: %q", lines)
-		}
-	}
-	mu.Unlock()
+	line("w1.1", "back 1")
+	line("w1.2", "b back 1")
+	poll(t, "every line after the node came back", caughtUp)
+	line("w1.1", "back 2")
+	poll(t, "following goes on", caughtUp)
 	cancel()
 	if err := <-done; err != context.Canceled {
 		t.Errorf("TailLogs = %v, want context.Canceled", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id, w := range want {
+		if !slices.Equal(got[id], w) {
+			t.Errorf("%s: printed\n%q\nwant each line once, in order:\n%q", id, got[id], w)
+		}
+	}
+}
+
+// TestCheckReportsSystemd checks a node behind a real sshd: the probe's
+// systemd detection reaches NodeCheck and its JSON, and agrees with the
+// host (no systemd as PID 1 here: none).
+func TestCheckReportsSystemd(t *testing.T) {
+	t.Parallel()
+	srv := sshtest.StartSSHD(t)
+	host, port, _ := net.SplitHostPort(srv.Addr)
+	cfg, err := orchestrator.Parse("cluster.toml", fmt.Appendf(nil, `[[nodes]]
+name = "w1"
+net_remote_ip = %q
+ssh_port = %s
+ssh_username = %q
+work_dir = %q
+`, host, port, srv.User, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	knownHosts := srv.KnownHosts(t)
+	fleet := &orchestrator.Fleet{Config: cfg, DialSSH: func(ctx context.Context, n orchestrator.Node) (orchestrator.Conn, error) {
+		return sshx.Dial(ctx, sshx.Config{Host: n.Host, Port: n.Port, User: n.User, KeyFiles: []string{srv.ClientKeyFile},
+			KnownHostsFile: knownHosts, SSHConfigFile: "none"})
+	}}
+	noBuild := func(goos, goarch string) (string, error) { return "", fmt.Errorf("no build for %s/%s", goos, goarch) }
+	res, err := fleet.Check(t.Context(), nil, noBuild, nil)
+	if err != nil || len(res) != 1 || res[0].Systemd == nil {
+		t.Fatalf("Check = %+v, %v", res, err)
+	}
+	_, statErr := os.Stat("/run/systemd/system")
+	booted := statErr == nil
+	if got := res[0].Systemd; got.Booted != booted || !booted && *got != (deploy.Systemd{}) {
+		t.Errorf("systemd %+v; /run/systemd/system exists: %v", *got, booted)
+	}
+	b, err := json.Marshal(res[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var row struct {
+		Systemd map[string]bool `json:"systemd"`
+	}
+	if err := json.Unmarshal(b, &row); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"booted", "user_manager", "linger", "kill_user_processes"} {
+		if v, ok := row.Systemd[k]; !ok || k == "booted" && v != booted {
+			t.Errorf("JSON %s: systemd.%s = %v, %v", b, k, v, ok)
+		}
 	}
 }
 

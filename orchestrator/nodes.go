@@ -42,11 +42,16 @@ type NodeCheck struct {
 	Binary       string   `json:"binary"` // current, outdated, missing, local, unknown (no local build)
 	Config       string   `json:"config"` // current, outdated, missing, local
 	MissingTools []string `json:"missing_tools,omitempty"`
+	// Systemd is what the node offers besides setsid, which starts the
+	// workers (nil when the node could not be probed).
+	Systemd *deploy.Systemd `json:"systemd,omitempty"`
+	// Warnings are problems that do not fail the check.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Check probes the nodes: reachable and authenticated, OS and arch, free
-// disk in the work dir, tools, and whether the deployed binary and config
-// are those deploy would push. A node that fails is reported in its
+// disk in the work dir, tools, what systemd offers, and whether the
+// deployed binary and config are those deploy would push. A node that fails is reported in its
 // NodeCheck and in the returned error (*PartialError for some nodes).
 func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, configData []byte) ([]NodeCheck, error) {
 	nodes, err := f.Nodes(names)
@@ -69,6 +74,14 @@ func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, co
 			return err
 		}
 		r.Platform, r.Uname, r.FreeKiB, r.MissingTools = p.OS+"/"+p.Arch, p.Uname, p.FreeKiB, p.MissingTools
+		r.Systemd = &p.Systemd
+		if p.Systemd.KillUserProcesses {
+			// A warning, not a failure: detection could be wrong, and an
+			// admin may exempt this user with KillExcludeUsers, which the
+			// probe does not read.
+			r.Warnings = append(r.Warnings, "systemd-logind kills a login's processes when it ends (KillUserProcesses=yes): "+
+				"workers started over SSH may die with the session that started them; set KillUserProcesses=no or KillExcludeUsers= in /etc/systemd/logind.conf")
+		}
 		if n.Local {
 			r.Binary, r.Config = "local", "local"
 		} else {

@@ -1,6 +1,7 @@
 package sshtest
 
 import (
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -130,4 +131,99 @@ func Blackhole(tb testing.TB) string {
 		mu.Unlock()
 	})
 	return ln.Addr().String()
+}
+
+// Link forwards TCP connections to a target like a network path that can
+// fail: Cut drops every connection at once, and while down it accepts and
+// closes new ones, like a node that went away and comes back on the same
+// address.
+type Link struct {
+	Addr string
+
+	target string
+	ln     net.Listener
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	down    bool
+	refused int
+	conns   []net.Conn
+}
+
+// NewLink listens on 127.0.0.1 and forwards to target.
+func NewLink(tb testing.TB, target string) *Link {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l := &Link{Addr: ln.Addr().String(), target: target, ln: ln}
+	l.wg.Add(1)
+	go l.serve()
+	tb.Cleanup(func() {
+		ln.Close()
+		l.Cut()
+		l.wg.Wait()
+	})
+	return l
+}
+
+func (l *Link) serve() {
+	defer l.wg.Done()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		if l.down {
+			l.refused++
+			l.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s, err := net.Dial("tcp", l.target)
+		if err != nil {
+			l.mu.Unlock()
+			c.Close()
+			continue
+		}
+		l.conns = append(l.conns, c, s)
+		l.mu.Unlock()
+		l.wg.Add(2)
+		go l.copy(c, s)
+		go l.copy(s, c)
+	}
+}
+
+func (l *Link) copy(dst, src net.Conn) {
+	defer l.wg.Done()
+	_, _ = io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+}
+
+// Cut closes every forwarded connection.
+func (l *Link) Cut() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.conns = nil
+}
+
+// SetDown makes the link refuse new connections (true) or forward them
+// again (false).
+func (l *Link) SetDown(down bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.down = down
+}
+
+// Refused is how many connections were refused while down.
+func (l *Link) Refused() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.refused
 }

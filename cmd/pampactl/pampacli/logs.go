@@ -22,7 +22,7 @@ func (e *env) logsCommand() *cli.Command {
 				&cli.StringSliceFlag{Name: "node", Usage: "only this node (repeatable); all nodes by default"},
 				&cli.StringSliceFlag{Name: "worker", Aliases: []string{"w"}, Usage: "only this worker id, such as w1.2 (repeatable)"},
 				&cli.IntFlag{Name: "lines", Aliases: []string{"n"}, Value: 100, Usage: "last lines of each log to print"},
-				&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new lines, reconnecting to nodes that drop, until interrupted"},
+				&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new lines until interrupted; a node that drops is reconnected and its logs resume where they were left (no line lost or repeated)"},
 			}, sshFlags()...),
 			Action: e.logsTail,
 		}},

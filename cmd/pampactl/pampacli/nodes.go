@@ -168,22 +168,37 @@ func (e *env) nodesCheck(c *cli.Context) error {
 		if jerr := e.printJSON(res); jerr != nil {
 			return jerr
 		}
+		e.printCheckWarnings(res)
 		return err
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tPLATFORM\tFREE\tBINARY\tCONFIG")
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATUS\tPLATFORM\tFREE\tBINARY\tCONFIG\tSYSTEMD")
 	for _, r := range res {
-		status, free := "ok", "-"
+		status, free, systemd := "ok", "-", "-"
 		if !r.OK {
 			status = "FAILED"
 		}
 		if r.Platform != "" {
 			free = humanBytes(r.FreeKiB << 10)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.Addr, status, dash(r.Platform), free, r.Binary, r.Config)
+		if r.Systemd != nil {
+			systemd = r.Systemd.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.Addr, status, dash(r.Platform), free, r.Binary, r.Config, systemd)
 	}
 	tw.Flush()
+	e.printCheckWarnings(res)
 	return err
+}
+
+// printCheckWarnings tells on stderr what does not fail a node's check
+// but may stop its workers.
+func (e *env) printCheckWarnings(res []orchestrator.NodeCheck) {
+	for _, r := range res {
+		for _, w := range r.Warnings {
+			fmt.Fprintf(e.stderr, "pampactl: warning: node %s: %s\n", r.Node, w)
+		}
+	}
 }
 
 func humanBytes(n int64) string {

@@ -147,10 +147,19 @@ func TestWorkersOverSSH(t *testing.T) {
 }
 
 // TestLogsTail reads the last lines of two workers' logs, then follows
-// them.
+// them: every line once, in order (a reconnection resuming mid-log is
+// TestFollowLogsReconnects in orchestrator).
 func TestLogsTail(t *testing.T) {
 	t.Parallel()
-	srv := sshtest.NewServer(t)
+	for _, s := range servers {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			testLogsTail(t, s.start(t))
+		})
+	}
+}
+
+func testLogsTail(t *testing.T, srv *sshtest.Server) {
 	n := sshNode(t, "w1", srv)
 	if err := os.MkdirAll(n.workDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -194,10 +203,12 @@ func TestLogsTail(t *testing.T) {
 		return ""
 	})
 	appendLog("w1.2", "gamma\n")
-	appendLog("w1.1", "four\n")
+	appendLog("w1.1", "four\nfi")
+	appendLog("w1.1", "ve\n")
+	appendLog("w1.3", "not followed\n")
 	poll(t, "follow prints new lines", func() string {
 		s := out.String()
-		if !strings.Contains(s, "w1.2 | gamma\n") || !strings.Contains(s, "w1.1 | four\n") {
+		if !strings.Contains(s, "w1.2 | gamma\n") || !strings.Contains(s, "w1.1 | five\n") {
 			return fmt.Sprintf("output %q", s)
 		}
 		return ""
@@ -205,5 +216,20 @@ func TestLogsTail(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("logs tail -f ended with %d:\n%s", code, out.String())
+	}
+	// Lines of different workers interleave as they come; each worker's
+	// own lines are in order, each once.
+	perWorker := map[string][]string{}
+	for _, l := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		id, _, _ := strings.Cut(l, " | ")
+		perWorker[id] = append(perWorker[id], l)
+	}
+	for id, want := range map[string]string{"w1.1": "w1.1 | three\nw1.1 | four\nw1.1 | five", "w1.2": "w1.2 | beta\nw1.2 | gamma"} {
+		if got := strings.Join(perWorker[id], "\n"); got != want {
+			t.Errorf("logs tail -f printed for %s:\n%s\nwant:\n%s\n(all output:\n%s)", id, got, want, out.String())
+		}
+	}
+	if len(perWorker) != 2 {
+		t.Errorf("logs tail -f printed lines of other workers or unprefixed lines:\n%s", out.String())
 	}
 }
