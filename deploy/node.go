@@ -5,8 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -27,7 +25,7 @@ var RequiredTools = []string{"sh", "setsid", "sha256sum", "df", "stat", "tail", 
 // systemd is PID 1 (what sd_booted checks), and each systemd question is
 // asked only then, with timeout where it exists, so a node without
 // systemd answers at once and a stuck bus cannot hang the probe.
-const probeScript = `wd=$1; shift
+const probeScript = sumFunc + `wd=$1; shift
 echo "uname $(uname -sm)"
 d=$wd
 while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
@@ -38,7 +36,7 @@ for f in ` + BinaryFile + ` ` + ConfigFile + `; do
   meta=$(stat -c '%s %Y %i' -- "$p" 2>/dev/null)
   stamp=$(cat -- "$p.sha256" 2>/dev/null)
   if [ -n "$meta" ] && [ -n "$stamp" ] && [ "${stamp#* }" = "$meta" ]; then echo "sum $f ${stamp%% *}"
-  else echo "sum $f $(sha256sum < "$p" | cut -d' ' -f1)"; fi
+  else echo "sum $f $(sum "$p")"; fi
 done
 for t in "$@"; do command -v "$t" >/dev/null 2>&1 || echo "missing $t"; done
 sd=none linger=no kill=no
@@ -52,23 +50,6 @@ fi
 echo "systemd $sd $linger $kill"
 true
 `
-
-// stampScript: $1 work dir, $2 file, $3 its verified SHA-256. The stamp
-// records the sum with the file's size, mtime and inode, so a later probe
-// trusts it instead of hashing a 20 MB binary again while none of them
-// changed (the quick check rsync uses; an upload renames, so the inode
-// changes).
-const stampScript = `p=$1/$2
-m=$(stat -c '%s %Y %i' -- "$p") && echo "$3 $m" > "$p.sha256.tmp" && mv -f -- "$p.sha256.tmp" "$p.sha256"
-`
-
-// Stamp records the verified checksum of an uploaded file for ProbeNode.
-func Stamp(ctx context.Context, r Remote, workDir, rel, sum string) error {
-	if _, err := r.Run(ctx, sh(stampScript, workDir, rel, sum), nil); err != nil {
-		return fmt.Errorf("record checksum of %s: %w", rel, err)
-	}
-	return nil
-}
 
 // Probe is what a node says about itself.
 type Probe struct {
@@ -216,15 +197,4 @@ func Bootstrap(ctx context.Context, r Remote, pubKey, authorizedKeys, workDir st
 		return false, fmt.Errorf("install key and create work dir: %w", err)
 	}
 	return strings.Contains(string(out), "key added"), nil
-}
-
-// Uploader is what Push needs of an SSH node: atomic, checksummed upload
-// (*sshx.Client).
-type Uploader interface {
-	Upload(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode) error
-}
-
-// Push uploads r to WorkDir/rel with mode; the upload is atomic.
-func Push(ctx context.Context, u Uploader, workDir, rel string, r io.Reader, mode os.FileMode) error {
-	return u.Upload(ctx, r, workDir+"/"+rel, mode)
 }

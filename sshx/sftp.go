@@ -57,46 +57,16 @@ func (c *Client) Upload(ctx context.Context, r io.Reader, remotePath string, mod
 }
 
 func (c *Client) upload(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode) (err error) {
-	if err := ctx.Err(); err != nil {
-		return context.Cause(ctx)
-	}
-	sc, err := c.sftpClient()
+	h := sha256.New()
+	tmp, err := c.stage(ctx, io.TeeReader(r, h), remotePath, mode)
 	if err != nil {
 		return err
 	}
-	// Same directory, so the rename stays on one file system and is atomic.
-	tmp := path.Join(path.Dir(remotePath), "."+path.Base(remotePath)+".tmp-"+strings.ToLower(rand.Text()[:12]))
-	f, err := sc.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
-	if err != nil {
-		return fmt.Errorf("create temporary file: %w", c.why(err))
-	}
 	defer func() {
 		if err != nil {
-			_ = sc.Remove(tmp)
+			c.removeStaged(tmp)
 		}
 	}()
-	// Chmod before writing, so a 0600 file never holds data with wider
-	// permissions.
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("chmod temporary file: %w", c.why(err))
-	}
-
-	h := sha256.New()
-	// File.ReadFrom only pipelines writes when it can tell the size; an
-	// unlimited LimitedReader asks for the full concurrency.
-	src := &io.LimitedReader{R: io.TeeReader(ctxReader{ctx, r}, h), N: math.MaxInt64}
-	_, err = f.ReadFrom(src)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		return fmt.Errorf("write: %w", c.why(err))
-	}
-
 	want := hex.EncodeToString(h.Sum(nil))
 	got, err := c.sha256(ctx, tmp)
 	if err != nil {
@@ -107,10 +77,74 @@ func (c *Client) upload(ctx context.Context, r io.Reader, remotePath string, mod
 	}
 	// posix-rename replaces the target atomically; plain SFTP rename
 	// refuses to overwrite.
-	if err := sc.PosixRename(tmp, remotePath); err != nil {
+	sc, err := c.sftpClient()
+	if err == nil {
+		err = sc.PosixRename(tmp, remotePath)
+	}
+	if err != nil {
 		return fmt.Errorf("rename into place: %w", c.why(err))
 	}
 	return nil
+}
+
+// Stage writes r to a new temporary file beside remotePath, with mode, and
+// returns its path: the first half of an atomic upload, for callers that
+// verify and rename on the node themselves (several files in one command).
+// The temporary file is removed if writing fails.
+func (c *Client) Stage(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode) (string, error) {
+	tmp, err := c.stage(ctx, r, remotePath, mode)
+	if err != nil {
+		return "", fmt.Errorf("upload %s to node %s: %w", remotePath, c.addr, err)
+	}
+	return tmp, nil
+}
+
+func (c *Client) stage(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode) (tmp string, err error) {
+	if err := ctx.Err(); err != nil {
+		return "", context.Cause(ctx)
+	}
+	sc, err := c.sftpClient()
+	if err != nil {
+		return "", err
+	}
+	// Same directory, so the rename stays on one file system and is atomic.
+	tmp = path.Join(path.Dir(remotePath), "."+path.Base(remotePath)+".tmp-"+strings.ToLower(rand.Text()[:12]))
+	f, err := sc.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return "", fmt.Errorf("create temporary file: %w", c.why(err))
+	}
+	defer func() {
+		if err != nil {
+			c.removeStaged(tmp)
+		}
+	}()
+	// Chmod before writing, so a 0600 file never holds data with wider
+	// permissions.
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return "", fmt.Errorf("chmod temporary file: %w", c.why(err))
+	}
+	// File.ReadFrom only pipelines writes when it can tell the size; an
+	// unlimited LimitedReader asks for the full concurrency.
+	_, err = f.ReadFrom(&io.LimitedReader{R: ctxReader{ctx, r}, N: math.MaxInt64})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", context.Cause(ctx)
+		}
+		return "", fmt.Errorf("write: %w", c.why(err))
+	}
+	return tmp, nil
+}
+
+// removeStaged removes a temporary file, best effort: it is hidden and
+// named as such, and the caller is already reporting a failure.
+func (c *Client) removeStaged(tmp string) {
+	if sc, err := c.sftpClient(); err == nil {
+		_ = sc.Remove(tmp)
+	}
 }
 
 // WriteFile writes data to remotePath atomically, as Upload does.
