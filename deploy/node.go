@@ -25,7 +25,9 @@ var RequiredTools = []string{"sh", "setsid", "sha256sum", "df", "stat", "tail", 
 // systemd is PID 1 (what sd_booted checks), and each systemd question is
 // asked only then, with timeout where it exists, so a node without
 // systemd answers at once and a stuck bus cannot hang the probe.
-const probeScript = sumFunc + `wd=$1; shift
+const probeScript = probeBody + "true\n"
+
+const probeBody = sumFunc + `wd=$1; shift
 echo "uname $(uname -sm)"
 d=$wd
 while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
@@ -48,7 +50,6 @@ if [ -d /run/systemd/system ]; then
   [ "$($to busctl get-property org.freedesktop.login1 /org/freedesktop/login1 org.freedesktop.login1.Manager KillUserProcesses 2>/dev/null)" = "b true" ] && kill=yes
 fi
 echo "systemd $sd $linger $kill"
-true
 `
 
 // Probe is what a node says about itself.

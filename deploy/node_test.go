@@ -46,7 +46,7 @@ func TestProbeTrustsStampOnlyForTheSameFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := fi.Sys().(*syscall.Stat_t)
-	stamp := fmt.Sprintf("%s %d %d %d\n", fake, fi.Size(), fi.ModTime().Unix(), st.Ino) // as installScript writes it
+	stamp := fmt.Sprintf("%s %d %d %d\n", fake, fi.Size(), fi.ModTime().Unix(), st.Ino) // as pushScript writes it
 	if err := os.WriteFile(bin+".sha256", []byte(stamp), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -55,74 +56,57 @@ func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, e
 	var mu sync.Mutex
 	var out []NodeDeploy
 	err = f.each(ctx, "deploy", nodes, func(ctx context.Context, n Node, c Conn) error {
-		st, ok := c.(deploy.Stager)
-		if !ok {
-			return fmt.Errorf("%s: this connection cannot upload files", n.Addr())
-		}
-		p, err := deploy.ProbeNode(ctx, c, n.WorkDir)
-		if err != nil {
-			return err
-		}
-		r := NodeDeploy{Node: n.Name, Platform: p.OS + "/" + p.Arch}
-		bin, err := opts.Binary(p.OS, p.Arch)
-		if err != nil {
-			return fmt.Errorf("%s is %s: %w", n.Addr(), r.Platform, err)
-		}
-		r.Binary = bin
-		goos, goarch, err := BinaryPlatform(bin)
-		if err != nil {
-			return err
-		}
-		if goos != p.OS || goarch != p.Arch {
-			return fmt.Errorf("refusing to push %s, built for %s/%s, to %s, which is %s (%s); build one for it with `make dist`",
-				bin, goos, goarch, n.Addr(), r.Platform, p.Uname)
-		}
-		sum, err := sums.get(bin)
-		if err != nil {
-			return err
-		}
-		// Every remote command costs a login shell on the node (~150 ms
-		// with a slow ~/.bashrc), so a deploy is three at most: the probe,
-		// the SFTP session (directories and uploads to temporary names)
-		// and one install that verifies, renames and stamps every file.
-		var staged []deploy.Staged
-		installed := false
-		if sum != p.BinarySHA256 || cfgSum != p.ConfigSHA256 {
-			for _, dir := range []string{n.WorkDir + "/bin", n.WorkDir + "/run"} {
-				if err := st.MkdirAll(ctx, dir); err != nil {
-					return err
+		r := NodeDeploy{Node: n.Name}
+		choose := func(p deploy.Probe) ([]deploy.File, error) {
+			r.Platform = p.OS + "/" + p.Arch
+			bin, err := opts.Binary(p.OS, p.Arch)
+			if err != nil {
+				return nil, fmt.Errorf("%s is %s: %w", n.Addr(), r.Platform, err)
+			}
+			r.Binary = bin
+			goos, goarch, err := BinaryPlatform(bin)
+			if err != nil {
+				return nil, err
+			}
+			if goos != p.OS || goarch != p.Arch {
+				return nil, fmt.Errorf("refusing to push %s, built for %s/%s, to %s, which is %s (%s); build one for it with `make dist`",
+					bin, goos, goarch, n.Addr(), r.Platform, p.Uname)
+			}
+			sum, err := sums.get(bin)
+			if err != nil {
+				return nil, err
+			}
+			var files []deploy.File
+			var need int64
+			if cfgSum != p.ConfigSHA256 {
+				files = append(files, deploy.File{Rel: deploy.ConfigFile, Mode: 0o600, SHA256: cfgSum, Open: func() (io.ReadCloser, error) {
+					return io.NopCloser(bytes.NewReader(opts.ConfigData)), nil
+				}})
+				need += int64(len(opts.ConfigData))
+			}
+			if sum != p.BinarySHA256 {
+				fi, err := os.Stat(bin)
+				if err != nil {
+					return nil, err
 				}
+				files = append(files, deploy.File{Rel: deploy.BinaryFile, Mode: 0o755, SHA256: sum, Open: func() (io.ReadCloser, error) {
+					return openWithProgress(bin, n.Name, opts.Progress)
+				}})
+				need += fi.Size()
 			}
+			// The old files stay until the new ones are in place.
+			if need > 0 && p.FreeKiB*1024 < need+1<<20 {
+				return nil, fmt.Errorf("%s has %s free where its work dir %s is, and this deploy needs %s: free some space or set work_dir to another file system",
+					n.Addr(), mib(p.FreeKiB*1024), n.WorkDir, mib(need+1<<20))
+			}
+			return files, nil
 		}
-		defer func() {
-			if !installed {
-				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				defer cancel()
-				deploy.Discard(ctx, c, staged)
-			}
-		}()
-		if sum != p.BinarySHA256 {
-			tmp, err := stageBinary(ctx, st, n, bin, opts.Progress)
-			if err != nil {
-				return err
-			}
-			staged = append(staged, deploy.Staged{Rel: deploy.BinaryFile, Temp: tmp, SHA256: sum})
-			r.BinaryUploaded = true
+		_, installed, err := deploy.Push(ctx, c, n.WorkDir, choose)
+		if err != nil {
+			return err
 		}
-		if cfgSum != p.ConfigSHA256 {
-			tmp, err := st.Stage(ctx, bytes.NewReader(opts.ConfigData), n.WorkDir+"/"+deploy.ConfigFile, 0o600)
-			if err != nil {
-				return err
-			}
-			staged = append(staged, deploy.Staged{Rel: deploy.ConfigFile, Temp: tmp, SHA256: cfgSum})
-			r.ConfigUploaded = true
-		}
-		if len(staged) > 0 {
-			if err := deploy.Install(ctx, c, n.WorkDir, staged); err != nil {
-				return err
-			}
-		}
-		installed = true
+		r.BinaryUploaded = slices.Contains(installed, deploy.BinaryFile)
+		r.ConfigUploaded = slices.Contains(installed, deploy.ConfigFile)
 		defer func() {
 			mu.Lock()
 			out = append(out, r)
@@ -159,25 +143,25 @@ func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, e
 	return out, err
 }
 
-// stageBinary uploads the local build bin to a temporary name beside the
-// node's binary. Its SHA-256 is known already (the probe was compared with
-// it), so the data is not hashed again on the way.
-func stageBinary(ctx context.Context, st deploy.Stager, n Node, bin string, progress func(node string, sent, total int64)) (string, error) {
+// openWithProgress opens the local build bin, reporting bytes read to
+// progress (if set) as they go to the node.
+func openWithProgress(bin, node string, progress func(node string, sent, total int64)) (io.ReadCloser, error) {
 	file, err := os.Open(bin)
+	if err != nil || progress == nil {
+		return file, err
+	}
+	fi, err := file.Stat()
 	if err != nil {
-		return "", err
+		file.Close()
+		return nil, err
 	}
-	defer file.Close()
-	var src io.Reader = file
-	if progress != nil {
-		fi, err := file.Stat()
-		if err != nil {
-			return "", err
-		}
-		src = &progressReader{r: file, total: fi.Size(), report: func(sent, total int64) { progress(n.Name, sent, total) }}
-	}
-	return st.Stage(ctx, src, n.WorkDir+"/"+deploy.BinaryFile, 0o755)
+	return struct {
+		io.Reader
+		io.Closer
+	}{&progressReader{r: file, total: fi.Size(), report: func(sent, total int64) { progress(node, sent, total) }}, file}, nil
 }
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // defaultStopSlack is added to the grace period before workers are killed.
 const defaultStopSlack = 5 * time.Second

@@ -87,18 +87,8 @@ func (c *Client) upload(ctx context.Context, r io.Reader, remotePath string, mod
 	return nil
 }
 
-// Stage writes r to a new temporary file beside remotePath, with mode, and
-// returns its path: the first half of an atomic upload, for callers that
-// verify and rename on the node themselves (several files in one command).
-// The temporary file is removed if writing fails.
-func (c *Client) Stage(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode) (string, error) {
-	tmp, err := c.stage(ctx, r, remotePath, mode)
-	if err != nil {
-		return "", fmt.Errorf("upload %s to node %s: %w", remotePath, c.addr, err)
-	}
-	return tmp, nil
-}
-
+// stage writes r to a new temporary file beside remotePath, with mode, and
+// returns its path; it removes the file if writing fails.
 func (c *Client) stage(ctx context.Context, r io.Reader, remotePath string, mode os.FileMode) (tmp string, err error) {
 	if err := ctx.Err(); err != nil {
 		return "", context.Cause(ctx)

@@ -7,7 +7,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/pampa-go/pampa/deploy"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/sshx"
 )
@@ -100,8 +99,4 @@ func (e *env) sshDialer(c *cli.Context, cfg *orchestrator.Config) orchestrator.D
 	}
 }
 
-// An SSH node is a Conn that deploys by SFTP.
-var (
-	_ orchestrator.Conn = (*sshx.Client)(nil)
-	_ deploy.Stager     = (*sshx.Client)(nil)
-)
+var _ orchestrator.Conn = (*sshx.Client)(nil)
