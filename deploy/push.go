@@ -126,7 +126,7 @@ func Push(ctx context.Context, s Streamer, workDir string, choose func(Probe) ([
 	case perr != nil:
 		return p, nil, perr
 	case failure != "":
-		return p, nil, pushFailure(failure, files)
+		return p, nil, pushFailure(failure, files, stderr.String())
 	case err != nil:
 		return p, nil, fmt.Errorf("push to the node: %w", err)
 	case sendErr != nil:
@@ -171,7 +171,7 @@ func sendFiles(w io.Writer, files []File) error {
 	return bw.Flush()
 }
 
-func pushFailure(line string, files []File) error {
+func pushFailure(line string, files []File, stderr string) error {
 	if rest, ok := strings.CutPrefix(line, "mismatch "); ok {
 		rel, have, _ := strings.Cut(rest, " ")
 		for _, f := range files {
@@ -179,6 +179,12 @@ func pushFailure(line string, files []File) error {
 				return fmt.Errorf("push %s: checksum mismatch: sent sha256 %s, node has %s; nothing was replaced", rel, f.SHA256, have)
 			}
 		}
+	}
+	// The system's reason (no space, read-only file system) is the last
+	// line the failing command wrote to stderr.
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if why := strings.TrimSpace(lines[len(lines)-1]); why != "" {
+		line += " (" + why + ")"
 	}
 	return fmt.Errorf("push to the node: %s; nothing was replaced", line)
 }
