@@ -100,9 +100,9 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 	if err := ctx.Err(); err != nil {
 		return context.Cause(ctx)
 	}
-	s, err := c.conn.NewSession()
+	s, err := c.newSession(ctx)
 	if err != nil {
-		return fmt.Errorf("open session: %w", c.why(err))
+		return err
 	}
 	defer s.Close()
 
@@ -146,6 +146,36 @@ func (c *Client) run(ctx context.Context, argv []string, stdin io.Reader, stdout
 		return c.why(err)
 	}
 	return nil
+}
+
+// newSession opens a session, or gives up when ctx ends: opening waits for
+// the node's answer, which a frozen link withholds until the keepalives
+// close the connection. The abandoned open finishes in the background and
+// its session, if any, is closed; the connection is left alone.
+func (c *Client) newSession(ctx context.Context) (*ssh.Session, error) {
+	type opened struct {
+		s   *ssh.Session
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		s, err := c.conn.NewSession()
+		ch <- opened{s, err}
+	}()
+	select {
+	case o := <-ch:
+		if o.err != nil {
+			return nil, fmt.Errorf("open session: %w", c.why(o.err))
+		}
+		return o.s, nil
+	case <-ctx.Done():
+		go func() {
+			if o := <-ch; o.s != nil {
+				o.s.Close()
+			}
+		}()
+		return nil, context.Cause(ctx)
+	}
 }
 
 // kill stops a cancelled command: by signal where the server allows it,

@@ -359,6 +359,31 @@ var suite = []struct {
 			t.Fatal("Run still blocked 10s after the link froze")
 		}
 	}},
+	{"CancelWhileOpeningOnFrozenLink", func(t *testing.T, srv *sshtest.Server) {
+		proxy := sshtest.NewProxy(t, srv.Addr)
+		cfg := config(t, srv)
+		cfg.Host, cfg.Port = proxy.Addr, 0
+		cfg.KnownHostsFile = filepath.Join(t.TempDir(), "known_hosts")
+		sshtest.WriteKnownHosts(t, cfg.KnownHostsFile, proxy.Addr, srv.HostKey)
+		cfg.KeepAliveInterval = -1 // nothing else would ever end the open
+		c := dial(t, cfg)
+		proxy.Freeze()
+		ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		result := make(chan error, 1)
+		go func() {
+			_, err := c.Run(ctx, []string{"true"}, nil)
+			result <- err
+		}()
+		select {
+		case err := <-result:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run still blocked 10s after its context ended")
+		}
+	}},
 	{"SSHConfigAlias", func(t *testing.T, srv *sshtest.Server) {
 		dir := t.TempDir()
 		sshConfig := filepath.Join(dir, "config")
