@@ -63,13 +63,18 @@ type remoteListener interface {
 type Tunnels struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	open   []string // nodes whose tunnel came up
 }
 
 // OpenTunnels opens, on every db_tunnel node among names, a listener on
 // 127.0.0.1:db_tunnel_port whose connections dialDB connects to the
-// database from the control host. It returns once every listener is up
-// (failures are per node: *PartialError); the tunnels then stay open,
-// re-established with backoff when a node drops, until ctx ends or Close.
+// database from the control host. It returns once every listener is up or
+// has failed; the tunnels then stay open, re-established with backoff when
+// a node drops, until ctx ends or Close.
+//
+// Failures are per node: when some tunnels failed and others opened, it
+// returns the open ones (Nodes) together with a *PartialError naming the
+// failed nodes; when every tunnel failed, it returns nil and the error.
 func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(context.Context) (net.Conn, error)) (*Tunnels, error) {
 	nodes, err := f.Nodes(names)
 	if err != nil {
@@ -89,6 +94,7 @@ func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(con
 	}
 	var mu sync.Mutex
 	failed := map[string]error{}
+	opened := map[string]bool{}
 	var ready sync.WaitGroup
 	for _, n := range tunnelled {
 		ready.Add(1)
@@ -100,6 +106,9 @@ func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(con
 			for attempt := 0; ; attempt++ {
 				err := f.tunnel(ctx, n, addr, dialDB, func() {
 					if attempt == 0 {
+						mu.Lock()
+						opened[n.Name] = true
+						mu.Unlock()
 						ready.Done()
 					} else {
 						log.Info("db tunnel re-established", "node", n.Name, "listen", addr)
@@ -132,12 +141,29 @@ func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(con
 		}()
 	}
 	ready.Wait()
-	if err := nodeErrors("open db tunnels", failed, len(tunnelled)); err != nil {
+	if err := ctx.Err(); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("open db tunnels: %w", err)
+	}
+	mu.Lock()
+	for _, n := range tunnelled {
+		if opened[n.Name] {
+			t.open = append(t.open, n.Name)
+		}
+	}
+	mu.Unlock()
+	err = nodeErrors("open db tunnels", failed, len(tunnelled))
+	if len(t.open) == 0 && err != nil {
 		t.Close()
 		return nil, err
 	}
-	return t, nil
+	// The tunnels that opened stay open: the nodes behind them go on
+	// without the ones that failed.
+	return t, err
 }
+
+// Nodes names the nodes whose tunnel opened, in the order they were given.
+func (t *Tunnels) Nodes() []string { return t.open }
 
 // errAfterReady marks a tunnel that worked, then broke.
 type errAfterReady struct{ error }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -52,7 +53,34 @@ func (e *env) proceed(err error) error {
 	return err
 }
 
+// goOnWith is what is left of active after a step failed with err on some
+// nodes: the nodes ok says the step worked on. It warns on stderr and
+// returns them, or returns err when none is left or `up` was interrupted.
+func (e *env) goOnWith(ctx context.Context, active []string, ok map[string]bool, err error) ([]string, error) {
+	if ctx.Err() != nil {
+		return nil, err
+	}
+	var left []string
+	for _, n := range active {
+		if ok[n] {
+			left = append(left, n)
+		}
+	}
+	if len(left) == 0 {
+		return nil, err
+	}
+	fmt.Fprintln(e.stderr, "pampactl: warning:", err)
+	fmt.Fprintf(e.stderr, "pampactl: warning: going on with %s only\n", strings.Join(left, ", "))
+	return left, nil
+}
+
+// up deploys, opens the db tunnels, starts the workers and runs the
+// dispatcher. A node that fails a step is left out of the next ones: its
+// workers are not started where the binary or the config may be stale, nor
+// where the db tunnel did not open (they would hand the database
+// credentials to whatever holds the tunnel's port on the node).
 func (e *env) up(c *cli.Context) error {
+	ctx := c.Context
 	f, err := e.sshFleet(c)
 	if err != nil {
 		return err
@@ -61,34 +89,69 @@ func (e *env) up(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	names := c.StringSlice("node")
-	dep, err := f.Deploy(c.Context, orchestrator.DeployOptions{Names: names, Binary: e.binaryFunc(c), ConfigData: data})
-	e.printDeploy(dep)
-	if err := e.proceed(err); err != nil {
+	nodes, err := f.Nodes(c.StringSlice("node"))
+	if err != nil {
 		return err
 	}
-	dbAddr := ""
-	for _, n := range f.Config.Nodes {
-		if n.DBTunnel {
-			if dbAddr, err = f.Config.DatabaseAddr(e.getenv); err != nil {
-				return err
+	active := make([]string, 0, len(nodes))
+	byName := map[string]orchestrator.Node{}
+	for _, n := range nodes {
+		active = append(active, n.Name)
+		byName[n.Name] = n
+	}
+
+	dep, err := f.Deploy(ctx, orchestrator.DeployOptions{Names: active, Binary: e.binaryFunc(c), ConfigData: data})
+	e.printDeploy(dep)
+	if err != nil {
+		ok := map[string]bool{}
+		for _, d := range dep {
+			ok[d.Node] = true
+		}
+		for _, n := range nodes {
+			if n.Local { // nothing to deploy
+				ok[n.Name] = true
 			}
-			break
+		}
+		if active, err = e.goOnWith(ctx, active, ok, err); err != nil {
+			return err
 		}
 	}
-	if dbAddr != "" {
-		tunnels, err := f.OpenTunnels(c.Context, names, func(ctx context.Context) (net.Conn, error) {
+
+	var tunnelled []string
+	for _, name := range active {
+		if byName[name].DBTunnel {
+			tunnelled = append(tunnelled, name)
+		}
+	}
+	if len(tunnelled) > 0 {
+		dbAddr, err := f.Config.DatabaseAddr(e.getenv)
+		if err != nil {
+			return err
+		}
+		tunnels, err := f.OpenTunnels(ctx, tunnelled, func(ctx context.Context) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", dbAddr)
 		})
-		if err := e.proceed(err); err != nil {
-			return err
-		}
 		if tunnels != nil {
 			defer tunnels.Close()
 		}
+		if err != nil {
+			ok := map[string]bool{}
+			for _, name := range active {
+				ok[name] = !byName[name].DBTunnel
+			}
+			if tunnels != nil {
+				for _, name := range tunnels.Nodes() {
+					ok[name] = true
+				}
+			}
+			if active, err = e.goOnWith(ctx, active, ok, err); err != nil {
+				return err
+			}
+		}
 	}
-	started, err := f.StartWorkers(c.Context, names)
+
+	started, err := f.StartWorkers(ctx, active)
 	e.printProcesses(started)
 	if err := e.proceed(err); err != nil {
 		return err
@@ -99,5 +162,5 @@ func (e *env) up(c *cli.Context) error {
 	}
 	defer closeLog()
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
-	return d.Run(c.Context)
+	return d.Run(ctx)
 }
