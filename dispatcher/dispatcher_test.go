@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pampa-go/pampa/internal/leaktest"
@@ -199,6 +201,26 @@ func TestCheckNamesMissingTableAndColumns(t *testing.T) {
 	err = Check(ctx, e.pool, []Job{other})
 	if err == nil || !strings.Contains(err.Error(), "pampactl db setup") {
 		t.Fatalf("want a hint to run db setup, got %v", err)
+	}
+}
+
+// An empty database is "not set up" (a reason to stop); a database that
+// cannot be reached is not (a reason to retry).
+func TestCheckTellsNotSetUpFromUnreachable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, url := pgtest.Pool(t)
+	if err := Check(ctx, pool, []Job{numbersJob()}); !errors.Is(err, ErrNotSetUp) {
+		t.Fatalf("empty schema: want ErrNotSetUp, got %v", err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+	err = Check(ctx, conn, []Job{numbersJob()})
+	if err == nil || errors.Is(err, ErrNotSetUp) {
+		t.Fatalf("closed connection: want an error other than ErrNotSetUp, got %v", err)
 	}
 }
 

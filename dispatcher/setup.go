@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Flavor is the database engine. PostgreSQL gets LISTEN/NOTIFY and an insert
@@ -177,8 +178,14 @@ where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name =
 func Check(ctx context.Context, db DB, jobs []Job) error {
 	var version int
 	err := db.QueryRow(ctx, `select coalesce(max(version), 0) from pampa_schema_version`).Scan(&version)
-	if err != nil || version < SchemaVersion {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "42P01", err == nil && version < SchemaVersion: // undefined_table
 		return fmt.Errorf("%w: Pampa's tables are missing or old; run: pampactl db setup", ErrNotSetUp)
+	case err != nil:
+		// Not a verdict on the schema: an unreachable database is worth
+		// waiting for, a missing table is not.
+		return fmt.Errorf("read Pampa's schema version: %w", err)
 	}
 	var errs []error
 	for _, j := range jobs {
