@@ -160,25 +160,43 @@ func TrustHostKey(ctx context.Context, cfg Config) (fingerprint string, added bo
 		return "", false, fmt.Errorf("trust host key of %s: %w", cfg.Host, err)
 	}
 	addr := target.addr()
-	if len(jumps) > 0 {
-		return "", false, fmt.Errorf("trust host key of %s: reached through ProxyJump; record it with ssh(1) instead", addr)
-	}
 	hosts, err := newHostKeyCheck(cfg.KnownHostsFile, false)
 	if err != nil {
 		return "", false, fmt.Errorf("trust host key of %s: %w", addr, err)
 	}
+	// Jump hosts are logged into as Dial does, their keys checked as
+	// always: only the target's key is being learnt.
+	var via *ssh.Client
+	for _, hop := range jumps {
+		jc, err := cfg.dialHop(ctx, via, hop, hosts)
+		if err != nil {
+			return "", false, fmt.Errorf("trust host key of %s: jump host %s: %w", addr, hop.addr(), err)
+		}
+		defer jc.Close()
+		via = jc
+	}
 	var key ssh.PublicKey
 	scan := Config{ConnectTimeout: cfg.ConnectTimeout, HandshakeTimeout: cfg.HandshakeTimeout}
-	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, cmp(scan.ConnectTimeout, defaultConnectTimeout))
-	conn, err := d.DialContext(dctx, "tcp", addr)
+	var conn net.Conn
+	if via != nil {
+		conn, err = via.DialContext(dctx, "tcp", addr)
+	} else {
+		var d net.Dialer
+		conn, err = d.DialContext(dctx, "tcp", addr)
+	}
 	cancel()
 	if err != nil {
 		return "", false, fmt.Errorf("trust host key of %s: connect: %w", addr, err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(cmp(scan.HandshakeTimeout, defaultHandshakeTimeout)))
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	// A connection through a jump host takes no deadline: the context
+	// bounds the handshake then.
+	deadline := time.Now().Add(cmp(scan.HandshakeTimeout, defaultHandshakeTimeout))
+	_ = conn.SetDeadline(deadline)
+	hctx, hcancel := context.WithDeadline(ctx, deadline)
+	defer hcancel()
+	stop := context.AfterFunc(hctx, func() { conn.Close() })
 	defer stop()
 	_, _, _, err = ssh.NewClientConn(conn, addr, &ssh.ClientConfig{
 		User:              "pampa-keyscan",

@@ -420,6 +420,21 @@ Host target
 		if out, err := c.Run(t.Context(), []string{"echo", "jumped"}, nil); err != nil || string(out) != "jumped\n" {
 			t.Fatalf("Run = %q, %v", out, err)
 		}
+
+		// Trusting the target learns its key through the jump host, whose
+		// own key must be known already.
+		fresh := srv.KnownHosts(t) // the jump host's entry only
+		fp, added, err := sshx.TrustHostKey(t.Context(), sshx.Config{Host: "target", SSHConfigFile: sshConfig, KnownHostsFile: fresh})
+		if err != nil || !added || fp != ssh.FingerprintSHA256(srv.HostKey) {
+			t.Fatalf("TrustHostKey through ProxyJump = %q, %v, %v", fp, added, err)
+		}
+		dial(t, sshx.Config{Host: "target", SSHConfigFile: sshConfig, KnownHostsFile: fresh, KeepAliveInterval: -1})
+		unknownJump := filepath.Join(dir, "empty_known_hosts")
+		writeFile(t, unknownJump, "")
+		var unknown *sshx.UnknownHostError
+		if _, _, err := sshx.TrustHostKey(t.Context(), sshx.Config{Host: "target", SSHConfigFile: sshConfig, KnownHostsFile: unknownJump}); !errors.As(err, &unknown) {
+			t.Fatalf("TrustHostKey through an unknown jump host = %v, want *UnknownHostError", err)
+		}
 	}},
 }
 
