@@ -45,9 +45,12 @@ const aliveFunc = `alive() { kill -0 "$1" 2>/dev/null && tr '\0' ' ' < /proc/"$1
 // startScript: $1 work dir, $2 the number K of ids, then the K ids, then
 // the worker argv. All workers of a node start in one round trip: each SSH
 // command costs the login shell's start-up on the node. Ids are node.N with
-// node names of [A-Za-z0-9_-] only, so $ids splits safely. setsid -f
-// returns at once and the worker survives the session that started it; the
-// pid it writes is its process group, which stop signals as a whole.
+// node names of [A-Za-z0-9_-] only, so $ids splits safely. setsid in the
+// background returns at once and the worker survives the session that
+// started it; the pid it writes is its process group, which stop signals
+// as a whole. Not `setsid -f`: BusyBox's setsid has no -f, and a
+// background child is never a group leader, so every setsid makes it a
+// session leader in place.
 const startScript = aliveFunc + `set -e
 cd "$1"; k=$2; shift 2
 ids=""; i=0
@@ -57,7 +60,7 @@ for id in $ids; do
   pidfile=run/$id.pid
   if [ -s "$pidfile" ] && alive "$(cat "$pidfile")" "$id"; then continue; fi
   rm -f "$pidfile"
-  setsid -f sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" --id "$id" >> "worker.$id.log" 2>&1 < /dev/null
+  setsid sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" --id "$id" >> "worker.$id.log" 2>&1 < /dev/null &
   echo "$id new"
 done
 for id in $ids; do
