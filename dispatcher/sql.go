@@ -50,6 +50,10 @@ type Queries struct {
 	RelaunchFailed      string // $1 max tries, or how many for a relaunching snippet
 	RelaunchLate        string // $1 max tries, $2 seconds
 	FailLate            string // $1 max tries, $2 seconds
+	// Rows out of tries are never relaunched by the dispatcher; an operator
+	// resets them after fixing the cause (pampactl jobs retry).
+	CountFailedForGood string // $1 max tries → how many
+	RetryFailed        string // $1 max tries: back to available, attempts from 0
 
 	StartChunk     string // $1 worker id, $2 how many → (key, key text, attempt)
 	StartChunkRows string // same, plus the row as JSON
@@ -141,6 +145,14 @@ where {ST} is not null and {EN} is null and coalesce({TS}, 0) < $1
   {ER} = 'attempt ' || coalesce({TS}, 0) || ' ran past max_job_duration, the last allowed'
 where {ST} is not null and {EN} is null and coalesce({TS}, 0) >= $1
   and {ST} < now() - ($2::float8 * interval '1 second')`)
+
+	// Same predicate as the report's failed count and the failed index. The
+	// error description is kept: it is the row's last word until an attempt
+	// ends again.
+	const outOfTries = `
+where {EN} is not null and {OK} = false and coalesce({TS}, 0) >= $1`
+	q.CountFailedForGood = sql(`select count(*) from {T}` + outOfTries)
+	q.RetryFailed = sql(`update {T} set ` + reset + `, {TS} = 0` + outOfTries)
 
 	start := `update {T} as t set {ST} = now(), {TS} = coalesce({TS}, 0) + 1, {EN} = null, {OK} = null
 where {PK} = any(array(select {PK} from {T} where {ID} = $1 and {ST} is null order by {PK} limit $2))

@@ -1,10 +1,14 @@
 package pampacli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
@@ -13,7 +17,7 @@ import (
 func (e *env) jobsCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "jobs",
-		Usage: "report job progress",
+		Usage: "report job progress, retry failed rows",
 		Subcommands: []*cli.Command{{
 			Name:  "status",
 			Usage: "rows per job: total, pending, queued, running, completed, failed",
@@ -36,8 +40,96 @@ func (e *env) jobsCommand() *cli.Command {
 				printJobs(e, st)
 				return nil
 			},
+		}, {
+			Name:  "retry",
+			Usage: "give rows that failed on their last allowed attempt a new series of max_try_times attempts",
+			Description: "Run it after fixing what made rows fail: every row that ended unsuccessfully with no tries\n" +
+				"left (the jobs status FAILED column) becomes available again, with its attempts counted\n" +
+				"from 0 and its last error description kept until the next attempt ends. Rows with tries\n" +
+				"left, queued, running and completed rows are untouched. On PostgreSQL the dispatcher is\n" +
+				"woken so the rows start at once.",
+			Flags: []cli.Flag{
+				&cli.StringSliceFlag{Name: "job", Usage: "only this job (repeatable; default: every job)"},
+				&cli.BoolFlag{Name: "dry-run", Usage: "only count the rows that would be reset"},
+			},
+			Action: e.jobsRetry,
 		}},
 	}
+}
+
+func (e *env) jobsRetry(c *cli.Context) error {
+	cfg, err := e.loadConfig(c)
+	if err != nil {
+		return err
+	}
+	// Job names are checked before connecting: a typo needs no database.
+	jobs, err := selectJobs(cfg.Jobs, c.StringSlice("job"))
+	if err != nil {
+		return err
+	}
+	url, err := cfg.DatabaseURL(e.getenv)
+	if err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(c.Context, url)
+	if err != nil {
+		return fmt.Errorf("connect to the database: %w", err)
+	}
+	defer conn.Close(context.Background())
+	// Missing columns are reported with the db setup hint, not as SQL errors.
+	if err := dispatcher.Check(c.Context, conn, jobs); err != nil {
+		return err
+	}
+	dry := c.Bool("dry-run")
+	var total int64
+	for _, j := range jobs {
+		q := dispatcher.NewQueries(j)
+		if dry {
+			n, err := dispatcher.CountFailedForGood(c.Context, conn, q)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s: %s would be reset (dry run)\n", j.Name, plural(int(n), "row"))
+			continue
+		}
+		n, err := dispatcher.RetryFailed(c.Context, conn, q)
+		if err != nil {
+			return err
+		}
+		total += n
+		fmt.Fprintf(e.stdout, "%s: %s reset, up to %s each\n", j.Name, plural(int(n), "row"), plural(j.MaxTryTimes, "attempt"))
+	}
+	if total > 0 && flavor(cfg) == dispatcher.Postgres {
+		if err := dispatcher.WakeDispatcher(c.Context, conn, "retry"); err != nil {
+			// The rows are reset; the dispatcher finds them at its next poll.
+			fmt.Fprintf(e.stderr, "pampactl: %v (the dispatcher will find the rows within its delay)\n", err)
+		}
+	}
+	return nil
+}
+
+// selectJobs returns the jobs named, in config order, or every job when
+// names is empty.
+func selectJobs(all []dispatcher.Job, names []string) ([]dispatcher.Job, error) {
+	if len(names) == 0 {
+		return all, nil
+	}
+	known := make([]string, len(all))
+	for i, j := range all {
+		known[i] = j.Name
+	}
+	for _, n := range names {
+		if !slices.Contains(known, n) {
+			return nil, usagef("--job %q: no such job; the jobs are: %s", n, strings.Join(known, ", "))
+		}
+	}
+	var out []dispatcher.Job
+	for _, j := range all {
+		if slices.Contains(names, j.Name) {
+			out = append(out, j)
+		}
+	}
+	return out, nil
 }
 
 func printJobs(e *env, st []dispatcher.JobStatus) {
