@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -77,6 +78,10 @@ type Dispatcher struct {
 	// walk from the start that every full cycle and every short
 	// reservation makes.
 	after map[string]any
+	// alive is the last cycle's list of live workers and their jobs, which
+	// only assign changes: a worker's request between full cycles needs
+	// nothing else to be served.
+	alive []*worker
 }
 
 // Stats counts what one cycle did, per job.
@@ -107,6 +112,7 @@ func (d *Dispatcher) leaseTTL() time.Duration { return max(10*time.Second, 5*d.c
 func (d *Dispatcher) Run(ctx context.Context) error {
 	defer d.close()
 	bo := backoff.New(100*time.Millisecond, 30*time.Second)
+	var req requests
 	for ctx.Err() == nil {
 		if err := d.connect(ctx); err != nil {
 			if errors.Is(err, ErrNotSetUp) {
@@ -116,7 +122,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			bo.Wait(ctx)
 			continue
 		}
-		if _, err := d.Cycle(ctx); err != nil {
+		if _, err := d.cycle(ctx, req); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
@@ -126,7 +132,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			continue
 		}
 		bo.Reset()
-		if err := d.wait(ctx); err != nil && ctx.Err() == nil {
+		var err error
+		if req, err = d.wait(ctx); err != nil && ctx.Err() == nil {
 			d.log.Warn("lost the database connection while waiting", "err", err)
 			d.drop()
 		}
@@ -183,7 +190,7 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 func (d *Dispatcher) drop() {
 	if d.conn != nil {
 		d.conn.Close(context.Background())
-		d.conn, d.leader = nil, false
+		d.conn, d.leader, d.alive = nil, false, nil
 	}
 }
 
@@ -200,23 +207,55 @@ func (d *Dispatcher) resign() {
 	d.leader = false
 }
 
-// wait blocks until a notification arrives or Delay passes.
-func (d *Dispatcher) wait(ctx context.Context) error {
+// requests is what woke the dispatcher: the ids of workers that asked for
+// rows, or anything else (new rows, a retry, the poll delay), which calls
+// for a normal cycle.
+type requests struct {
+	workers map[string]bool
+	other   bool
+}
+
+// wait blocks until a notification arrives or Delay passes, and gathers
+// the notifications that arrived meanwhile.
+func (d *Dispatcher) wait(ctx context.Context) (requests, error) {
+	req := requests{workers: map[string]bool{}}
 	if d.cfg.Flavor != Postgres {
 		select {
 		case <-ctx.Done():
 		case <-time.After(d.cfg.Delay):
 		}
-		return nil
+		req.other = true
+		return req, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, d.cfg.Delay)
 	defer cancel()
-	_, err := d.conn.WaitForNotification(wctx)
-	if err != nil && wctx.Err() != nil {
-		return nil // timeout or shutdown; pgx leaves the connection usable
+	n, err := d.conn.WaitForNotification(wctx)
+	if err != nil {
+		req.other = true
+		if wctx.Err() != nil {
+			return req, nil // timeout or shutdown; pgx leaves the connection usable
+		}
+		return req, err
 	}
-	return err
+	// Those that came during the last cycle are buffered by pgx: an ended
+	// context returns them, then stops at once without reading.
+	done, stop := context.WithCancel(ctx)
+	stop()
+	for ; n != nil; n, _ = d.conn.WaitForNotification(done) {
+		if id, ok := strings.CutPrefix(n.Payload, requestPrefix); ok {
+			req.workers[id] = true
+		} else {
+			req.other = true // new rows, a retry, a worker that stopped
+		}
+	}
+	return req, nil
 }
+
+const requestPrefix = "rows "
+
+// RequestPayload is what a worker sends on DispatcherChannel when it took
+// the rows of its queue and wants more.
+func RequestPayload(workerID string) string { return requestPrefix + workerID }
 
 // lease takes or renews the dispatcher lease; false means another dispatcher
 // holds it and this one stands by.
@@ -244,11 +283,18 @@ type worker struct {
 // Cycle runs one pass: lease, liveness, relaunch (at most once per Delay),
 // elastic assignment and reservation. It returns per-job statistics.
 func (d *Dispatcher) Cycle(ctx context.Context) (map[string]Stats, error) {
+	return d.cycle(ctx, requests{other: true})
+}
+
+func (d *Dispatcher) cycle(ctx context.Context, req requests) (map[string]Stats, error) {
 	if d.conn == nil {
 		return nil, errors.New("dispatcher: not connected")
 	}
 	full := time.Since(d.lastFull) >= d.cfg.Delay
 	stats := map[string]Stats{}
+	if !full && d.leader && !req.other && d.canTopUp(req.workers) {
+		return stats, d.topUp(ctx, req.workers, stats)
+	}
 	if full || !d.leader {
 		leader, err := d.lease(ctx)
 		if err != nil {
@@ -282,6 +328,7 @@ func (d *Dispatcher) Cycle(ctx context.Context) (map[string]Stats, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.alive = alive // assign updates its workers in place
 	for _, q := range d.queries {
 		// A worker's wake-up between full cycles only needs its queue topped
 		// up; assignment is revisited every Delay, or at once for a job that
@@ -563,6 +610,87 @@ func (d *Dispatcher) reserveFrom(ctx context.Context, q *Queries, ws []*worker, 
 	stats[j.Name] = s
 	if err := res.Close(); err != nil {
 		return false, fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
+	}
+	return short, nil
+}
+
+// canTopUp says whether the workers that asked can be served by topUp:
+// all known from the last cycle, on PostgreSQL, no selecting_sql snippet.
+func (d *Dispatcher) canTopUp(ids map[string]bool) bool {
+	if len(ids) == 0 || d.alive == nil || d.cfg.Flavor != Postgres {
+		return false
+	}
+	for _, q := range d.queries {
+		if q.TopUp == "" {
+			return false
+		}
+	}
+	known := 0
+	for _, w := range d.alive {
+		if ids[w.id] {
+			known++
+		}
+	}
+	return known == len(ids)
+}
+
+// topUp refills the queues of the workers that asked, one statement each
+// that counts the queue itself, all in one round trip; a worker left short
+// by the resumed walk gets a second walk from the first key.
+func (d *Dispatcher) topUp(ctx context.Context, ids map[string]bool, stats map[string]Stats) error {
+	for _, q := range d.queries {
+		var ws []*worker
+		for _, w := range assignedTo(d.alive, q.job.Name) {
+			if ids[w.id] {
+				ws = append(ws, w)
+			}
+		}
+		if len(ws) == 0 {
+			continue
+		}
+		after, resume := d.after[q.job.Name]
+		short, err := d.topUpFrom(ctx, q, ws, after, resume, stats)
+		if err == nil && len(short) > 0 && resume {
+			delete(d.after, q.job.Name)
+			_, err = d.topUpFrom(ctx, q, short, nil, false, stats)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Dispatcher) topUpFrom(ctx context.Context, q *Queries, ws []*worker, after any, resume bool, stats map[string]Stats) (short []*worker, err error) {
+	j := q.job
+	b := &pgx.Batch{}
+	for _, w := range ws {
+		if resume {
+			b.Queue(q.TopUpAfter, j.QueueSize, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name, after)
+		} else {
+			b.Queue(q.TopUp, j.QueueSize, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name)
+		}
+	}
+	res := d.conn.SendBatch(ctx, b)
+	defer res.Close()
+	s := stats[j.Name]
+	for _, w := range ws {
+		var n, wanted int64
+		var last any
+		if err := res.QueryRow().Scan(&n, &last, &wanted); err != nil {
+			return nil, fmt.Errorf("job %q: reserve rows for worker %s: %w", j.Name, w.id, err)
+		}
+		s.Reserved += n
+		if n < wanted {
+			short = append(short, w)
+		}
+		if last != nil {
+			d.after[j.Name] = last
+		}
+	}
+	stats[j.Name] = s
+	if err := res.Close(); err != nil {
+		return nil, fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
 	}
 	return short, nil
 }

@@ -286,6 +286,55 @@ func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
 	}
 }
 
+// A worker's request between full cycles is served by one statement that
+// counts its queue itself: it fills that queue to queue_size and no more,
+// leaves the others alone, and walks from the first key when the resumed
+// walk comes up short.
+func TestTopUpServesTheWorkerThatAsked(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 30)
+	e.register("n1.1", "n1.2")
+	d := e.dispatcher(func(c *Config) { c.Delay = time.Hour })
+	e.cycle(d) // full: both assigned, 1..5 and 6..10 reserved
+	ask := func(ids ...string) Stats {
+		t.Helper()
+		req := requests{workers: map[string]bool{}}
+		for _, id := range ids {
+			req.workers[id] = true
+		}
+		if !d.canTopUp(req.workers) {
+			t.Fatalf("cannot top up %v", ids)
+		}
+		d.lastFull = time.Now()
+		stats, err := d.cycle(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stats[e.job.Name]
+	}
+	e.work("n1.1", 3, true)
+	if s := ask("n1.1"); s.Reserved != 3 || e.queued("n1.1") != 5 || e.queued("n1.2") != 5 {
+		t.Fatalf("reserved %d; queues %d and %d, want 3 and 5, 5", s.Reserved, e.queued("n1.1"), e.queued("n1.2"))
+	}
+	if s := ask("n1.1", "n1.2"); s.Reserved != 0 {
+		t.Fatalf("full queues got %d more rows", s.Reserved)
+	}
+	e.work("n1.1", 5, true)
+	mustExec(t, e.pool, `update numbers set odd_checking_reservation_id = null, odd_checking_start_time = null,
+  odd_checking_end_time = null, odd_checking_success = null where value = 2`)
+	mustExec(t, e.pool, `update numbers set odd_checking_end_time = now(), odd_checking_success = true
+where value > 13 and odd_checking_reservation_id is null`)
+	if s := ask("n1.1"); s.Reserved != 1 {
+		t.Fatalf("reserved %d, want the freed key 2 found by the walk from the start", s.Reserved)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and odd_checking_start_time is null and value = 2`); n != 1 {
+		t.Fatal("key 2 was not reserved")
+	}
+	if d.canTopUp(map[string]bool{"n9.9": true}) {
+		t.Fatal("a worker unknown to the last cycle must get a normal cycle")
+	}
+}
+
 func TestConcurrentReservationNeverDoubleAssigns(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)

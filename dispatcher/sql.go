@@ -42,14 +42,20 @@ type Queries struct {
 	// key among them (null for none).
 	ReserveAfter        string
 	ReserveAfterAndWake string
-	QueueCounts         string // $1 worker ids → (id, queued)
-	PendingCount        string // $1 cap, $2 max tries
-	ReleaseQueued       string // $1 worker ids: queued rows back to the pool, no attempt spent
-	ReleaseRunning      string // $1 worker ids, $2 max tries: running rows of dead workers
-	FailRunning         string // $1 worker ids, $2 max tries: same, out of tries
-	RelaunchFailed      string // $1 max tries, or how many for a relaunching snippet
-	RelaunchLate        string // $1 max tries, $2 seconds
-	FailLate            string // $1 max tries, $2 seconds
+	// TopUp fills worker $2's queue up to $1 rows, counting what it holds
+	// itself, and wakes it as ReserveAndWake does ($3 max tries, $4 and $5
+	// the wake-up); TopUpAfter only takes keys above $6. They return how
+	// many rows they reserved, the highest key, and how many were wanted.
+	// PostgreSQL only; "" with a selecting_sql snippet.
+	TopUp, TopUpAfter string
+	QueueCounts       string // $1 worker ids → (id, queued)
+	PendingCount      string // $1 cap, $2 max tries
+	ReleaseQueued     string // $1 worker ids: queued rows back to the pool, no attempt spent
+	ReleaseRunning    string // $1 worker ids, $2 max tries: running rows of dead workers
+	FailRunning       string // $1 worker ids, $2 max tries: same, out of tries
+	RelaunchFailed    string // $1 max tries, or how many for a relaunching snippet
+	RelaunchLate      string // $1 max tries, $2 seconds
+	FailLate          string // $1 max tries, $2 seconds
 	// Rows out of tries are never relaunched by the dispatcher; an operator
 	// resets them after fixing the cause (pampactl jobs retry).
 	CountFailedForGood string // $1 max tries → how many
@@ -113,6 +119,23 @@ and {ID} is null and {EN} is null`
 		}
 		q.Reserve, q.ReserveAndWake = counted(u(""), false), counted(u(""), true)
 		q.ReserveAfter, q.ReserveAfterAndWake = counted(u(` and {PK} > $4`), false), counted(u(` and {PK} > $6`), true)
+		// The queue is counted in the same statement, so a worker's request
+		// costs the dispatcher one statement; the snapshot sees at least as
+		// many queued rows as there are by the end, so it never overfills.
+		topUp := func(after string) string {
+			return sql(`with want as (select greatest($1 - count(*), 0) as n from {T} where {ID} = $2 and {ST} is null),
+r as (update {T} set {ID} = $2, {TM} = now()
+where {PK} = any(array(
+  select {PK} from {T}
+  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + after + `
+  order by {PK} limit (select n from want)
+  for update skip locked))
+and {ID} is null and {EN} is null
+returning {PK}), n as (select count(*) as c from r)
+select n.c, (select {PK} from r order by {PK} desc limit 1), (select n from want) from n
+left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`)
+		}
+		q.TopUp, q.TopUpAfter = topUp(""), topUp(` and {PK} > $6`)
 		q.PendingCount = sql(`select count(*) from (
   select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2
   order by {PK} limit $1) s`) // the order makes the planner walk the available index

@@ -344,7 +344,7 @@ func (w *Worker) startChunk(ctx context.Context, q *dispatcher.Queries, size int
 		return rows.Err()
 	})
 	if w.cfg.Flavor == dispatcher.Postgres {
-		b.Queue(`select pg_notify($1, $2)`, dispatcher.DispatcherChannel(w.namespace), w.cfg.ID)
+		b.Queue(`select pg_notify($1, $2)`, dispatcher.DispatcherChannel(w.namespace), dispatcher.RequestPayload(w.cfg.ID))
 	}
 	if err := w.pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, fmt.Errorf("start rows of job %q: %w", q.Job().Name, err)
