@@ -29,6 +29,11 @@ type Remote interface {
 type Node struct {
 	WorkDir string   // absolute, or relative to the login directory
 	Command []string // worker argv without the id, e.g. [bin, worker, run, --config, f, --no-log-file]
+	// Files are what a worker loads when it starts (its binary and
+	// config), relative to WorkDir or absolute. Status reports a running
+	// worker as stale when one of them is newer than its pid file: it was
+	// replaced after the worker started, which still runs the old one.
+	Files []string
 }
 
 // PidFile and LogFile are where a worker's pid and log live, relative to
@@ -101,12 +106,24 @@ for p in $pids; do
 done
 `
 
-// statusScript: $1 work dir, then ids; prints "id pid state" per worker.
-const statusScript = aliveFunc + `cd "$1" 2>/dev/null || { for id in "$@"; do echo "$id 0 none"; done; exit 0; }
-shift
-for id in "$@"; do
+// statusScript: $1 work dir, $2 the number K of ids, then the K ids, then
+// the files a worker loads (Node.Files; last, as only they may hold
+// spaces). Prints "id pid state" per worker, with " stale" after a running
+// worker's state when one of the files is newer than its pid file, which
+// the worker wrote as it started (see statusArgs for why -nt is enough).
+const statusScript = aliveFunc + `wd=$1; k=$2; shift 2
+ids=""; i=0
+while [ $i -lt "$k" ]; do ids="$ids $1"; shift; i=$((i+1)); done
+cd "$wd" 2>/dev/null || { for id in $ids; do echo "$id 0 none"; done; exit 0; }
+for id in $ids; do
   f=run/$id.pid
-  if [ -s "$f" ]; then pid=$(cat "$f"); if alive "$pid" "$id"; then echo "$id $pid running"; else echo "$id $pid dead"; fi
+  if [ -s "$f" ]; then
+    pid=$(cat "$f")
+    if alive "$pid" "$id"; then
+      stale=
+      for x in "$@"; do [ "$x" -nt "$f" ] && stale=" stale"; done
+      echo "$id $pid running$stale"
+    else echo "$id $pid dead"; fi
   else echo "$id 0 none"; fi
 done
 `
@@ -120,6 +137,9 @@ type ProcessState struct {
 	ID    string `json:"id"`
 	PID   int    `json:"pid"`
 	State string `json:"state"` // running, dead (pid file left behind), none, started, stopped, killed
+	// Stale (from Status only): the worker runs, but its binary or config
+	// on the node was replaced after it started (Node.Files).
+	Stale bool `json:"stale,omitempty"`
 }
 
 // Start starts the given workers that are not running; running ones are
@@ -171,13 +191,33 @@ func Stop(ctx context.Context, r Remote, n Node, ids []string, grace time.Durati
 	return parseStates(stdout, false), nil
 }
 
-// Status reads the workers' pid files and checks their processes.
+// Status reads the workers' pid files, checks their processes and tells
+// which running ones are stale, in one command on the node.
 func Status(ctx context.Context, r Remote, n Node, ids []string) ([]ProcessState, error) {
-	stdout, err := r.Run(ctx, sh(statusScript, append([]string{n.WorkDir}, ids...)...), nil)
+	stdout, err := r.Run(ctx, sh(statusScript, statusArgs(n, ids)...), nil)
 	if err != nil {
 		return nil, fmt.Errorf("read worker pid files: %w", err)
 	}
 	return parseStates(stdout, true), nil
+}
+
+// statusArgs are statusScript's arguments.
+//
+// Stale is "a file is newer than the pid file" (test -nt), and ties count
+// as not stale. Shells differ in how finely they compare: dash 0.5.12
+// (Debian's /bin/sh) and bash compare nanoseconds, BusyBox sh whole
+// seconds, and file systems keep mtimes to a clock tick or coarser. The
+// usual order is deploy, then start (`pampactl up` does both within a
+// second): calling a tie stale would have every freshly started worker
+// restarted by the next `nodes deploy --restart`. The price is that a
+// worker started in the same tick before a deploy without --restart is not
+// reported; a deploy --restart that uploads something restarts every
+// running worker anyway. An upload's mtime is when its data was written,
+// just before its rename, so a worker started in between (a deploy and a
+// start run at once) is missed too.
+func statusArgs(n Node, ids []string) []string {
+	args := append([]string{n.WorkDir, strconv.Itoa(len(ids))}, ids...)
+	return append(args, n.Files...)
 }
 
 func parseStates(b []byte, withPID bool) []ProcessState {
@@ -186,9 +226,9 @@ func parseStates(b []byte, withPID bool) []ProcessState {
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		switch {
-		case withPID && len(f) == 3:
+		case withPID && (len(f) == 3 || len(f) == 4 && f[3] == "stale"):
 			pid, _ := strconv.Atoi(f[1])
-			out = append(out, ProcessState{ID: f[0], PID: pid, State: f[2]})
+			out = append(out, ProcessState{ID: f[0], PID: pid, State: f[2], Stale: len(f) == 4})
 		case !withPID && len(f) == 2:
 			out = append(out, ProcessState{ID: f[0], State: f[1]})
 		}

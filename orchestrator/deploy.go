@@ -23,8 +23,11 @@ type DeployOptions struct {
 	// ConfigData is the cluster file pushed to every node (mode 0600: it
 	// may hold secrets).
 	ConfigData []byte
-	// Restart restarts the running workers of nodes whose binary or config
-	// changed.
+	// Restart restarts the running workers that run an older binary or
+	// config than the node has once the files are in place: every running
+	// worker of a node where this deploy replaced a file, and elsewhere
+	// those an earlier deploy without Restart left running replaced files
+	// (deploy.ProcessState.Stale).
 	Restart bool
 	// Progress, if set, is called as bytes of the binary go out.
 	Progress func(node string, sent, total int64)
@@ -44,7 +47,7 @@ type NodeDeploy struct {
 // cluster file, in the node's work dir, skipping files the node already
 // has (same SHA-256). Uploads are atomic and verified. A build for the
 // wrong platform is refused. Local nodes run this executable and are
-// skipped.
+// skipped, Restart included: `workers restart` restarts their workers.
 func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, error) {
 	nodes, err := f.Nodes(opts.Names)
 	if err != nil {
@@ -112,35 +115,46 @@ func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, e
 			out = append(out, r)
 			mu.Unlock()
 		}()
-		if opts.Restart && (r.BinaryUploaded || r.ConfigUploaded) {
-			layout, err := f.Layout(n)
-			if err != nil {
-				return err
-			}
-			st, err := deploy.Status(ctx, c, layout, n.WorkerIDs())
-			if err != nil {
-				return err
-			}
-			var running []string
-			for _, s := range st {
-				if s.State == "running" {
-					running = append(running, s.ID)
-				}
-			}
-			if len(running) > 0 {
-				if _, err := deploy.Stop(ctx, c, layout, running, f.Config.Worker.GracePeriod+defaultStopSlack); err != nil {
-					return err
-				}
-				r.Restarted, err = deploy.Start(ctx, c, layout, running)
-				if err != nil {
-					return err
-				}
-			}
+		if !opts.Restart {
+			return nil
 		}
-		return nil
+		layout, err := f.Layout(n)
+		if err != nil {
+			return err
+		}
+		r.Restarted, err = f.restartStale(ctx, c, layout, n.WorkerIDs(), r.BinaryUploaded || r.ConfigUploaded)
+		return err
 	})
 	sort.Slice(out, func(a, b int) bool { return out[a].Node < out[b].Node })
 	return out, err
+}
+
+// restartStale restarts the node's running workers that run replaced
+// files: all of them when replaced is set (this deploy just installed a
+// file, and a worker started within the same mtime tick would not look
+// stale), else the ones Status calls stale. It returns what it started.
+func (f *Fleet) restartStale(ctx context.Context, c Conn, layout deploy.Node, ids []string, replaced bool) ([]deploy.ProcessState, error) {
+	st, err := deploy.Status(ctx, c, layout, ids)
+	if err != nil {
+		return nil, err
+	}
+	var restart []string
+	for _, s := range st {
+		if s.State == "running" && (replaced || s.Stale) {
+			restart = append(restart, s.ID)
+		}
+	}
+	if len(restart) == 0 {
+		return nil, nil
+	}
+	if _, err := deploy.Stop(ctx, c, layout, restart, f.Config.Worker.GracePeriod+defaultStopSlack); err != nil {
+		return nil, fmt.Errorf("restart workers: %w", err)
+	}
+	started, err := deploy.Start(ctx, c, layout, restart)
+	if err != nil {
+		return nil, fmt.Errorf("restart workers: %w", err)
+	}
+	return started, nil
 }
 
 // openWithProgress opens the local build bin, reporting bytes read to

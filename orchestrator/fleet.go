@@ -123,10 +123,14 @@ func (f *Fleet) Layout(n Node) (deploy.Node, error) {
 		if err != nil {
 			return deploy.Node{}, err
 		}
-		return deploy.Node{WorkDir: n.WorkDir, Command: workerArgv(f.Binary, cfgPath)}, nil
+		// A local worker is stale only when the config changed: its binary
+		// is whichever pampactl ran `workers start`, and the one running
+		// this command may be another (go run builds a new one each time),
+		// so comparing it would call workers stale for nothing.
+		return deploy.Node{WorkDir: n.WorkDir, Command: workerArgv(f.Binary, cfgPath), Files: []string{cfgPath}}, nil
 	}
 	// Workers start in the work dir, so paths relative to it hold.
-	return deploy.Node{WorkDir: n.WorkDir, Command: workerArgv("./"+RemoteBinary, RemoteConfig)}, nil
+	return deploy.Node{WorkDir: n.WorkDir, Command: workerArgv("./"+RemoteBinary, RemoteConfig), Files: []string{RemoteBinary, RemoteConfig}}, nil
 }
 
 // Where deploy puts the binary and config on SSH nodes, under the work dir.

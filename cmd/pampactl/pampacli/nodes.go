@@ -66,7 +66,7 @@ func (e *env) nodesCommand() *cli.Command {
 				Flags:  withSSHFlags(&cli.StringFlag{Name: "authorized-keys", Usage: "authorized_keys file on the node (default ~/.ssh/authorized_keys)"}),
 				Action: e.nodesBootstrap},
 			{Name: "deploy", Usage: "push the worker binary and the config to the SSH nodes (skipping unchanged files)",
-				Flags:  withSSHFlags(jsonFlag(), binaryFlag(), &cli.BoolFlag{Name: "restart", Usage: "restart running workers where something changed"}),
+				Flags:  withSSHFlags(jsonFlag(), binaryFlag(), &cli.BoolFlag{Name: "restart", Usage: "restart running workers where a file changed, and those still running replaced files (workers status: STALE)"}),
 				Action: e.nodesDeploy},
 		},
 	}

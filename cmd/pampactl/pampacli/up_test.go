@@ -487,9 +487,11 @@ func remotePorts(pid int) (map[int]bool, error) {
 }
 
 // TestDeployRestart: `nodes deploy` of a changed config and binary leaves
-// running workers alone; with --restart it restarts them (new pids, which
-// register and heart-beat); with --restart and nothing changed it restarts
-// nothing.
+// running workers alone, and `workers status` calls them stale; a later
+// `nodes deploy --restart` with nothing to upload restarts exactly the
+// stale ones (new pids, which register and heart-beat); with --restart a
+// change restarts every running worker; with --restart, nothing changed
+// and nothing stale, it restarts nothing.
 func TestDeployRestart(t *testing.T) {
 	t.Parallel()
 	bin := pampactlBinary(t)
@@ -618,20 +620,79 @@ func TestDeployRestart(t *testing.T) {
 	}
 	registered("workers still registered after deploy without --restart", first)
 
-	// Another change, with --restart: new processes of the new files.
-	text += "# revision 3\n"
-	writeFile(t, cfg, text)
-	d := deploy("--binary", bin2, "--restart")
-	if d.BinaryUploaded || !d.ConfigUploaded || len(d.Restarted) != 2 {
-		t.Fatalf("deploy --restart of a changed config: %+v", d)
-	}
-	second := pidFiles()
-	for _, s := range d.Restarted {
-		if s.State != "started" || s.PID == 0 || s.PID != second[s.ID] || s.PID == first[s.ID] {
-			t.Errorf("restarted %+v; pid file says %d, old pid %d", s, second[s.ID], first[s.ID])
+	// The pid files, written as the workers started, go a minute back: the
+	// files deployed since are then newer beyond doubt, even for a shell
+	// that compares whole seconds.
+	for id := range first {
+		at := time.Now().Add(-time.Minute)
+		if err := os.Chtimes(filepath.Join(n.workDir, "run", id+".pid"), at, at); err != nil {
+			t.Fatal(err)
 		}
 	}
-	waitGone(t, "deploy --restart", first)
+	type statusRow struct {
+		PID     int    `json:"pid"`
+		Process string `json:"process"`
+		Stale   bool   `json:"stale"`
+	}
+	status := func() map[string]statusRow {
+		t.Helper()
+		r := must("workers", "status", "--json")
+		var rows []struct {
+			ID string `json:"id"`
+			statusRow
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil || len(rows) != len(ids) {
+			t.Fatalf("workers status --json: %v\n%s", err, r)
+		}
+		out := map[string]statusRow{}
+		for _, w := range rows {
+			out[w.ID] = w.statusRow
+		}
+		return out
+	}
+	for id, w := range status() {
+		if w.Process != "running" || !w.Stale || w.PID != first[id] {
+			t.Errorf("workers status --json after deploy without --restart: %s is %+v; want running, stale, pid %d", id, w, first[id])
+		}
+	}
+	r := must("workers", "status")
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if f := strings.Fields(line); len(f) > 3 && strings.HasPrefix(f[0], "w1.") && (f[2] != "running" || f[3] != "yes") {
+			t.Errorf("workers status after deploy without --restart: want running and STALE yes:\n%s", r)
+		}
+	}
+	if !strings.Contains(r.stderr, "2 workers on SSH nodes run a binary or config replaced") || !strings.Contains(r.stderr, "nodes deploy --restart") {
+		t.Errorf("workers status does not tell how to restart stale workers:\n%s", r)
+	}
+
+	// w1.2 dies and `workers start` starts it again, with the files now
+	// deployed: only w1.1 is stale.
+	if err := syscall.Kill(first["w1.2"], syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, "TERM", map[string]int{"w1.2": first["w1.2"]})
+	must("workers", "start")
+	fresh := pidFiles()
+	if fresh["w1.1"] != first["w1.1"] || fresh["w1.2"] == first["w1.2"] {
+		t.Fatalf("workers start after w1.2 died: pids %v, before %v", fresh, first)
+	}
+	if st := status(); !st["w1.1"].Stale || st["w1.2"].Stale || st["w1.2"].Process != "running" {
+		t.Fatalf("workers status: %+v; want w1.1 stale, w1.2 running and current", st)
+	}
+
+	// --restart with nothing to upload restarts exactly the stale worker.
+	d := deploy("--binary", bin2, "--restart")
+	if d.BinaryUploaded || d.ConfigUploaded || len(d.Restarted) != 1 || d.Restarted[0].ID != "w1.1" {
+		t.Fatalf("deploy --restart with nothing new and w1.1 stale: %+v", d)
+	}
+	second := pidFiles()
+	if s := d.Restarted[0]; s.State != "started" || s.PID == 0 || s.PID != second["w1.1"] || s.PID == first["w1.1"] {
+		t.Errorf("restarted %+v; pid file says %d, old pid %d", s, second["w1.1"], first["w1.1"])
+	}
+	if second["w1.2"] != fresh["w1.2"] {
+		t.Errorf("deploy --restart restarted w1.2, which was not stale: pid %d, before %d", second["w1.2"], fresh["w1.2"])
+	}
+	waitGone(t, "deploy --restart", map[string]int{"w1.1": first["w1.1"]})
 	for id, pid := range second {
 		if !alive(pid) {
 			t.Fatalf("%s (pid %d) is not running after deploy --restart", id, pid)
@@ -641,12 +702,33 @@ func TestDeployRestart(t *testing.T) {
 		}
 	}
 	registered("restarted workers register and heart-beat", second)
+	for id, w := range status() {
+		if w.Process != "running" || w.Stale || w.PID != second[id] {
+			t.Errorf("workers status after deploy --restart: %s is %+v; want running, not stale, pid %d", id, w, second[id])
+		}
+	}
 
-	// --restart with nothing new restarts nothing.
+	// Another change, with --restart: every running worker restarts.
+	text += "# revision 3\n"
+	writeFile(t, cfg, text)
+	d = deploy("--binary", bin2, "--restart")
+	if d.BinaryUploaded || !d.ConfigUploaded || len(d.Restarted) != 2 {
+		t.Fatalf("deploy --restart of a changed config: %+v", d)
+	}
+	third := pidFiles()
+	for _, s := range d.Restarted {
+		if s.State != "started" || s.PID == 0 || s.PID != third[s.ID] || s.PID == second[s.ID] {
+			t.Errorf("restarted %+v; pid file says %d, old pid %d", s, third[s.ID], second[s.ID])
+		}
+	}
+	waitGone(t, "deploy --restart of a change", second)
+	registered("workers restarted for a change register and heart-beat", third)
+
+	// --restart with nothing new and nothing stale restarts nothing.
 	if d := deploy("--binary", bin2, "--restart"); d.BinaryUploaded || d.ConfigUploaded || len(d.Restarted) != 0 {
 		t.Fatalf("deploy --restart of unchanged files: %+v", d)
 	}
-	if got := pidFiles(); got["w1.1"] != second["w1.1"] || got["w1.2"] != second["w1.2"] {
-		t.Fatalf("deploy --restart of unchanged files changed the pids: %v, before %v", got, second)
+	if got := pidFiles(); got["w1.1"] != third["w1.1"] || got["w1.2"] != third["w1.2"] {
+		t.Fatalf("deploy --restart of unchanged files changed the pids: %v, before %v", got, third)
 	}
 }

@@ -58,7 +58,7 @@ func (e *env) workersCommand() *cli.Command {
 				}
 				return start(c)
 			}},
-			{Name: "status", Usage: "list workers: pid, state, heartbeat age, job, rows done",
+			{Name: "status", Usage: "list workers: pid, state, stale (runs replaced files), heartbeat age, job, rows done",
 				Flags: []cli.Flag{newNodeFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}}, Action: e.workersStatus},
 		},
 	}
@@ -82,6 +82,7 @@ type workerRow struct {
 	Node         string  `json:"node"`
 	PID          int     `json:"pid"`
 	Process      string  `json:"process"` // running, dead, none, unknown (node unreachable)
+	Stale        bool    `json:"stale"`   // running, but the node's binary or config was replaced since it started
 	State        string  `json:"state"`   // registry: alive, stopped, dead, or "" if never registered
 	Job          string  `json:"job"`
 	HeartbeatAge float64 `json:"heartbeat_age_seconds"`
@@ -119,15 +120,22 @@ func (e *env) workersStatus(c *cli.Context) error {
 	seen := map[string]orchestratorProc{}
 	for _, n := range procs {
 		for _, p := range n.Workers {
-			seen[p.ID] = orchestratorProc{pid: p.PID, state: p.State}
+			seen[p.ID] = orchestratorProc{pid: p.PID, state: p.State, stale: p.Stale}
 		}
 	}
 	var rows []workerRow
+	var staleSSH, staleLocal int
 	for _, n := range nodes {
 		for _, id := range n.WorkerIDs() {
 			r := workerRow{ID: id, Node: n.Name, Process: "unknown"}
 			if p, ok := seen[id]; ok {
-				r.PID, r.Process = p.pid, p.state
+				r.PID, r.Process, r.Stale = p.pid, p.state, p.stale
+			}
+			switch {
+			case r.Stale && n.Local:
+				staleLocal++
+			case r.Stale:
+				staleSSH++
 			}
 			if w, ok := byID[id]; ok {
 				r.State, r.Job, r.RowsDone, r.RowsFailed = w.State, w.Job, w.RowsDone, w.RowsFailed
@@ -145,21 +153,38 @@ func (e *env) workersStatus(c *cli.Context) error {
 		return nodeErr
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tPID\tPROCESS\tSTATE\tHEARTBEAT\tJOB\tDONE\tFAILED")
+	fmt.Fprintln(tw, "WORKER\tPID\tPROCESS\tSTALE\tSTATE\tHEARTBEAT\tJOB\tDONE\tFAILED")
 	for _, r := range rows {
 		hb := "-"
 		if r.State != "" {
 			hb = fmt.Sprintf("%.1fs ago", r.HeartbeatAge)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\n", r.ID, r.PID, r.Process, dash(r.State), hb, dash(r.Job), r.RowsDone, r.RowsFailed)
+		// Staleness is known of running workers only: "-" for the others,
+		// so "no" never claims a dead worker was current.
+		stale := "-"
+		switch {
+		case r.Stale:
+			stale = "yes"
+		case r.Process == "running":
+			stale = "no"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.ID, r.PID, r.Process, stale, dash(r.State), hb, dash(r.Job), r.RowsDone, r.RowsFailed)
 	}
 	tw.Flush()
+	// The fix differs: deploy does not touch local nodes.
+	if staleSSH > 0 {
+		fmt.Fprintf(e.stderr, "%s on SSH nodes run a binary or config replaced since they started: `pampactl nodes deploy --restart` restarts them\n", plural(staleSSH, "worker"))
+	}
+	if staleLocal > 0 {
+		fmt.Fprintf(e.stderr, "%s on local nodes run a config changed since they started: `pampactl workers restart --node NODE` restarts them\n", plural(staleLocal, "worker"))
+	}
 	return nodeErr
 }
 
 type orchestratorProc struct {
 	pid   int
 	state string
+	stale bool
 }
 
 func dash(s string) string {
