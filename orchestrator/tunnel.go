@@ -76,6 +76,18 @@ type Tunnels struct {
 // returns the open ones (Nodes) together with a *PartialError naming the
 // failed nodes; when every tunnel failed, it returns nil and the error.
 func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(context.Context) (net.Conn, error)) (*Tunnels, error) {
+	return f.openTunnels(ctx, names, dialDB, false)
+}
+
+// KeepTunnels is OpenTunnels for a process that serves whatever workers
+// run (the dispatcher): a node whose tunnel cannot open now is retried
+// with backoff until it can, instead of being given up. The error names
+// the nodes that failed the first attempt; the Tunnels are never nil.
+func (f *Fleet) KeepTunnels(ctx context.Context, names []string, dialDB func(context.Context) (net.Conn, error)) (*Tunnels, error) {
+	return f.openTunnels(ctx, names, dialDB, true)
+}
+
+func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(context.Context) (net.Conn, error), keepTrying bool) (*Tunnels, error) {
 	nodes, err := f.Nodes(names)
 	if err != nil {
 		return nil, err
@@ -111,7 +123,7 @@ func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(con
 						mu.Unlock()
 						ready.Done()
 					} else {
-						log.Info("db tunnel re-established", "node", n.Name, "listen", addr)
+						log.Info("db tunnel open", "node", n.Name, "listen", addr)
 					}
 					wait = time.Second
 				})
@@ -126,9 +138,11 @@ func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(con
 					failed[n.Name] = err
 					mu.Unlock()
 					ready.Done()
-					return
+					if !keepTrying {
+						return
+					}
 				}
-				log.Warn("db tunnel lost; reopening", "node", n.Name, "in", wait, "err", err)
+				log.Warn("db tunnel down; reopening", "node", n.Name, "in", wait, "err", err)
 				timer := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
@@ -153,7 +167,7 @@ func (f *Fleet) OpenTunnels(ctx context.Context, names []string, dialDB func(con
 	}
 	mu.Unlock()
 	err = nodeErrors("open db tunnels", failed, len(tunnelled))
-	if len(t.open) == 0 && err != nil {
+	if len(t.open) == 0 && err != nil && !keepTrying {
 		t.Close()
 		return nil, err
 	}

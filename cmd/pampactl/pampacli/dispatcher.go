@@ -3,6 +3,7 @@ package pampacli
 import (
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/urfave/cli/v2"
 
@@ -18,10 +19,11 @@ func (e *env) dispatcherCommand() *cli.Command {
 		Subcommands: []*cli.Command{{
 			Name:  "run",
 			Usage: "reserve rows for workers, relaunch failed and late rows, assign workers to jobs",
-			Flags: append([]cli.Flag{
+			Flags: append(append([]cli.Flag{
 				&cli.DurationFlag{Name: "delay", Usage: "idle poll period (default: [dispatcher] delay)"},
 				&cli.BoolFlag{Name: "once", Usage: "run one cycle and exit"},
-			}, logFlags()...),
+				&cli.BoolFlag{Name: "no-tunnels", Usage: "do not keep the db tunnels of db_tunnel nodes open (another process does)"},
+			}, logFlags()...), sshFlags()...),
 			Action: func(c *cli.Context) error {
 				cfg, err := e.loadConfig(c)
 				if err != nil {
@@ -32,6 +34,15 @@ func (e *env) dispatcherCommand() *cli.Command {
 					return err
 				}
 				defer closeLog()
+				if !c.Bool("once") && !c.Bool("no-tunnels") {
+					tunnels, err := e.keepTunnels(c, cfg)
+					if err != nil {
+						return err
+					}
+					if tunnels != nil {
+						defer tunnels.Close()
+					}
+				}
 				if c.Bool("once") {
 					stats, err := d.RunOnce(c.Context)
 					if err != nil {
@@ -79,4 +90,27 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 		return nil, nil, err
 	}
 	return d, closeLog, nil
+}
+
+// keepTunnels keeps the db tunnels of the config's db_tunnel nodes open
+// while the dispatcher runs, so that workers started by `workers start`
+// reach the database; a node that cannot be reached now is retried until
+// it can. nil when no node has db_tunnel.
+func (e *env) keepTunnels(c *cli.Context, cfg *orchestrator.Config) (*orchestrator.Tunnels, error) {
+	if !slices.ContainsFunc(cfg.Nodes, func(n orchestrator.Node) bool { return n.DBTunnel }) {
+		return nil, nil
+	}
+	f, err := e.sshFleet(c)
+	if err != nil {
+		return nil, err
+	}
+	dialDB, err := e.dbDialer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tunnels, err := f.KeepTunnels(c.Context, nil, dialDB)
+	if err != nil {
+		fmt.Fprintln(e.stderr, "pampactl: warning:", err, "(retrying in the background)")
+	}
+	return tunnels, nil
 }

@@ -124,14 +124,11 @@ func (e *env) up(c *cli.Context) error {
 		}
 	}
 	if len(tunnelled) > 0 {
-		dbAddr, err := f.Config.DatabaseAddr(e.getenv)
+		dialDB, err := e.dbDialer(f.Config)
 		if err != nil {
 			return err
 		}
-		tunnels, err := f.OpenTunnels(ctx, tunnelled, func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", dbAddr)
-		})
+		tunnels, err := f.OpenTunnels(ctx, tunnelled, dialDB)
 		if tunnels != nil {
 			defer tunnels.Close()
 		}
@@ -163,4 +160,17 @@ func (e *env) up(c *cli.Context) error {
 	defer closeLog()
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
 	return d.Run(ctx)
+}
+
+// dbDialer connects to the database as the control host sees it: where the
+// db tunnels lead.
+func (e *env) dbDialer(cfg *orchestrator.Config) (func(context.Context) (net.Conn, error), error) {
+	addr, err := cfg.DatabaseAddr(e.getenv)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}, nil
 }

@@ -184,6 +184,40 @@ func workerRows(t *testing.T, dbURL string) map[string]dispatcher.WorkerStatus {
 	return out
 }
 
+// tunnelCluster writes a cluster file whose workers can reach the
+// database only through their nodes' db tunnels: it names a port nothing
+// listens on, and only the control host has the real URL (direct), in
+// $PAMPA_DATABASE_URL, which the nodes' SSH sessions do not get. It sets
+// the database up and returns the CLI on that cluster (workers are
+// stopped at the end of the test) and a connection to the database.
+func tunnelCluster(t *testing.T, srv *sshtest.Server, direct string, nodes ...tunnelNode) (func(ctx context.Context, args ...string) result, *pgx.Conn) {
+	t.Helper()
+	for _, n := range nodes {
+		dumpLogs(t, n.workDir)
+	}
+	cfg := filepath.Join(t.TempDir(), "cluster.toml")
+	writeFile(t, cfg, clusterConfig(withPort(t, direct, unusedPort(t)), srv, nodes...))
+	env := map[string]string{"PAMPA_DATABASE_URL": direct}
+	cli := func(ctx context.Context, args ...string) result {
+		t.Helper()
+		return pampactl(ctx, t, env, append([]string{"--config", cfg}, args...)...)
+	}
+	if r := cli(t.Context(), "db", "setup"); r.code != 0 {
+		t.Fatalf("db setup:\n%s", r)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cli(ctx, "down")
+	})
+	conn, err := pgx.Connect(t.Context(), direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return cli, conn
+}
+
 // TestUp runs `pampactl up` against a node whose workers can reach the
 // database only through the db tunnel: the URL in cluster.toml names a port
 // nothing listens on, and only the control host has the real URL (in
@@ -199,37 +233,13 @@ func TestUp(t *testing.T) {
 	direct := pgtest.Schema(t)
 	createItems(t, direct, rows)
 
-	unreachable := withPort(t, direct, unusedPort(t))
 	tunnelPort := unusedPort(t)
 	n := sshNode(t, "w1", srv)
-	dumpLogs(t, n.workDir)
-	cfg := filepath.Join(t.TempDir(), "cluster.toml")
-	writeFile(t, cfg, clusterConfig(unreachable, srv, tunnelNode{n, tunnelPort}))
-
-	env := map[string]string{"PAMPA_DATABASE_URL": direct}
-	cli := func(ctx context.Context, args ...string) result {
-		t.Helper()
-		return pampactl(ctx, t, env, append([]string{"--config", cfg}, args...)...)
-	}
-	if r := cli(t.Context(), "db", "setup"); r.code != 0 {
-		t.Fatalf("db setup:\n%s", r)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cli(ctx, "down")
-	})
-
+	cli, conn := tunnelCluster(t, srv, direct, tunnelNode{n, tunnelPort})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan result, 1)
 	go func() { done <- cli(ctx, "up", "--binary", bin) }()
-
-	conn, err := pgx.Connect(t.Context(), direct)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
 	count := fmt.Sprintf(`select count(*) filter (where done), count(*) filter (where %[1]s_success and %[1]s_end_time is not null),
   count(*) filter (where %[1]s_reservation_id like 'w1.%%') from items`, upJob)
 	poll(t, "up processes every row", func() string {
@@ -359,34 +369,12 @@ func TestUpTunnelPortTaken(t *testing.T) {
 		}
 	}()
 	w1, w2 := sshNode(t, "w1", srv), sshNode(t, "w2", srv)
-	dumpLogs(t, w1.workDir)
-	dumpLogs(t, w2.workDir)
-	cfg := filepath.Join(t.TempDir(), "cluster.toml")
-	writeFile(t, cfg, clusterConfig(withPort(t, direct, unusedPort(t)), srv,
-		tunnelNode{w1, unusedPort(t)}, tunnelNode{w2, squatter.Addr().(*net.TCPAddr).Port}))
-	env := map[string]string{"PAMPA_DATABASE_URL": direct}
-	cli := func(ctx context.Context, args ...string) result {
-		t.Helper()
-		return pampactl(ctx, t, env, append([]string{"--config", cfg}, args...)...)
-	}
-	if r := cli(t.Context(), "db", "setup"); r.code != 0 {
-		t.Fatalf("db setup:\n%s", r)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cli(ctx, "down")
-	})
-
+	cli, conn := tunnelCluster(t, srv, direct,
+		tunnelNode{w1, unusedPort(t)}, tunnelNode{w2, squatter.Addr().(*net.TCPAddr).Port})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan result, 1)
 	go func() { done <- cli(ctx, "up", "--binary", bin) }()
-	conn, err := pgx.Connect(t.Context(), direct)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
 	poll(t, "w1's workers process every row", func() string {
 		select {
 		case r := <-done:
