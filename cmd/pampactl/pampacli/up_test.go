@@ -218,6 +218,70 @@ func tunnelCluster(t *testing.T, srv *sshtest.Server, direct string, nodes ...tu
 	return cli, conn
 }
 
+// background is a pampactl command that runs until cancelled (up,
+// dispatcher run).
+type background struct {
+	t      *testing.T
+	name   string
+	cancel context.CancelFunc
+	done   chan result
+}
+
+func startBackground(t *testing.T, cli func(ctx context.Context, args ...string) result, args ...string) *background {
+	ctx, cancel := context.WithCancel(t.Context())
+	b := &background{t: t, name: strings.Join(args[:min(2, len(args))], " "), cancel: cancel, done: make(chan result, 1)}
+	t.Cleanup(cancel)
+	go func() { b.done <- cli(ctx, args...) }()
+	return b
+}
+
+// running fails the test if the command returned already.
+func (b *background) running() {
+	b.t.Helper()
+	select {
+	case r := <-b.done:
+		b.t.Fatalf("%s returned before it was cancelled:\n%s", b.name, r)
+	default:
+	}
+}
+
+// stop cancels the command and returns what it did; it must end, as
+// interrupted commands do, with exit 0 or ExitInterrupted.
+func (b *background) stop() result {
+	b.t.Helper()
+	b.cancel()
+	var r result
+	select {
+	case r = <-b.done:
+	case <-time.After(30 * time.Second):
+		b.t.Fatalf("%s did not return within 30s of being cancelled", b.name)
+	}
+	if r.code != 0 && r.code != pampacli.ExitInterrupted {
+		b.t.Fatalf("%s after cancel: want exit 0 or %d\n%s", b.name, pampacli.ExitInterrupted, r)
+	}
+	return r
+}
+
+// waitRowsDoneBy waits until the step ran on every one of the rows of
+// items and each ended successfully, all by workers of the node, while b
+// runs.
+func waitRowsDoneBy(t *testing.T, conn *pgx.Conn, rows int, node string, b *background) {
+	t.Helper()
+	count := fmt.Sprintf(`select count(*) filter (where done), count(*) filter (where %[1]s_success and %[1]s_end_time is not null),
+  count(*) filter (where %[1]s_reservation_id like $1) from items`, upJob)
+	poll(t, node+"'s workers process every row", func() string {
+		b.running()
+		var nDone, nOK, nByNode int
+		if err := conn.QueryRow(t.Context(), count, node+".%").Scan(&nDone, &nOK, &nByNode); err != nil {
+			t.Fatal(err)
+		}
+		if nDone != rows || nOK != rows || nByNode != rows {
+			return fmt.Sprintf("%d of %d rows done, %d ended with success, %d by %s's workers", nDone, rows, nOK, nByNode, node)
+		}
+		return ""
+	})
+}
+
 // TestUp runs `pampactl up` against a node whose workers can reach the
 // database only through the db tunnel: the URL in cluster.toml names a port
 // nothing listens on, and only the control host has the real URL (in
@@ -236,27 +300,8 @@ func TestUp(t *testing.T) {
 	tunnelPort := unusedPort(t)
 	n := sshNode(t, "w1", srv)
 	cli, conn := tunnelCluster(t, srv, direct, tunnelNode{n, tunnelPort})
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan result, 1)
-	go func() { done <- cli(ctx, "up", "--binary", bin) }()
-	count := fmt.Sprintf(`select count(*) filter (where done), count(*) filter (where %[1]s_success and %[1]s_end_time is not null),
-  count(*) filter (where %[1]s_reservation_id like 'w1.%%') from items`, upJob)
-	poll(t, "up processes every row", func() string {
-		select {
-		case r := <-done:
-			t.Fatalf("up returned before it was cancelled:\n%s", r)
-		default:
-		}
-		var nDone, nOK, nByNode int
-		if err := conn.QueryRow(t.Context(), count).Scan(&nDone, &nOK, &nByNode); err != nil {
-			t.Fatal(err)
-		}
-		if nDone != rows || nOK != rows || nByNode != rows {
-			return fmt.Sprintf("%d of %d rows done, %d ended with success, %d by w1 workers", nDone, rows, nOK, nByNode)
-		}
-		return ""
-	})
+	up := startBackground(t, cli, "up", "--binary", bin)
+	waitRowsDoneBy(t, conn, rows, "w1", up)
 
 	// The workers that did it are the ones up started on the node, and they
 	// are registered under the pids of their pid files.
@@ -277,16 +322,7 @@ func TestUp(t *testing.T) {
 		t.Error(err)
 	}
 
-	cancel()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("up did not return within 30s of being cancelled")
-	}
-	if r.code != 0 && r.code != pampacli.ExitInterrupted {
-		t.Fatalf("up after cancel: want exit 0 or %d\n%s", pampacli.ExitInterrupted, r)
-	}
+	r := up.stop()
 	for _, want := range []string{"w1\t", "w1.1\tstarted", "w1.2\tstarted"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("up did not print %q:\n%s", want, r)
@@ -371,35 +407,9 @@ func TestUpTunnelPortTaken(t *testing.T) {
 	w1, w2 := sshNode(t, "w1", srv), sshNode(t, "w2", srv)
 	cli, conn := tunnelCluster(t, srv, direct,
 		tunnelNode{w1, unusedPort(t)}, tunnelNode{w2, squatter.Addr().(*net.TCPAddr).Port})
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan result, 1)
-	go func() { done <- cli(ctx, "up", "--binary", bin) }()
-	poll(t, "w1's workers process every row", func() string {
-		select {
-		case r := <-done:
-			t.Fatalf("up returned before it was cancelled:\n%s", r)
-		default:
-		}
-		var byW1 int
-		if err := conn.QueryRow(t.Context(), fmt.Sprintf(`select count(*) from items where done and %[1]s_success and %[1]s_reservation_id like 'w1.%%'`, upJob)).Scan(&byW1); err != nil {
-			t.Fatal(err)
-		}
-		if byW1 != rows {
-			return fmt.Sprintf("%d of %d rows done by w1", byW1, rows)
-		}
-		return ""
-	})
-	cancel()
-	var r result
-	select {
-	case r = <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("up did not return within 30s of being cancelled")
-	}
-	if r.code != 0 && r.code != pampacli.ExitInterrupted {
-		t.Fatalf("up after cancel: want exit 0 or %d\n%s", pampacli.ExitInterrupted, r)
-	}
+	up := startBackground(t, cli, "up", "--binary", bin)
+	waitRowsDoneBy(t, conn, rows, "w1", up)
+	r := up.stop()
 	if !strings.Contains(r.stderr, `node "w2"`) || !strings.Contains(r.stderr, "db_tunnel_port") || !strings.Contains(r.stderr, "going on with w1 only") {
 		t.Errorf("up does not explain that w2's tunnel failed and it went on with w1:\n%s", r)
 	}
