@@ -27,7 +27,10 @@ var RequiredTools = []string{"sh", "setsid", "sha256sum", "df", "stat", "tail", 
 // systemd answers at once and a stuck bus cannot hang the probe.
 const probeScript = probeBody + "true\n"
 
+// It starts with a newline: a login script's output without one would
+// otherwise run into the first line.
 const probeBody = sumFunc + `wd=$1; shift
+echo
 echo "uname $(uname -sm)"
 d=$wd
 while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done

@@ -31,7 +31,9 @@ const sumFunc = `sum() {
 // umask; chmod after the check) and its SHA-256 checked, stamp prepared;
 // only when every file checked out are they renamed into place (rename(2):
 // atomic, and a running binary can be replaced). Any failure removes what
-// was written and says why on a "failed" line.
+// was written and says why on a "failed" line. A push killed outright (its
+// deploy was cancelled) cannot clean up: the next push removes temporary
+// files whose writer, named by the pid in their name, is gone.
 const pushScript = probeBody + `echo ready
 IFS= read -r line || exit 0
 got=
@@ -39,12 +41,20 @@ fail() {
   for r in $got; do rm -f -- "$wd/$r.tmp-$$" "$wd/$r.sha256.tmp-$$"; done
   echo "failed $*"; exit 1
 }
+sweep() {
+  for old in "$wd/$1".tmp-* "$wd/$1".sha256.tmp-*; do
+    [ -e "$old" ] || continue
+    kill -0 "${old##*.tmp-}" 2>/dev/null || rm -f -- "$old"
+  done
+}
 umask 077
 mkdir -p -- "$wd/bin" "$wd/run" || fail "cannot create $wd/bin and $wd/run"
 while :; do
   set -- $line
   [ "$1" = file ] && [ $# -eq 5 ] || fail "bad request"
   rel=$2 mode=$3 want=$4 enc=$5 t=$wd/$2.tmp-$$
+  [ -d "$wd/$rel" ] && fail "$wd/$rel is a directory"
+  sweep "$rel"
   got="$got $rel"
   if [ "$enc" = b64 ]; then
     IFS= read -r data || fail "$rel: the data ended early"
@@ -126,7 +136,7 @@ func Push(ctx context.Context, s Streamer, workDir string, choose func(Probe) ([
 	case perr != nil:
 		return p, nil, perr
 	case failure != "":
-		return p, nil, pushFailure(failure, files, stderr.String())
+		return p, installed, pushFailure(failure, files, installed, stderr.String())
 	case err != nil:
 		return p, nil, fmt.Errorf("push to the node: %w", err)
 	case sendErr != nil:
@@ -171,7 +181,7 @@ func sendFiles(w io.Writer, files []File) error {
 	return bw.Flush()
 }
 
-func pushFailure(line string, files []File, stderr string) error {
+func pushFailure(line string, files []File, installed []string, stderr string) error {
 	if rest, ok := strings.CutPrefix(line, "mismatch "); ok {
 		rel, have, _ := strings.Cut(rest, " ")
 		for _, f := range files {
@@ -185,6 +195,9 @@ func pushFailure(line string, files []File, stderr string) error {
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	if why := strings.TrimSpace(lines[len(lines)-1]); why != "" {
 		line += " (" + why + ")"
+	}
+	if len(installed) > 0 { // a rename failed after others succeeded
+		return fmt.Errorf("push to the node: %s; installed before that: %s", line, strings.Join(installed, ", "))
 	}
 	return fmt.Errorf("push to the node: %s; nothing was replaced", line)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -99,5 +100,25 @@ func TestPush(t *testing.T) {
 	}
 	if l := leftovers(t, wd); len(l) > 0 {
 		t.Fatalf("temporary files left: %q", l)
+	}
+
+	// A push killed outright leaves its temporary files; the next push
+	// removes those whose writer is gone, and only those.
+	dead := filepath.Join(wd, BinaryFile+".tmp-999999999")
+	live := filepath.Join(wd, BinaryFile+".tmp-"+strconv.Itoa(os.Getpid()))
+	for _, f := range []string{dead, dead + ".sha256", live} {
+		if err := os.WriteFile(f, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Rename(dead+".sha256", filepath.Join(wd, BinaryFile+".sha256.tmp-999999999"))
+	newer := []byte("a newer binary")
+	if _, installed, err := Push(ctx, Local{}, wd, func(Probe) ([]File, error) {
+		return []File{file(BinaryFile, 0o755, newer)}, nil
+	}); err != nil || len(installed) != 1 {
+		t.Fatalf("push after a killed one: installed %q, %v", installed, err)
+	}
+	if l := leftovers(t, wd); len(l) != 1 || l[0] != live {
+		t.Fatalf("after the sweep: %q, want only %s (its writer lives)", l, live)
 	}
 }

@@ -14,8 +14,8 @@ import (
 )
 
 // Conn is an open connection to a node: *sshx.Client, or the control host
-// itself for a local node. SSH connections also upload files
-// (deploy.Stager) and listen on the node (for db tunnels).
+// itself for a local node. SSH connections also listen on the node (for db
+// tunnels).
 type Conn interface {
 	deploy.Remote
 	Stream(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.Writer) error
