@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pampa-go/pampa/internal/backoff"
 )
@@ -213,6 +214,11 @@ func (d *Dispatcher) resign() {
 type requests struct {
 	workers map[string]bool
 	other   bool
+	// freed: rows may have become available anywhere (a retry, a worker
+	// that stopped and gave its rows back), so reservation must walk from
+	// the first key, not resume after the last. New rows ("insert") come
+	// with new keys, usually above it.
+	freed bool
 }
 
 // wait blocks until a notification arrives or Delay passes, and gathers
@@ -246,6 +252,7 @@ func (d *Dispatcher) wait(ctx context.Context) (requests, error) {
 			req.workers[id] = true
 		} else {
 			req.other = true // new rows, a retry, a worker that stopped
+			req.freed = req.freed || n.Payload != "insert"
 		}
 	}
 	return req, nil
@@ -292,6 +299,9 @@ func (d *Dispatcher) cycle(ctx context.Context, req requests) (map[string]Stats,
 	}
 	full := time.Since(d.lastFull) >= d.cfg.Delay
 	stats := map[string]Stats{}
+	if req.freed {
+		clear(d.after)
+	}
 	if !full && d.leader && !req.other && d.canTopUp(req.workers) {
 		return stats, d.topUp(ctx, req.workers, stats)
 	}
@@ -553,7 +563,7 @@ where id = any($1) and job = $2`, ids(surplus), j.Name); err != nil {
 func (d *Dispatcher) reserve(ctx context.Context, q *Queries, alive []*worker, stats map[string]Stats) error {
 	j := q.job
 	after, resume := d.after[j.Name]
-	resume = resume && q.ReserveAfter != ""
+	resume = resume && q.ReserveAfterAndWake != "" && d.cfg.Flavor == Postgres
 	short, err := d.reserveFrom(ctx, q, assignedTo(alive, j.Name), after, resume, stats)
 	if err == nil && short && resume {
 		delete(d.after, j.Name)
@@ -566,6 +576,7 @@ func (d *Dispatcher) reserve(ctx context.Context, q *Queries, alive []*worker, s
 // assign or Cycle) and reports whether a worker got fewer rows than asked.
 func (d *Dispatcher) reserveFrom(ctx context.Context, q *Queries, ws []*worker, after any, resume bool, stats map[string]Stats) (short bool, err error) {
 	j := q.job
+	pg := d.cfg.Flavor == Postgres
 	b := &pgx.Batch{}
 	var hungry []*worker
 	var asked []int64
@@ -574,16 +585,13 @@ func (d *Dispatcher) reserveFrom(ctx context.Context, q *Queries, ws []*worker, 
 		if n <= 0 {
 			continue
 		}
-		wake := d.cfg.Flavor == Postgres
 		switch {
-		case resume && wake:
-			b.Queue(q.ReserveAfterAndWake, n, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name, after)
-		case resume:
-			b.Queue(q.ReserveAfter, n, w.id, j.MaxTryTimes, after)
-		case wake:
-			b.Queue(q.ReserveAndWake, n, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name)
-		default:
+		case !pg:
 			b.Queue(q.Reserve, n, w.id, j.MaxTryTimes)
+		case resume:
+			b.Queue(q.ReserveAfterAndWake, n, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name, after)
+		default:
+			b.Queue(q.ReserveAndWake, n, w.id, j.MaxTryTimes, WorkerChannel(d.namespace, w.id), j.Name)
 		}
 		hungry = append(hungry, w)
 		asked = append(asked, n)
@@ -597,13 +605,20 @@ func (d *Dispatcher) reserveFrom(ctx context.Context, q *Queries, ws []*worker, 
 	for i, w := range hungry {
 		var n int64
 		var last any
-		if err := res.QueryRow().Scan(&n, &last); err != nil {
+		if pg {
+			err = res.QueryRow().Scan(&n, &last)
+		} else {
+			var tag pgconn.CommandTag
+			tag, err = res.Exec()
+			n = tag.RowsAffected()
+		}
+		if err != nil {
 			return false, fmt.Errorf("job %q: reserve rows for worker %s: %w", j.Name, w.id, err)
 		}
 		s.Reserved += n
 		w.queued += n
 		short = short || n < asked[i]
-		if last != nil && q.ReserveAfter != "" {
+		if last != nil && q.ReserveAfterAndWake != "" {
 			d.after[j.Name] = last // the rounds' keys only grow: each starts above the last
 		}
 	}

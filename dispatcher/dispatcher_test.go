@@ -142,10 +142,10 @@ func (e *env) work(id string, n int, success bool) int {
 	}
 	var keys []int64
 	for rows.Next() {
-		var k int64
+		var k, queued int64
 		var kt string
 		var attempt int
-		if err := rows.Scan(&k, &kt, &attempt); err != nil {
+		if err := rows.Scan(&k, &kt, &attempt, &queued); err != nil {
 			e.t.Fatal(err)
 		}
 		keys = append(keys, k)
@@ -347,9 +347,15 @@ func TestConcurrentReservationNeverDoubleAssigns(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 40 {
+				// Every form the dispatcher uses, against each other.
 				sql, args := q.Reserve, []any{10, fmt.Sprintf("n.%d", i), e.job.MaxTryTimes}
-				if i%2 == 1 { // half of them resume after a key, as the dispatcher does
-					sql, args = q.ReserveAfter, append(args, int64(i))
+				switch i % 4 {
+				case 1:
+					sql, args = q.ReserveAndWake, append(args, "pampa_test", "x")
+				case 2:
+					sql, args = q.ReserveAfterAndWake, append(args, "pampa_test", "x", int64(i))
+				case 3:
+					sql, args = q.TopUp, append(args, "pampa_test", "x")
 				}
 				if _, err := e.pool.Exec(ctx, sql, args...); err != nil {
 					t.Error(err)

@@ -33,14 +33,13 @@ type DB interface {
 type Queries struct {
 	job Job
 
-	Reserve        string // $1 how many, $2 worker id, $3 max tries
+	Reserve        string // $1 how many, $2 worker id, $3 max tries (an update: CockroachDB)
 	ReserveAndWake string // same, then notifies channel $4 with payload $5 if it reserved
-	// The same two, but only rows whose key is above the last argument ($4,
-	// or $6 after the wake-up's two): a cursor that spares walking past every
-	// row already taken. "" with a selecting_sql snippet, which chooses its
-	// own order. All four return how many rows they reserved and the highest
-	// key among them (null for none).
-	ReserveAfter        string
+	// ReserveAfterAndWake is ReserveAndWake for rows whose key is above $6:
+	// a cursor that spares walking past every row already taken. "" with a
+	// selecting_sql snippet, which chooses its own order. Both return how
+	// many rows they reserved and the highest key among them (null for
+	// none). PostgreSQL only.
 	ReserveAfterAndWake string
 	// TopUp fills worker $2's queue up to $1 rows, counting what it holds
 	// itself, and wakes it as ReserveAndWake does ($3 max tries, $4 and $5
@@ -61,7 +60,7 @@ type Queries struct {
 	CountFailedForGood string // $1 max tries → how many
 	RetryFailed        string // $1 max tries: back to available, attempts from 0
 
-	StartChunk     string // $1 worker id, $2 how many → (key, key text, attempt)
+	StartChunk     string // $1 worker id, $2 how many → (key, key text, attempt, rows queued before)
 	StartChunkRows string // same, plus the row as JSON
 	EndChunk       string // $1 worker id, $2 expected rows: errors unless all end
 	EndOne         string // $1 worker id, $2 key
@@ -85,15 +84,12 @@ func NewQueries(j Job) *Queries {
 	const reset = `{ID} = null, {TM} = null, {ST} = null, {EN} = null, {OK} = null`
 
 	// counted reports how many rows the update u reserved and the highest
-	// key; wake also notifies channel $4 with payload $5 when there were any,
-	// so the worker hears of its rows in the same round trip.
-	counted := func(u string, wake bool) string {
-		notify := ""
-		if wake {
-			notify = ` left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`
-		}
+	// key, and notifies channel $4 with payload $5 when there were any, so
+	// the worker hears of its rows in the same round trip.
+	counted := func(u string) string {
 		return sql(`with r as (` + u + ` returning {PK}), n as (select count(*) as c from r)
-select n.c, (select {PK} from r order by {PK} desc limit 1) from n` + notify)
+select n.c, (select {PK} from r order by {PK} desc limit 1) from n
+left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`)
 	}
 	if s := j.Snippets.SelectingSQL; s != "" {
 		// The snippet chooses; the guard keeps a row from being reserved twice:
@@ -102,7 +98,7 @@ select n.c, (select {PK} from r order by {PK} desc limit 1) from n` + notify)
 update {T} set {ID} = $2, {TM} = now()
 where {PK} in (select {PK} from sel) and {ID} is null and {EN} is null
   and coalesce({TS}, 0) < $3 and $1::bigint >= 0`
-		q.Reserve, q.ReserveAndWake = counted(u, false), counted(u, true)
+		q.Reserve, q.ReserveAndWake = sql(u), counted(u)
 		q.PendingCount = `select count(*) from (` + s + `) sel where $2::int >= 0`
 	} else {
 		// The candidates are an array computed once (an InitPlan): as a
@@ -117,8 +113,8 @@ where {PK} = any(array(
   for update skip locked))
 and {ID} is null and {EN} is null`
 		}
-		q.Reserve, q.ReserveAndWake = counted(u(""), false), counted(u(""), true)
-		q.ReserveAfter, q.ReserveAfterAndWake = counted(u(` and {PK} > $4`), false), counted(u(` and {PK} > $6`), true)
+		q.Reserve, q.ReserveAndWake = sql(u("")), counted(u(""))
+		q.ReserveAfterAndWake = counted(u(` and {PK} > $6`))
 		// The queue is counted in the same statement, so a worker's request
 		// costs the dispatcher one statement; the snapshot sees at least as
 		// many queued rows as there are by the end, so it never overfills.
@@ -180,7 +176,7 @@ where {EN} is not null and {OK} = false and coalesce({TS}, 0) >= $1`
 	start := `update {T} as t set {ST} = now(), {TS} = coalesce({TS}, 0) + 1, {EN} = null, {OK} = null
 where {PK} = any(array(select {PK} from {T} where {ID} = $1 and {ST} is null order by {PK} limit $2))
   and {ID} = $1 and {ST} is null
-returning {PK}, {PK}::text, {TS}`
+returning {PK}, {PK}::text, {TS}, (select count(*) from {T} where {ID} = $1 and {ST} is null)`
 	q.StartChunk = sql(start)
 	q.StartChunkRows = sql(start + `, to_json(t.*)`)
 	// Division by zero is the portable way to abort the transaction when a

@@ -297,18 +297,20 @@ type started struct {
 // chunk starts up to a chunk of the worker's queued rows and processes them.
 // It returns how many rows it started, and whether that emptied the queue:
 // then only the dispatcher can refill it, and it wakes the worker when it
-// does, so asking the database again at once would find nothing.
+// does, so asking the database again at once would find nothing. (Whether
+// it emptied the queue is counted, not guessed from queue_size: the queue
+// can hold more, after a config change or rows put back after an error.)
 func (w *Worker) chunk(stop, work context.Context, q *dispatcher.Queries) (n int, drained bool, err error) {
 	j := q.Job()
 	size, withRows := 1, true
 	if j.Step.SQL != "" {
 		size, withRows = min(w.cfg.MaxChunk, j.QueueSize), false
 	}
-	rows, err := w.startChunk(work, q, size, withRows)
+	rows, queued, err := w.startChunk(work, q, size, withRows)
 	if err != nil || len(rows) == 0 {
 		return 0, false, err
 	}
-	drained = w.cfg.Flavor == dispatcher.Postgres && (len(rows) < size || size >= j.QueueSize)
+	drained = w.cfg.Flavor == dispatcher.Postgres && queued <= int64(len(rows))
 	if j.Step.SQL != "" {
 		return len(rows), drained, w.runSQLChunk(work, q, rows)
 	}
@@ -321,18 +323,20 @@ func (w *Worker) chunk(stop, work context.Context, q *dispatcher.Queries) (n int
 }
 
 // startChunk marks the start of the next rows and asks the dispatcher to
-// refill the queue while they run, in one round trip.
-func (w *Worker) startChunk(ctx context.Context, q *dispatcher.Queries, size int, withRows bool) ([]started, error) {
+// refill the queue while they run, in one round trip. It also returns how
+// many rows were queued before, the started ones included.
+func (w *Worker) startChunk(ctx context.Context, q *dispatcher.Queries, size int, withRows bool) ([]started, int64, error) {
 	b := &pgx.Batch{}
 	stmt := q.StartChunk
 	if withRows {
 		stmt = q.StartChunkRows
 	}
 	var out []started
+	var queued int64
 	b.Queue(stmt, w.cfg.ID, size).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var s started
-			dst := []any{&s.key, &s.keyText, &s.attempt}
+			dst := []any{&s.key, &s.keyText, &s.attempt, &queued}
 			if withRows {
 				dst = append(dst, &s.row)
 			}
@@ -347,9 +351,9 @@ func (w *Worker) startChunk(ctx context.Context, q *dispatcher.Queries, size int
 		b.Queue(`select pg_notify($1, $2)`, dispatcher.DispatcherChannel(w.namespace), dispatcher.RequestPayload(w.cfg.ID))
 	}
 	if err := w.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("start rows of job %q: %w", q.Job().Name, err)
+		return nil, 0, fmt.Errorf("start rows of job %q: %w", q.Job().Name, err)
 	}
-	return out, nil
+	return out, queued, nil
 }
 
 // runSQLChunk runs the sql step of every row and marks them all successful
