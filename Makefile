@@ -19,7 +19,7 @@ test: ## run every test with the race detector (needs PostgreSQL and OpenSSH ser
 test-short: ## tests without the race detector, for a quick loop
 	$(GO) test -count=1 $(PKGS)
 
-bench: build ## measure throughput and latency against River and a raw-SQL ceiling; writes BENCHMARKS.md
+bench: build ## measure throughput, latency (against River and a raw-SQL ceiling) and the SSH fleet (against scp, GNU parallel); writes BENCHMARKS.md
 	cd bench && $(GO) run . -out ../BENCHMARKS.md
 
 demo: build ## the seed's example: 100,000 numbers, a dispatcher and two local workers on a private PostgreSQL
