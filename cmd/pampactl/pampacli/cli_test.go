@@ -129,28 +129,37 @@ max_pending_tasks = 100
 sql = "update numbers set is_odd = (value %% 2 = 1) where value = $1"
 `
 
-// TestLocalWorkflow is a user's story on one machine: set up the database,
-// start local workers, run the dispatcher, watch progress, stop.
-func TestLocalWorkflow(t *testing.T) {
-	t.Parallel()
+// localNumbers is the seed's numbers table (1..rows) in a schema of its
+// own, with localConfig set up on it: the config's path, a connection to
+// the schema, and the config's directory.
+func localNumbers(t *testing.T, rows int) (cfg string, conn *pgx.Conn, dir string) {
+	t.Helper()
 	url := pgtest.Schema(t)
 	ctx := t.Context()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, `create table numbers (value bigint primary key, is_odd boolean);
-insert into numbers (value) select generate_series(1, 1000)`); err != nil {
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`create table numbers (value bigint primary key, is_odd boolean);
+insert into numbers (value) select generate_series(1, %d)`, rows)); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	cfg := writeConfig(t, dir, fmt.Sprintf(localConfig, url, dir))
-	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
-
-	if r := c("db", "setup"); r.code != 0 {
+	dir = t.TempDir()
+	cfg = writeConfig(t, dir, fmt.Sprintf(localConfig, url, dir))
+	if r := run(t, ctx, nil, "--config", cfg, "db", "setup"); r.code != 0 {
 		t.Fatalf("db setup: %d %s", r.code, r.stderr)
 	}
+	return cfg, conn, dir
+}
+
+// TestLocalWorkflow is a user's story on one machine: set up the database,
+// start local workers, run the dispatcher, watch progress, stop.
+func TestLocalWorkflow(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	cfg, _, dir := localNumbers(t, 1000)
+	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
 	r := c("workers", "start", "--node", "local")
 	if r.code != 0 || strings.Count(r.stdout, "started") != 2 {
 		t.Fatalf("workers start: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)

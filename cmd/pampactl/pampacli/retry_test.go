@@ -2,7 +2,6 @@ package pampacli
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,30 +9,15 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/dispatcher"
-	"github.com/pampa-go/pampa/internal/pgtest"
 )
 
 // An operator's retry: rows out of tries are counted by --dry-run, reset by
 // the command, and the dispatcher is woken; a mistyped job changes nothing.
 func TestJobsRetry(t *testing.T) {
 	t.Parallel()
-	url := pgtest.Schema(t)
 	ctx := t.Context()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, `create table numbers (value bigint primary key, is_odd boolean);
-insert into numbers (value) select generate_series(1, 10)`); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cfg := writeConfig(t, dir, fmt.Sprintf(localConfig, url, dir))
+	cfg, conn, _ := localNumbers(t, 10)
 	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
-	if r := c("db", "setup"); r.code != 0 {
-		t.Fatalf("db setup: %d %s", r.code, r.stderr)
-	}
 	// Rows 1..4 failed all 3 attempts (the default max_try_times); row 5
 	// failed with tries left; row 6 completed.
 	if _, err := conn.Exec(ctx, `update numbers set odd_checking_reservation_id = 'local.1',
