@@ -3,6 +3,7 @@ GO      ?= go
 BIN     ?= bin
 PKGS    ?= ./...
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/pampa-go/pampa/cmd/pampactl/pampacli.version=$(VERSION)
 
 .PHONY: help build test test-short bench demo lint dist clean
 
@@ -10,7 +11,7 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/pampactl (controller, dispatcher and worker in one binary)
-	$(GO) build -o $(BIN)/pampactl ./cmd/pampactl
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/pampactl ./cmd/pampactl
 
 test: ## run every test with the race detector (needs PostgreSQL and OpenSSH server binaries; .ci/run installs them)
 	$(GO) vet $(PKGS)
@@ -30,8 +31,8 @@ lint: ## go vet and a gofmt check
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 dist: ## cross-build pampactl for linux/amd64 and linux/arm64 into dist/ (what nodes deploy pushes)
-	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o dist/pampactl-linux-amd64 ./cmd/pampactl
-	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -trimpath -o dist/pampactl-linux-arm64 ./cmd/pampactl
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/pampactl-linux-amd64 ./cmd/pampactl
+	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/pampactl-linux-arm64 ./cmd/pampactl
 
 clean: ## remove build outputs
 	rm -rf $(BIN) dist

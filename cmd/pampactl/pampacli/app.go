@@ -73,6 +73,10 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		// The root's help flag is urfave's global one, which we replace.
 		args = []string{args[0], "help"}
 	}
+	if len(args) == 2 && args[1] == "--version" {
+		// So is its version flag, which would also take -v from --verbose.
+		args = []string{args[0], "version"}
+	}
 	err := app.RunContext(ctx, args)
 	return e.exitCode(ctx, err)
 }
@@ -123,6 +127,7 @@ func (e *env) app() *cli.App {
 			e.logsCommand(),
 			e.upCommand(),
 			e.downCommand(),
+			e.versionCommand(),
 		},
 	}
 	markUsageErrors(app.Commands)
