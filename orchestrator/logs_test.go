@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pampa-go/pampa/deploy"
+	polling "github.com/pampa-go/pampa/internal/poll"
 	"github.com/pampa-go/pampa/internal/sshtest"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/sshx"
@@ -22,19 +23,10 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// poll waits for cond (see polling.Until).
 func poll(t *testing.T, what string, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, msg)
-		}
-		time.Sleep(10 * time.Millisecond) // polling, not waiting for an effect
-	}
+	polling.Until(t, what, 20*time.Second, cond)
 }
 
 // TestFollowLogsReconnects follows two workers' logs through a link that

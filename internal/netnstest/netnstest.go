@@ -319,7 +319,17 @@ func (h *Host) startSSHD(ctx context.Context, hostKeyFile, authorized string) er
 		_ = cmd.Wait()
 		close(h.exited)
 	}()
-	err = poll(ctx, func() error {
+	err = h.waitAccepting(ctx)
+	if err != nil {
+		return fmt.Errorf("sshd did not accept connections on %s: %w\n%s", h.SSHAddr(), err, h.log())
+	}
+	return nil
+}
+
+// waitAccepting waits until h's sshd accepts connections from the root
+// namespace, or has exited.
+func (h *Host) waitAccepting(ctx context.Context) error {
+	return poll(ctx, func() error {
 		select {
 		case <-h.exited:
 			return errStop
@@ -331,10 +341,6 @@ func (h *Host) startSSHD(ctx context.Context, hostKeyFile, authorized string) er
 		}
 		return c.Close()
 	})
-	if err != nil {
-		return fmt.Errorf("sshd did not accept connections on %s: %w\n%s", h.SSHAddr(), err, h.log())
-	}
-	return nil
 }
 
 func (h *Host) logFile() string { return filepath.Join(h.dir, "sshd.log") }
@@ -362,18 +368,7 @@ func (h *Host) Restore(tb testing.TB) {
 	if err := ip(ctx, "link", "set", h.Link, "up"); err != nil {
 		tb.Fatalf("restore %s: %v", h, err)
 	}
-	err := poll(ctx, func() error {
-		select {
-		case <-h.exited:
-			return errStop
-		default:
-		}
-		c, err := net.DialTimeout("tcp", h.SSHAddr(), time.Second)
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
+	err := h.waitAccepting(ctx)
 	if err != nil {
 		tb.Fatalf("restore %s: sshd not reachable: %v\n%s", h, err, h.log())
 	}

@@ -15,24 +15,14 @@ import (
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgtest"
+	polling "github.com/pampa-go/pampa/internal/poll"
 	"github.com/pampa-go/pampa/internal/sshtest"
 )
 
-// poll calls cond until it returns "" or the deadline passes, then fails
-// with its last complaint.
+// poll waits for cond (see polling.Until).
 func poll(t *testing.T, what string, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		msg := cond()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s", what, msg)
-		}
-		time.Sleep(20 * time.Millisecond) // polling, not waiting for an effect
-	}
+	polling.Until(t, what, 30*time.Second, cond)
 }
 
 func registry(t *testing.T, url string) map[string]string {
