@@ -2,10 +2,15 @@ package dispatcher
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,16 +21,25 @@ import (
 
 	"github.com/pampa-go/pampa/internal/leaktest"
 	"github.com/pampa-go/pampa/internal/pgtest"
+	"github.com/pampa-go/pampa/internal/poll"
+	"github.com/pampa-go/pampa/protocol"
 )
 
 func TestMain(m *testing.M) { os.Exit(leaktest.Check(pgtest.RunMain(m))) }
 
-// env is a schema with the seed's numbers table and Pampa set up.
+var secret = []byte("s3cret")
+
+// env is a schema with the seed's numbers table and Pampa set up, and the
+// workers the test connects: protocol clients driven by the test (see
+// fakeWorker), so that each test decides when a row starts and ends.
 type env struct {
-	t    *testing.T
-	url  string
-	pool *pgxpool.Pool
-	job  Job
+	t       *testing.T
+	url     string
+	pool    *pgxpool.Pool
+	job     Job
+	addrs   map[*Dispatcher]string
+	workers map[string]*fakeWorker
+	pending []string // registered before the dispatcher existed
 }
 
 func numbersJob() Job {
@@ -33,7 +47,7 @@ func numbersJob() Job {
 		Name: "search_odd_numbers", Table: "numbers",
 		Fields:          FieldsFor("odd_checking", "value"),
 		MaxPendingTasks: 10, MaxAssignedWorkers: 5, QueueSize: 5,
-		Step: Step{SQL: "update numbers set is_odd = (value % 2 = 1) where value = $1"},
+		Step: Step{Command: []string{"true"}},
 	}.WithDefaults()
 }
 
@@ -53,7 +67,7 @@ func newEnv(t *testing.T, rows int, edit ...func(*Job)) *env {
 	if err := Setup(ctx, pool, Postgres, []Job{j}); err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, url: url, pool: pool, job: j}
+	return &env{t: t, url: url, pool: pool, job: j, addrs: map[*Dispatcher]string{}, workers: map[string]*fakeWorker{}}
 }
 
 func mustExec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int64 {
@@ -74,93 +88,370 @@ func count(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int64 {
 	return n
 }
 
+// queries are the job's statements, as the dispatcher builds them.
+func (e *env) queries() *Queries {
+	e.t.Helper()
+	kt, err := KeyType(context.Background(), e.pool, e.job)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return NewQueries(e.job, kt)
+}
+
+// dispatcher returns a connected dispatcher serving the worker protocol on
+// a loopback port, whose cycles the test runs (no Run loop). It takes the
+// lease if it is free, and connects the workers registered so far.
 func (e *env) dispatcher(edit ...func(*Config)) *Dispatcher {
 	e.t.Helper()
-	cfg := Config{DatabaseURL: e.url, Jobs: []Job{e.job}, Delay: time.Millisecond, HeartbeatTimeout: 30 * time.Second}
+	t := e.t
+	cfg := Config{DatabaseURL: e.url, Jobs: []Job{e.job}, Delay: time.Millisecond, HeartbeatTimeout: 30 * time.Second, Secret: secret}
 	for _, f := range edit {
 		f(&cfg)
 	}
 	d, err := New(cfg)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	if err := d.connect(context.Background()); err != nil {
-		e.t.Fatal(err)
+	ctx := context.Background()
+	if err := d.connect(ctx); err != nil {
+		t.Fatal(err)
 	}
-	e.t.Cleanup(d.close)
+	ln := listen(t, "127.0.0.1:0")
+	sctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- protocol.Serve(sctx, ln, d.Handler(), nil, nil) }()
+	t.Cleanup(func() {
+		d.srv.Shutdown()
+		stop()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		ln.waitClosed(t)
+		d.close()
+	})
+	e.addrs[d] = ln.Addr().String()
+	leader, err := d.lease(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.setLeader(leader)
+	if leader {
+		for _, id := range e.pending {
+			e.connect(id, d)
+		}
+		e.pending = nil
+	}
 	return d
 }
 
+// listener is a loopback listener that knows which of the connections it
+// accepted are still open. protocol.Serve returns before the HTTP server
+// has let go of its HTTP/2 connections (a client that went away mid-stream
+// may leave one for the server's shutdown to close, a second later), so a
+// test waits for them before leaktest looks.
+type listener struct {
+	net.Listener
+	open sync.WaitGroup
+}
+
+func listen(t testing.TB, addr string) *listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &listener{Listener: ln}
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.open.Add(1)
+	return &conn{Conn: c, closed: l.open.Done}, nil
+}
+
+// waitClosed waits, once the server has stopped accepting, until it has
+// closed every connection.
+func (l *listener) waitClosed(t testing.TB) {
+	done := make(chan struct{})
+	go func() { l.open.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("the server kept connections open 10s after it stopped")
+	}
+}
+
+type conn struct {
+	net.Conn
+	once   sync.Once
+	closed func()
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.closed)
+	return err
+}
+
+// register adds workers to the fleet: they connect to the next dispatcher
+// made.
+func (e *env) register(ids ...string) { e.pending = append(e.pending, ids...) }
+
+// cycle runs one full cycle, then waits until the workers have every row
+// the dispatcher sent them.
 func (e *env) cycle(d *Dispatcher) Stats {
 	e.t.Helper()
-	d.lastFull = time.Time{} // every test cycle is a full one
 	stats, err := d.Cycle(context.Background())
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.sync(d)
 	return stats[e.job.Name]
 }
 
-func (e *env) register(ids ...string) {
+// quick runs a cycle that is not a full one: no lease, liveness or
+// relaunch, and the reservation cursor stays.
+func (e *env) quick(d *Dispatcher) Stats {
 	e.t.Helper()
-	for _, id := range ids {
-		if err := RegisterWorker(context.Background(), e.pool, WorkerInfo{ID: id, Node: strings.Split(id, ".")[0]}, []*Queries{NewQueries(e.job)}); err != nil {
-			e.t.Fatal(err)
+	d.lastFull = time.Now()
+	stats, err := d.cycle(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.sync(d)
+	return stats[e.job.Name]
+}
+
+func (e *env) sync(d *Dispatcher) {
+	e.t.Helper()
+	for id, p := range d.peers {
+		fw := e.workers[id]
+		if p.sess == nil || fw == nil {
+			continue
 		}
+		poll.Until(e.t, "worker "+id+" to receive its rows", 10*time.Second, func() string {
+			for r, started := range p.held {
+				if !fw.holds(r.key, started) {
+					return fmt.Sprintf("row %s (started %v) not there", r.key, started)
+				}
+			}
+			return ""
+		})
 	}
 }
 
+// flush writes what the workers said, as the next cycle would first: the
+// test's stand-in for the old design's workers writing their own marks.
+func (e *env) flush(d *Dispatcher) {
+	e.t.Helper()
+	d.applyInbox()
+	if err := d.flush(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// queued counts the rows reserved for id in the database and not started.
 func (e *env) queued(id string) int64 {
 	return count(e.t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = $1 and odd_checking_start_time is null`, id)
 }
 
-func (e *env) assigned() map[string]string {
-	e.t.Helper()
-	rows, err := e.pool.Query(context.Background(), `select id, coalesce(job, '') from pampa_workers order by id`)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+// assigned is the dispatcher's assignment of its workers.
+func (e *env) assigned(d *Dispatcher) map[string]string {
 	out := map[string]string{}
-	for rows.Next() {
-		var id, job string
-		if err := rows.Scan(&id, &job); err != nil {
-			e.t.Fatal(err)
-		}
-		out[id] = job
+	for id, p := range d.peers {
+		out[id] = p.job
 	}
 	return out
 }
 
-// work simulates a worker process through the same statements a worker runs.
+// work starts up to n of id's queued rows and ends them, and has the
+// dispatcher write it. It returns how many rows it worked.
 func (e *env) work(id string, n int, success bool) int {
 	e.t.Helper()
-	q := NewQueries(e.job)
-	ctx := context.Background()
-	rows, err := e.pool.Query(ctx, q.StartChunk, id, n)
+	fw := e.workers[id]
+	rows := fw.take(n)
+	if len(rows) == 0 {
+		return 0
+	}
+	d := fw.d
+	before := d.inbox.len()
+	fw.start(rows)
+	for _, r := range rows {
+		fw.end(r.Ref, success, "boom")
+	}
+	e.waitInbox(d, before+1+len(rows))
+	e.flush(d)
+	return len(rows)
+}
+
+// start starts up to n of id's queued rows and has the dispatcher write it.
+func (e *env) start(id string, n int) int {
+	e.t.Helper()
+	fw := e.workers[id]
+	rows := fw.take(n)
+	if len(rows) == 0 {
+		return 0
+	}
+	before := fw.d.inbox.len()
+	fw.start(rows)
+	e.waitInbox(fw.d, before+1)
+	e.flush(fw.d)
+	return len(rows)
+}
+
+func (e *env) waitInbox(d *Dispatcher, n int) {
+	e.t.Helper()
+	poll.Until(e.t, "the dispatcher to hear the workers", 10*time.Second, func() string {
+		if got := d.inbox.len(); got < n {
+			return fmt.Sprintf("%d events, want %d", got, n)
+		}
+		return ""
+	})
+}
+
+// fakeWorker is a worker as the protocol sees it, run by the test: a real
+// protocol client on a loopback stream whose rows start and end when the
+// test says so. Its hello tells what it holds, as a worker's does.
+type fakeWorker struct {
+	id       string
+	instance string
+	d        *Dispatcher // the dispatcher it talks to
+	client   *protocol.Client
+	stop     func() // ends the client and waits for it
+	cancel   func() // ends the client
+
+	mu      sync.Mutex
+	queue   []protocol.Row
+	running map[string]protocol.Ref
+	up      bool
+	leaving bool // gone for good once the dispatcher closes the stream
+}
+
+// connect starts a worker talking to the first of ds that accepts it and
+// waits until one has.
+func (e *env) connect(id string, ds ...*Dispatcher) *fakeWorker {
+	e.t.Helper()
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	fw := &fakeWorker{id: id, instance: hex.EncodeToString(b), d: ds[0], running: map[string]protocol.Ref{}}
+	e.start1(fw, ds...)
+	e.workers[id] = fw
+	return fw
+}
+
+// start1 runs fw's client against ds.
+func (e *env) start1(fw *fakeWorker, ds ...*Dispatcher) {
+	e.t.Helper()
+	var addrs []string
+	for _, d := range ds {
+		addrs = append(addrs, e.addrs[d])
+	}
+	c, err := protocol.NewClient(protocol.ClientConfig{Addrs: addrs, Secret: secret, Hello: fw.hello, Deliver: fw.deliver,
+		Connected: fw.connected, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var keys []int64
-	for rows.Next() {
-		var k, queued int64
-		var kt string
-		var attempt int
-		if err := rows.Scan(&k, &kt, &attempt, &queued); err != nil {
-			e.t.Fatal(err)
+	fw.client = c
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	var once sync.Once
+	fw.cancel = cancel
+	fw.stop = func() { once.Do(func() { cancel(); <-done }) }
+	e.t.Cleanup(fw.stop)
+	poll.Until(e.t, "worker "+fw.id+" to connect", 10*time.Second, func() string {
+		if !fw.isUp() {
+			return "not connected"
 		}
-		keys = append(keys, k)
+		return ""
+	})
+}
+
+func (fw *fakeWorker) hello() protocol.Hello {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	h := protocol.Hello{ID: fw.id, Node: strings.Split(fw.id, ".")[0], Hostname: "test", PID: os.Getpid(),
+		Instance: fw.instance, Jobs: []string{numbersJob().Name}, Slots: 1}
+	for _, r := range fw.queue {
+		h.InHand = append(h.InHand, protocol.Held{Ref: r.Ref})
 	}
-	if err := rows.Err(); err != nil {
-		e.t.Fatal(err)
+	for _, r := range fw.running {
+		h.InHand = append(h.InHand, protocol.Held{Ref: r, Started: true})
 	}
-	for _, k := range keys {
-		if success {
-			mustExec(e.t, e.pool, q.EndOne, id, k)
-		} else {
-			mustExec(e.t, e.pool, q.FailOne, id, k, "boom")
+	if fw.client != nil {
+		for _, o := range fw.client.Unacked() {
+			h.InHand = append(h.InHand, protocol.Held{Ref: o.Ref, Started: true})
 		}
 	}
-	return len(keys)
+	return h
+}
+
+func (fw *fakeWorker) deliver(m protocol.Message) {
+	if m.Kind == protocol.KindRows {
+		fw.mu.Lock()
+		fw.queue = append(fw.queue, m.Rows...)
+		fw.mu.Unlock()
+	}
+}
+
+func (fw *fakeWorker) connected(up bool) {
+	fw.mu.Lock()
+	fw.up = up
+	leaving := fw.leaving
+	fw.mu.Unlock()
+	if !up && leaving {
+		fw.cancel() // as a worker does once its rows are back: no reconnect
+	}
+}
+
+func (fw *fakeWorker) isUp() bool {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.up
+}
+
+func (fw *fakeWorker) holds(key string, started bool) bool {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if started {
+		_, ok := fw.running[key]
+		return ok
+	}
+	return slices.ContainsFunc(fw.queue, func(r protocol.Row) bool { return r.Key == key })
+}
+
+func (fw *fakeWorker) take(n int) []protocol.Row {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	n = min(n, len(fw.queue))
+	rows := slices.Clone(fw.queue[:n])
+	fw.queue = fw.queue[n:]
+	return rows
+}
+
+func (fw *fakeWorker) start(rows []protocol.Row) {
+	var refs []protocol.Ref
+	fw.mu.Lock()
+	for _, r := range rows {
+		fw.running[r.Key] = r.Ref
+		refs = append(refs, r.Ref)
+	}
+	fw.mu.Unlock()
+	fw.client.Send(protocol.Message{Kind: protocol.KindStarts, Refs: refs})
+}
+
+func (fw *fakeWorker) end(r protocol.Ref, ok bool, errText string) {
+	fw.mu.Lock()
+	delete(fw.running, r.Key)
+	fw.mu.Unlock()
+	o := protocol.Outcome{Ref: r, OK: ok, Millis: 1}
+	if !ok {
+		o.Error = errText
+	}
+	fw.client.Report(o)
 }
 
 func TestSetupIsIdempotentAndKeepsData(t *testing.T) {
@@ -222,6 +513,14 @@ func TestCheckTellsNotSetUpFromUnreachable(t *testing.T) {
 	if err == nil || errors.Is(err, ErrNotSetUp) {
 		t.Fatalf("closed connection: want an error other than ErrNotSetUp, got %v", err)
 	}
+	// A dispatcher stops on the first, and goes on trying on the second.
+	d, err := New(Config{DatabaseURL: url, Jobs: []Job{numbersJob()}, Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Run(ctx); !errors.Is(err, ErrNotSetUp) {
+		t.Fatalf("Run on an empty schema: want ErrNotSetUp, got %v", err)
+	}
 }
 
 func TestReserveFillsQueuesInKeyOrder(t *testing.T) {
@@ -230,7 +529,7 @@ func TestReserveFillsQueuesInKeyOrder(t *testing.T) {
 	e.register("n1.1", "n1.2")
 	d := e.dispatcher()
 	s := e.cycle(d)
-	// 100 pending rows / 10 per worker wants 10 workers, capped by the 2 alive.
+	// 100 pending rows / 10 per worker wants 10 workers, capped by the 2 connected.
 	if s.Assigned != 2 || s.Reserved != 10 {
 		t.Fatalf("stats %+v: want 2 assigned and 10 reserved", s)
 	}
@@ -240,6 +539,22 @@ func TestReserveFillsQueuesInKeyOrder(t *testing.T) {
 	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and value <= 5`); n != 5 {
 		t.Fatalf("first worker should get keys 1..5 by default order, got %d of them", n)
 	}
+	// The rows went down the stream in key order, with their columns.
+	q := e.workers["n1.1"].take(5)
+	for i, r := range q {
+		var data map[string]any
+		if err := json.Unmarshal(r.Data, &data); err != nil {
+			t.Fatal(err)
+		}
+		_, bookkeeping := data["odd_checking_reservation_id"]
+		if r.Key != fmt.Sprint(i+1) || r.Attempt != 1 || r.Job != e.job.Name || data["value"] != float64(i+1) || bookkeeping {
+			t.Fatalf("row %d sent as %+v with data %s: want key %d, attempt 1, the user's columns only", i, r.Ref, r.Data, i+1)
+		}
+	}
+	fw := e.workers["n1.1"]
+	fw.mu.Lock()
+	fw.queue = append(q, fw.queue...) // back to the test worker
+	fw.mu.Unlock()
 	// A full queue is not topped up again.
 	if s := e.cycle(d); s.Reserved != 0 {
 		t.Fatalf("reserved %d more for full queues", s.Reserved)
@@ -256,21 +571,22 @@ func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
 	e.register("n1.1")
 	d := e.dispatcher(func(c *Config) { c.Delay = time.Hour })
 	e.cycle(d) // full: assigns the worker, reserves 1..5
-	quick := func() Stats {
-		t.Helper()
-		d.lastFull = time.Now() // not a full cycle: the cursor stays
-		stats, err := d.Cycle(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return stats[e.job.Name]
-	}
-	e.work("n1.1", 5, true)
-	// Key 3 becomes free again behind the cursor (as a hand edit would).
+	// Key 3 becomes free again behind the cursor (as a hand edit would)
+	// while the worker runs it: its outcome comes too late to count.
+	before := d.inbox.len()
+	rows := e.workers["n1.1"].take(5)
+	e.workers["n1.1"].start(rows)
 	mustExec(t, e.pool, `update numbers set odd_checking_reservation_id = null, odd_checking_start_time = null,
   odd_checking_end_time = null, odd_checking_success = null where value = 3`)
-	if s := quick(); s.Reserved != 5 {
+	for _, r := range rows {
+		e.workers["n1.1"].end(r.Ref, true, "")
+	}
+	e.waitInbox(d, before+1+5)
+	if s := e.quick(d); s.Reserved != 5 {
 		t.Fatalf("reserved %d, want 5", s.Reserved)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where value = 3 and odd_checking_reservation_id is null and odd_checking_end_time is null`); n != 1 {
+		t.Fatal("the late outcome of key 3 overwrote its freeing")
 	}
 	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and odd_checking_start_time is null and value between 6 and 10`); n != 5 {
 		t.Fatalf("want keys 6..10 reserved after the cursor, got %d of them", n)
@@ -278,7 +594,7 @@ func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
 	e.work("n1.1", 5, true)
 	mustExec(t, e.pool, `update numbers set odd_checking_end_time = now(), odd_checking_success = true where value > 10`)
 	// Nothing is left after the cursor: the short round walks from the start.
-	if s := quick(); s.Reserved != 1 {
+	if s := e.quick(d); s.Reserved != 1 {
 		t.Fatalf("reserved %d, want the freed key 3", s.Reserved)
 	}
 	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and odd_checking_start_time is null and value = 3`); n != 1 {
@@ -286,114 +602,161 @@ func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
 	}
 }
 
-// A worker's request between full cycles is served by one statement that
-// counts its queue itself: it fills that queue to queue_size and no more,
-// leaves the others alone, and walks from the first key when the resumed
-// walk comes up short.
-func TestTopUpServesTheWorkerThatAsked(t *testing.T) {
+// Between full cycles, a worker's starts wake the loop: a quick cycle fills
+// the queues that have room to queue_size and no more, and leaves full
+// ones alone.
+func TestQuickCycleFillsOnlyQueuesWithRoom(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 30)
 	e.register("n1.1", "n1.2")
 	d := e.dispatcher(func(c *Config) { c.Delay = time.Hour })
 	e.cycle(d) // full: both assigned, 1..5 and 6..10 reserved
-	ask := func(ids ...string) Stats {
-		t.Helper()
-		req := requests{workers: map[string]bool{}}
-		for _, id := range ids {
-			req.workers[id] = true
-		}
-		if !d.canTopUp(req.workers) {
-			t.Fatalf("cannot top up %v", ids)
-		}
-		d.lastFull = time.Now()
-		stats, err := d.cycle(context.Background(), req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return stats[e.job.Name]
-	}
 	e.work("n1.1", 3, true)
-	if s := ask("n1.1"); s.Reserved != 3 || e.queued("n1.1") != 5 || e.queued("n1.2") != 5 {
+	if s := e.quick(d); s.Reserved != 3 || e.queued("n1.1") != 5 || e.queued("n1.2") != 5 {
 		t.Fatalf("reserved %d; queues %d and %d, want 3 and 5, 5", s.Reserved, e.queued("n1.1"), e.queued("n1.2"))
 	}
-	if s := ask("n1.1", "n1.2"); s.Reserved != 0 {
+	if s := e.quick(d); s.Reserved != 0 {
 		t.Fatalf("full queues got %d more rows", s.Reserved)
 	}
-	e.work("n1.1", 5, true)
-	mustExec(t, e.pool, `update numbers set odd_checking_reservation_id = null, odd_checking_start_time = null,
-  odd_checking_end_time = null, odd_checking_success = null where value = 2`)
-	mustExec(t, e.pool, `update numbers set odd_checking_end_time = now(), odd_checking_success = true
-where value > 13 and odd_checking_reservation_id is null`)
-	if s := ask("n1.1"); s.Reserved != 1 {
-		t.Fatalf("reserved %d, want the freed key 2 found by the walk from the start", s.Reserved)
-	}
-	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and odd_checking_start_time is null and value = 2`); n != 1 {
-		t.Fatal("key 2 was not reserved")
-	}
-	if d.canTopUp(map[string]bool{"n9.9": true}) {
-		t.Fatal("a worker unknown to the last cycle must get a normal cycle")
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and value between 11 and 13`); n != 3 {
+		t.Fatalf("the refill should be the next keys 11..13, got %d of them", n)
 	}
 }
 
+// Reservation is safe whoever runs it: sessions standing for several
+// dispatchers (a leader whose lease ran out and its successor, each with
+// its sql step sessions) reserve at once with every form of the statement,
+// and no row is ever handed out twice.
 func TestConcurrentReservationNeverDoubleAssigns(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 2000)
-	q := NewQueries(e.job)
+	q := e.queries()
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	const workers = 16
-	for i := range workers {
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		got = map[int64]int{}
+	)
+	const sessions = 16
+	for i := range sessions {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			worker := fmt.Sprintf("n.%d", i)
 			for range 40 {
-				// Every form the dispatcher uses, against each other.
-				sql, args := q.Reserve, []any{10, fmt.Sprintf("n.%d", i), e.job.MaxTryTimes}
-				switch i % 4 {
-				case 1:
-					sql, args = q.ReserveAndWake, append(args, "pampa_test", "x")
-				case 2:
-					sql, args = q.ReserveAfterAndWake, append(args, "pampa_test", "x", int64(i))
-				case 3:
-					sql, args = q.TopUp, append(args, "pampa_test", "x")
-				}
-				if _, err := e.pool.Exec(ctx, sql, args...); err != nil {
+				var keys []int64
+				err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+					var rows pgx.Rows
+					var err error
+					switch i % 3 {
+					case 0:
+						rows, err = tx.Query(ctx, q.Reserve, 10, worker, e.job.MaxTryTimes)
+					case 1:
+						rows, err = tx.Query(ctx, q.ReserveAfter, 10, worker, e.job.MaxTryTimes, int64(i*50))
+					case 2: // a sql step session: take, then mark done
+						rows, err = tx.Query(ctx, q.Take, 10, e.job.MaxTryTimes)
+					}
+					if err != nil {
+						return err
+					}
+					var texts []string
+					for rows.Next() {
+						vals, err := rows.Values()
+						if err != nil {
+							return err
+						}
+						keys, texts = append(keys, vals[0].(int64)), append(texts, vals[1].(string))
+					}
+					if err := rows.Err(); err != nil {
+						return err
+					}
+					if i%3 == 2 && len(texts) > 0 {
+						tag, err := tx.Exec(ctx, q.Done, texts, worker)
+						if err == nil && tag.RowsAffected() != int64(len(texts)) {
+							err = fmt.Errorf("marked %d of %d taken rows done", tag.RowsAffected(), len(texts))
+						}
+						return err
+					}
+					return nil
+				})
+				if err != nil {
 					t.Error(err)
 					return
 				}
+				mu.Lock()
+				for _, k := range keys {
+					got[k]++
+				}
+				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	// 16×40×10 = 6400 requested for 2000 rows: every row reserved exactly once.
+	// 16×40×10 = 6400 asked for 2000 rows: each handed out exactly once.
 	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id is null`); n != 0 {
 		t.Fatalf("%d rows never reserved", n)
 	}
-	var updates int64
-	for i := range workers {
-		updates += count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = $1`, fmt.Sprintf("n.%d", i))
+	if len(got) != 2000 {
+		t.Fatalf("%d distinct rows handed out, want 2000", len(got))
 	}
-	if updates != 2000 {
-		t.Fatalf("rows reserved %d times in total, want 2000", updates)
+	for k, n := range got {
+		if n != 1 {
+			t.Fatalf("row %d handed out %d times", k, n)
+		}
 	}
 }
 
+// Of two dispatchers, the one holding the lease serves; the other refuses
+// workers, who go to the leader. When the leader resigns, the other takes
+// over and the workers move to it with what they hold.
 func TestTwoDispatchersOneLeader(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 50)
-	e.register("n1.1")
 	a := e.dispatcher(func(c *Config) { c.Holder = "a" })
 	b := e.dispatcher(func(c *Config) { c.Holder = "b" })
+	if !a.leader || b.leader {
+		t.Fatalf("leaders: a %v, b %v; want a alone", a.leader, b.leader)
+	}
+	fw := e.connect("n1.1", b, a) // the standby first: it refuses
+	fw.d = a
+	if b.inbox.len() != 0 || a.inbox.len() != 1 {
+		t.Fatalf("the worker's hello reached the standby (%d events) or not the leader (%d)", b.inbox.len(), a.inbox.len())
+	}
 	if s := e.cycle(a); s.Reserved != 5 {
 		t.Fatalf("leader reserved %d", s.Reserved)
 	}
-	e.work("n1.1", 5, true)
+	e.work("n1.1", 2, true)
 	if s := e.cycle(b); s != (Stats{}) || b.leader {
 		t.Fatalf("standby dispatcher acted: %+v", s)
 	}
-	a.resign()
+	// a stalls past its lease: b takes over.
+	mustExec(t, e.pool, `update pampa_leases set expires_at = now() - interval '1 second' where holder = 'a'`)
 	if e.cycle(b); !b.leader {
-		t.Fatal("standby did not take over after the leader resigned")
+		t.Fatal("standby did not take over after the leader's lease ran out")
+	}
+	// a sees it lost the lease and lets its workers go; they come to b
+	// with the three rows they hold, which b keeps theirs.
+	if e.cycle(a); a.leader || len(a.peers) != 0 {
+		t.Fatalf("old leader still leads (%v) or holds %d workers", a.leader, len(a.peers))
+	}
+	fw.d = b
+	poll.Until(t, "the worker to move to the new leader", 10*time.Second, func() string {
+		if b.inbox.len() == 0 {
+			return "no hello at b"
+		}
+		return ""
+	})
+	if s := e.cycle(b); s.Reserved != 2 || s.Released != 0 {
+		t.Fatalf("new leader: %+v, want the 2 free places refilled and nothing released", s)
+	}
+	if q := e.queued("n1.1"); q != 5 {
+		t.Fatalf("%d rows queued for the worker, want 5", q)
+	}
+	if n := e.work("n1.1", 5, true); n != 5 {
+		t.Fatalf("worked %d rows after the move, want 5", n)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_success`); n != 7 {
+		t.Fatalf("%d rows done, want 7", n)
 	}
 }
 
@@ -430,6 +793,9 @@ odd_checking_error_description from numbers`).Scan(&times, &success, &errDesc)
 	if st[0].Failed != 1 || st[0].Pending != 0 {
 		t.Fatalf("report %+v: want the row failed for good", st[0])
 	}
+	if n := count(t, e.pool, `select rows_failed from pampa_workers where id = 'n1.1'`); n != 3 {
+		t.Fatalf("the worker counted %d failures, want 3", n)
+	}
 }
 
 func TestRelaunchLateFromStartNotReservation(t *testing.T) {
@@ -438,9 +804,7 @@ func TestRelaunchLateFromStartNotReservation(t *testing.T) {
 	e.register("n1.1")
 	d := e.dispatcher()
 	e.cycle(d)
-	e.work("n1.1", 0, true) // nothing started yet
-	q := NewQueries(e.job)
-	mustExec(t, e.pool, q.StartChunk, "n1.1", 2)
+	e.start("n1.1", 2)
 	// Reserved long ago but started just now: not late.
 	mustExec(t, e.pool, `update numbers set odd_checking_reservation_time = now() - interval '1 hour'`)
 	if s := e.cycle(d); s.Relaunched != 0 {
@@ -450,9 +814,11 @@ func TestRelaunchLateFromStartNotReservation(t *testing.T) {
 	if s := e.cycle(d); s.Relaunched != 1 {
 		t.Fatalf("want the late row relaunched, stats %+v", s)
 	}
-	// Second attempt also late: out of tries, failed with a reason.
-	e.cycle(d)
-	mustExec(t, e.pool, q.StartChunk, "n1.1", 5)
+	// Second attempt, handed out again by the same cycle, also late: out
+	// of tries, failed with a reason.
+	if n := e.start("n1.1", 5); n != 1 {
+		t.Fatalf("started %d rows, want the relaunched one", n)
+	}
 	mustExec(t, e.pool, `update numbers set odd_checking_start_time = now() - interval '16 minutes' where value = 1`)
 	if s := e.cycle(d); s.Failed != 1 {
 		t.Fatalf("want the row failed at max tries, stats %+v", s)
@@ -466,14 +832,30 @@ func TestRelaunchLateFromStartNotReservation(t *testing.T) {
 	}
 }
 
+// A worker whose stream ended and stayed away for the heartbeat timeout is
+// dead: its queued rows go back with no attempt spent, its running row is
+// relaunched (the attempt counts), and the survivor works them off.
 func TestDeadWorkerRowsReturnAtOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 20)
 	e.register("n1.1", "n2.1")
-	d := e.dispatcher()
+	d := e.dispatcher(func(c *Config) { c.HeartbeatTimeout = 300 * time.Millisecond })
 	e.cycle(d)
-	mustExec(t, e.pool, NewQueries(e.job).StartChunk, "n1.1", 1)
-	mustExec(t, e.pool, `update pampa_workers set heartbeat_at = now() - interval '1 hour' where id = 'n1.1'`)
+	e.start("n1.1", 1)
+	before := d.inbox.len()
+	e.workers["n1.1"].stop()
+	e.waitInbox(d, before+1)
+	e.cycle(d) // sees the stream end
+	p := d.peers["n1.1"]
+	if p == nil || p.sess != nil {
+		t.Fatal("the dispatcher did not see the stream end")
+	}
+	poll.Until(t, "the heartbeat timeout to pass", 10*time.Second, func() string {
+		if time.Since(p.gone) < d.cfg.HeartbeatTimeout {
+			return "not yet"
+		}
+		return ""
+	})
 	s := e.cycle(d)
 	if s.Released != 4 || s.Relaunched != 1 {
 		t.Fatalf("stats %+v: want 4 queued rows released and the running one relaunched", s)
@@ -485,8 +867,8 @@ func TestDeadWorkerRowsReturnAtOnce(t *testing.T) {
 	if n := count(t, e.pool, `select coalesce(sum(odd_checking_reservation_times), 0) from numbers`); n != 1 {
 		t.Fatalf("attempts spent: %d, want 1", n)
 	}
-	if a := e.assigned(); a["n1.1"] != "" {
-		t.Fatalf("dead worker still assigned to %q", a["n1.1"])
+	if n := count(t, e.pool, `select count(*) from pampa_workers where id = 'n1.1' and state = 'dead' and job is null`); n != 1 {
+		t.Fatal("the dead worker is not marked dead and unassigned")
 	}
 	// The released rows go to the live worker as its queue drains.
 	for range 10 {
@@ -496,6 +878,135 @@ func TestDeadWorkerRowsReturnAtOnce(t *testing.T) {
 	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_success`); n != 20 {
 		t.Fatalf("%d of 20 rows completed by the survivor", n)
 	}
+}
+
+// A worker that reconnects to another dispatcher (the first died before
+// writing what it was told) says again what it holds and sends its
+// outcomes again: they are written, and nothing it holds is taken back.
+func TestWorkerMovingToANewDispatcherKeepsItsOutcomes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	a := e.dispatcher(func(c *Config) { c.Holder = "a" })
+	b := e.dispatcher(func(c *Config) { c.Holder = "b" })
+	fw := e.connect("n1.1", a, b)
+	e.cycle(a)
+	before := a.inbox.len()
+	rows := fw.take(3)
+	fw.start(rows)
+	e.waitInbox(a, before+1)
+	e.flush(a) // the starts are written
+	before = a.inbox.len()
+	for _, r := range rows[:2] {
+		fw.end(r.Ref, true, "")
+	}
+	e.waitInbox(a, before+2)
+	// a stops before its next flush: the outcomes are not written.
+	a.srv.Shutdown()
+	a.resign()
+	e.cycle(b)
+	fw.d = b
+	poll.Until(t, "the worker to bring its outcomes to b", 10*time.Second, func() string {
+		if n := b.inbox.len(); n < 2 {
+			return fmt.Sprintf("%d events at b, want a hello and the outcomes", n)
+		}
+		return ""
+	})
+	if s := e.cycle(b); s.Released != 0 || s.Relaunched != 0 {
+		t.Fatalf("new dispatcher took rows back: %+v", s)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where value in (1, 2) and odd_checking_success and odd_checking_reservation_times = 1`); n != 2 {
+		var rows string
+		_ = e.pool.QueryRow(context.Background(), `select json_agg(n order by value)::text from numbers n where value <= 5`).Scan(&rows)
+		t.Fatalf("%d of the 2 outcomes sent again were written: %s", n, rows)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where value = 3 and odd_checking_reservation_id = 'n1.1'
+  and odd_checking_start_time is not null and odd_checking_end_time is null`); n != 1 {
+		t.Fatal("the running row was taken from the worker that still runs it")
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where value in (4, 5) and odd_checking_reservation_id = 'n1.1'`); n != 2 {
+		t.Fatal("the queued rows were taken from the worker that still holds them")
+	}
+	poll.Until(t, "the outcomes to be acknowledged", 10*time.Second, func() string {
+		if n := len(fw.client.Unacked()); n > 0 {
+			return fmt.Sprintf("%d unacknowledged", n)
+		}
+		return ""
+	})
+}
+
+// A worker that gives its rows back (it is stopping) hands back its queue
+// and its interrupted row, with no attempt spent, is let go once they are
+// back and is recorded as stopped.
+func TestReleasedRowsGoBackWithoutSpendingAnAttempt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 10)
+	e.register("n1.1")
+	d := e.dispatcher()
+	e.cycle(d)
+	fw := e.workers["n1.1"]
+	e.start("n1.1", 1)
+	fw.mu.Lock()
+	fw.leaving = true
+	var refs []protocol.Ref
+	for _, r := range fw.queue {
+		refs = append(refs, r.Ref)
+	}
+	for _, r := range fw.running {
+		refs = append(refs, r)
+	}
+	fw.mu.Unlock()
+	before := d.inbox.len()
+	fw.client.Send(protocol.Message{Kind: protocol.KindRelease, Refs: refs})
+	e.waitInbox(d, before+1)
+	e.cycle(d)
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id is null and odd_checking_start_time is null
+  and coalesce(odd_checking_reservation_times, 0) = 0`); n != 10 {
+		t.Fatalf("%d of 10 rows available with no attempt spent", n)
+	}
+	poll.Until(t, "the dispatcher to let the worker go", 10*time.Second, func() string {
+		if fw.isUp() {
+			return "stream still open"
+		}
+		return ""
+	})
+	poll.Until(t, "the worker to be recorded as stopped", 10*time.Second, func() string {
+		e.cycle(d)
+		if n := count(t, e.pool, `select count(*) from pampa_workers where id = 'n1.1' and state = 'stopped'`); n != 1 {
+			return "not stopped"
+		}
+		return ""
+	})
+}
+
+// A worker leaving with nothing in hand (idle, or its queue already empty)
+// gives nothing back, and is let go all the same.
+func TestIdleWorkerLeavingIsLetGo(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 0)
+	e.register("n1.1")
+	d := e.dispatcher()
+	e.cycle(d)
+	fw := e.workers["n1.1"]
+	fw.mu.Lock()
+	fw.leaving = true
+	fw.mu.Unlock()
+	before := d.inbox.len()
+	fw.client.Send(protocol.Message{Kind: protocol.KindRelease})
+	e.waitInbox(d, before+1)
+	poll.Until(t, "the dispatcher to let the worker go", 10*time.Second, func() string {
+		e.cycle(d)
+		if fw.isUp() {
+			return "stream still open"
+		}
+		return ""
+	})
+	poll.Until(t, "the worker to be recorded as stopped", 10*time.Second, func() string {
+		e.cycle(d)
+		if n := count(t, e.pool, `select count(*) from pampa_workers where id = 'n1.1' and state = 'stopped'`); n != 1 {
+			return "not stopped"
+		}
+		return ""
+	})
 }
 
 func TestElasticAssignmentUpAndDown(t *testing.T) {
@@ -508,12 +1019,17 @@ func TestElasticAssignmentUpAndDown(t *testing.T) {
 	e.register("a.1", "b.1", "c.1", "d.1", "a.2")
 	d := e.dispatcher()
 	e.cycle(d)
-	got := e.assigned()
+	got := e.assigned(d)
 	want := map[string]string{"a.1": e.job.Name, "b.1": e.job.Name, "c.1": e.job.Name, "d.1": "", "a.2": ""}
 	for id, job := range want {
 		if got[id] != job {
 			t.Fatalf("after first cycle %s has job %q, want %q (all: %v)", id, got[id], job, got)
 		}
+	}
+	// The registry shows the assignment from the next full cycle on.
+	e.cycle(d)
+	if n := count(t, e.pool, `select count(*) from pampa_workers where job = $1`, e.job.Name); n != 3 {
+		t.Fatalf("registry shows %d workers assigned, want 3", n)
 	}
 	// Work everything off: assignment shrinks as the backlog does, to none.
 	for range 20 {
@@ -525,7 +1041,7 @@ func TestElasticAssignmentUpAndDown(t *testing.T) {
 	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_success`); n != 35 {
 		t.Fatalf("%d of 35 rows done", n)
 	}
-	for id, job := range e.assigned() {
+	for id, job := range e.assigned(d) {
 		if job != "" {
 			t.Fatalf("worker %s still assigned to %q with an empty backlog", id, job)
 		}
@@ -534,7 +1050,7 @@ func TestElasticAssignmentUpAndDown(t *testing.T) {
 	mustExec(t, e.pool, `insert into numbers (value) values (1000)`)
 	e.cycle(d)
 	n := 0
-	for _, job := range e.assigned() {
+	for _, job := range e.assigned(d) {
 		if job != "" {
 			n++
 		}
@@ -576,17 +1092,18 @@ where odd_checking_end_time is not null and odd_checking_end_time < now() - inte
 
 func TestReportSnippetsAndPartition(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, 30)
+	e := newEnv(t, 30, func(j *Job) { j.MaxTryTimes = 1 })
 	e.register("n1.1")
 	d := e.dispatcher()
 	e.cycle(d)
 	e.work("n1.1", 2, true)
-	mustExec(t, e.pool, NewQueries(e.job).StartChunk, "n1.1", 1)
+	e.work("n1.1", 1, false)
+	e.start("n1.1", 1)
 	st, err := Report(context.Background(), e.pool, []Job{e.job})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := JobStatus{Job: e.job.Name, Total: 30, Pending: 25, Queued: 2, Running: 1, Completed: 2}
+	want := JobStatus{Job: e.job.Name, Total: 30, Pending: 25, Queued: 1, Running: 1, Completed: 2, Failed: 1}
 	if st[0] != want {
 		t.Fatalf("report %+v, want %+v", st[0], want)
 	}
@@ -597,5 +1114,80 @@ func TestReportSnippetsAndPartition(t *testing.T) {
 	}
 	if st[0].Total != 15 {
 		t.Fatalf("total_sql not honoured: %+v", st[0])
+	}
+	ws, err := ListWorkers(context.Background(), e.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ws) != 1 || ws[0].ID != "n1.1" || ws[0].Node != "n1" || ws[0].State != StateAlive || ws[0].RowsDone != 2 || ws[0].RowsFailed != 1 {
+		t.Fatalf("workers %+v", ws)
+	}
+}
+
+// runDispatcher runs a dispatcher's loop and protocol server until the
+// test ends.
+func (e *env) runDispatcher(edit ...func(*Config)) *Dispatcher {
+	e.t.Helper()
+	cfg := Config{DatabaseURL: e.url, Jobs: []Job{e.job}, Delay: 200 * time.Millisecond, HeartbeatTimeout: 3 * time.Second, Secret: secret}
+	for _, f := range edit {
+		f(&cfg)
+	}
+	d, err := New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ln := listen(e.t, "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = protocol.Serve(ctx, ln, d.Handler(), nil, nil) }()
+	go func() {
+		defer wg.Done()
+		if err := d.Run(ctx); err != nil {
+			e.t.Errorf("dispatcher: %v", err)
+		}
+	}()
+	e.t.Cleanup(func() { cancel(); wg.Wait(); ln.waitClosed(e.t) })
+	return d
+}
+
+// The dispatcher runs sql steps itself, each chunk in one transaction with
+// its rows' end marks: a row's effects exist exactly when it is marked
+// done. A failing row fails alone, and is retried up to max_try_times.
+func TestSQLStepRunsWithItsMarks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 1000, func(j *Job) {
+		j.QueueSize = 100
+		j.MaxTryTimes = 2
+		// Multiples of 7 divide by zero; the insert goes with the update.
+		j.Step = Step{SQL: `with h as (insert into hits (value) values ($1))
+update numbers set is_odd = (1 / (value % 7) >= 0) and (value % 2 = 1) where value = $1`}
+	})
+	mustExec(t, e.pool, `create table hits (value bigint not null)`)
+	e.runDispatcher(func(c *Config) { c.SQLSessions = 3 })
+	poll.Until(t, "every row to end", 60*time.Second, func() string {
+		n := count(t, e.pool, `select count(*) from numbers where odd_checking_end_time is not null
+  and (odd_checking_success or odd_checking_reservation_times >= 2)`)
+		if n != 1000 {
+			return fmt.Sprintf("%d of 1000 ended", n)
+		}
+		return ""
+	})
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_success and odd_checking_reservation_times = 1
+  and odd_checking_reservation_id = $1 and is_odd = (value % 2 = 1) and odd_checking_start_time <= odd_checking_end_time`, SQLWorker); n != 1000-142 {
+		t.Fatalf("%d rows done right at the first attempt, want 858", n)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where not odd_checking_success and odd_checking_reservation_times = 2
+  and odd_checking_error_description like '%division by zero%' and is_odd is null`); n != 142 {
+		t.Fatalf("%d rows failed twice with the division error and no effect, want 142", n)
+	}
+	if n := count(t, e.pool, `select count(*) from (select value from hits group by value having count(*) <> 1) d`); n != 0 {
+		t.Fatalf("%d rows whose step took effect more than once", n)
+	}
+	if n := count(t, e.pool, `select count(*) from hits h join numbers n using (value) where not n.odd_checking_success`); n != 0 {
+		t.Fatalf("%d failed rows kept their step's effects", n)
+	}
+	if n := count(t, e.pool, `select count(*) from hits`); n != 858 {
+		t.Fatalf("%d effects, want one per successful row (858)", n)
 	}
 }

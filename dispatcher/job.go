@@ -60,6 +60,9 @@ type Job struct {
 	MaxTryTimes        int
 	Step               Step
 	Snippets           Snippets
+	// ResultSQL runs in the transaction that marks a row done, with $1 =
+	// the primary key (text) and $2 = the step's output (text, or null).
+	ResultSQL string
 }
 
 // FieldsFor returns the seed's column naming for a prefix: prefix_reservation_id,

@@ -26,7 +26,7 @@ func TestRetryFailedResetsOnlyRowsOutOfTries(t *testing.T) {
 	e := newEnv(t, 20, func(j *Job) { j.MaxTryTimes = 2 })
 	e.register("n1.1")
 	d := e.dispatcher()
-	q := NewQueries(e.job)
+	q := e.queries()
 	ctx := context.Background()
 
 	// Rows 1..5 fail both their attempts, through the normal cycle.
@@ -40,7 +40,7 @@ func TestRetryFailedResetsOnlyRowsOutOfTries(t *testing.T) {
 	// queued, 11 failed with a try left, 12..20 available.
 	e.cycle(d)
 	e.work("n1.1", 2, true)
-	mustExec(t, e.pool, q.StartChunk, "n1.1", 1)
+	e.start("n1.1", 1)
 	mustExec(t, e.pool, `update numbers set odd_checking_end_time = now(), odd_checking_success = false,
   odd_checking_reservation_times = 1, odd_checking_error_description = 'try left' where value = 11`)
 	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id = 'n1.1' and odd_checking_start_time is null`); n != 2 {

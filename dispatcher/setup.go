@@ -223,3 +223,27 @@ func Namespace(ctx context.Context, db DB) (string, error) {
 }
 
 var _ DB = (*pgx.Conn)(nil)
+
+// KeyType returns the SQL type of the job's primary key, as statements cast
+// keys from text: the type's own name (int8, uuid, varchar), so that no
+// length or precision of a declared type can truncate a key.
+func KeyType(ctx context.Context, db DB, j Job) (string, error) {
+	schema, name, found := strings.Cut(j.Table, ".")
+	if !found {
+		schema, name = "", j.Table
+	}
+	var dataType, udtSchema, udtName string
+	err := db.QueryRow(ctx, `select data_type, udt_schema, udt_name from information_schema.columns
+where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2 and column_name = $3`,
+		schema, name, j.Fields.PrimaryKey).Scan(&dataType, &udtSchema, &udtName)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("job %q: field_primary_key = %q is not a column of table %s", j.Name, j.Fields.PrimaryKey, j.Table)
+	}
+	if err != nil {
+		return "", fmt.Errorf("job %q: read the primary key's type: %w", j.Name, err)
+	}
+	if dataType == "USER-DEFINED" {
+		return quote(udtSchema) + "." + quote(udtName), nil
+	}
+	return quote(udtName), nil
+}

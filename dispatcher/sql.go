@@ -26,124 +26,136 @@ type DB interface {
 // The states of a row, read from its bookkeeping columns:
 //
 //	available  id null, end null                 (fresh, relaunched or released)
-//	queued     id set, start null                (reserved for worker id)
+//	queued     id set, start null                (reserved for worker id; attempt = times + 1)
 //	running    id set, start set, end null       (attempt = times)
 //	completed  end set, success true
 //	failed     end set, success false            (relaunched while times < max_try_times)
+//
+// Keys travel as text (the protocol carries them so); statements that take
+// keys cast them back to the key's own type, so that the primary key's index
+// is used.
 type Queries struct {
-	job Job
+	job     Job
+	keyType string // SQL type of the primary key, for casts from text
 
-	Reserve        string // $1 how many, $2 worker id, $3 max tries (an update: CockroachDB)
-	ReserveAndWake string // same, then notifies channel $4 with payload $5 if it reserved
-	// ReserveAfterAndWake is ReserveAndWake for rows whose key is above $6:
-	// a cursor that spares walking past every row already taken. "" with a
-	// selecting_sql snippet, which chooses its own order. Both return how
-	// many rows they reserved and the highest key among them (null for
-	// none). PostgreSQL only.
-	ReserveAfterAndWake string
-	// TopUp fills worker $2's queue up to $1 rows, counting what it holds
-	// itself, and wakes it as ReserveAndWake does ($3 max tries, $4 and $5
-	// the wake-up); TopUpAfter only takes keys above $6. They return how
-	// many rows they reserved, the highest key, and how many were wanted.
-	// PostgreSQL only; "" with a selecting_sql snippet.
-	TopUp, TopUpAfter string
-	QueueCounts       string // $1 worker ids → (id, queued)
-	PendingCount      string // $1 cap, $2 max tries
-	ReleaseQueued     string // $1 worker ids: queued rows back to the pool, no attempt spent
-	ReleaseRunning    string // $1 worker ids, $2 max tries: running rows of dead workers
-	FailRunning       string // $1 worker ids, $2 max tries: same, out of tries
-	RelaunchFailed    string // $1 max tries, or how many for a relaunching snippet
-	RelaunchLate      string // $1 max tries, $2 seconds
-	FailLate          string // $1 max tries, $2 seconds
+	// Reserve: $1 how many, $2 worker id, $3 max tries → (key, key text,
+	// attempt, row). ReserveAfter only takes keys above $4: a cursor that
+	// spares walking past every row already taken. "" with a selecting_sql
+	// snippet, which chooses its own order.
+	Reserve, ReserveAfter string
+	PendingCount          string // $1 cap, $2 max tries
+	ReleaseQueued         string // $1 worker ids: queued rows back to the pool, no attempt spent
+	ReleaseRunning        string // $1 worker ids, $2 max tries: running rows of dead workers
+	FailRunning           string // $1 worker ids, $2 max tries: same, out of tries
+	// Reconcile*: $1 worker id, $2 keys the worker still holds; the rows it
+	// no longer holds go back (queued: free; running: relaunched, or failed
+	// when out of tries, $3 max tries).
+	ReconcileQueued, ReconcileRunning, ReconcileFail string
+	// GiveBack: $1 worker id, $2 keys it gives back unfinished; their
+	// attempt, if started, is refunded (a stop is not the row's fault).
+	GiveBack string
+	// Start: $1 keys, $2 workers, $3 attempts: the rows' attempts began.
+	Start string
+	// End: $1 keys, $2 workers, $3 attempts, $4 success, $5 error
+	// descriptions, $6 step milliseconds. Fenced: a row ends only while it
+	// is still held by that worker, at that attempt, and not ended; returns
+	// (key text, worker) of the rows it ended.
+	End            string
+	RelaunchFailed string // $1 max tries, or how many for a relaunching snippet
+	RelaunchLate   string // $1 max tries, $2 seconds
+	FailLate       string // $1 max tries, $2 seconds
 	// Rows out of tries are never relaunched by the dispatcher; an operator
 	// resets them after fixing the cause (pampactl jobs retry).
 	CountFailedForGood string // $1 max tries → how many
 	RetryFailed        string // $1 max tries: back to available, attempts from 0
 
-	StartChunk     string // $1 worker id, $2 how many → (key, key text, attempt, rows queued before)
-	StartChunkRows string // same, plus the row as JSON
-	EndChunk       string // $1 worker id, $2 expected rows: errors unless all end
-	EndOne         string // $1 worker id, $2 key
-	EndOneGuarded  string // same, but errors unless the row ends
-	FailOne        string // $1 worker id, $2 key, $3 error description
-	Unstart        string // $1 worker id: running rows back to queued (graceful stop)
+	// The sql step, run by the dispatcher itself: Take locks $1 available
+	// rows (above $3 for TakeAfter; $2 max tries) → (key, key text);
+	// Done marks keys $1 done by $2 in the step's transaction; FailOne
+	// marks key $1 failed by $2 with error $3.
+	Take, TakeAfter, Done, FailOne string
+	LockOne                        string // $1 key: lock it while it is available
+	// FailResult: key $1 ended well but its result_sql failed with $2.
+	FailResult string
 }
 
-// NewQueries builds the statements of a validated job.
-func NewQueries(j Job) *Queries {
+// NewQueries builds the statements of a validated job whose primary key has
+// SQL type keyType (such as "bigint"; see KeyType).
+func NewQueries(j Job, keyType string) *Queries {
 	f := j.Fields
 	t, pk := quoteTable(j.Table), quote(f.PrimaryKey)
 	id, tm, ts := quote(f.ID), quote(f.Time), quote(f.Times)
 	st, en, ok, er := quote(f.StartTime), quote(f.EndTime), quote(f.Success), quote(f.ErrorDescription)
+	// The row's own columns, without Pampa's: what a worker receives.
+	var minus strings.Builder
+	for _, c := range []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription} {
+		minus.WriteString(" - '" + c + "'") // validated identifiers: no quote can occur
+	}
 	r := strings.NewReplacer(
 		"{T}", t, "{PK}", pk, "{ID}", id, "{TM}", tm, "{TS}", ts,
-		"{ST}", st, "{EN}", en, "{OK}", ok, "{ER}", er,
+		"{ST}", st, "{EN}", en, "{OK}", ok, "{ER}", er, "{PKT}", keyType,
+		"{USER}", "(to_jsonb(t)"+minus.String()+")",
 	)
-	q := &Queries{job: j}
+	q := &Queries{job: j, keyType: keyType}
 	sql := func(s string) string { return r.Replace(s) }
 	const reset = `{ID} = null, {TM} = null, {ST} = null, {EN} = null, {OK} = null`
+	const returning = ` returning t.{PK}, t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}`
 
-	// counted reports how many rows the update u reserved and the highest
-	// key, and notifies channel $4 with payload $5 when there were any, so
-	// the worker hears of its rows in the same round trip.
-	counted := func(u string) string {
-		return sql(`with r as (` + u + ` returning {PK}), n as (select count(*) as c from r)
-select n.c, (select {PK} from r order by {PK} desc limit 1) from n
-left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`)
-	}
 	if s := j.Snippets.SelectingSQL; s != "" {
 		// The snippet chooses; the guard keeps a row from being reserved twice:
 		// a concurrent reservation makes the re-checked "id is null" false.
-		u := `with sel as (` + s + `)
-update {T} set {ID} = $2, {TM} = now()
-where {PK} in (select {PK} from sel) and {ID} is null and {EN} is null
-  and coalesce({TS}, 0) < $3 and $1::bigint >= 0`
-		q.Reserve, q.ReserveAndWake = sql(u), counted(u)
+		q.Reserve = sql(`with sel as (` + s + `)
+update {T} as t set {ID} = $2, {TM} = now()
+where t.{PK} in (select {PK} from sel) and t.{ID} is null and t.{EN} is null
+  and coalesce(t.{TS}, 0) < $3 and $1::bigint >= 0` + returning)
 		q.PendingCount = `select count(*) from (` + s + `) sel where $2::int >= 0`
 	} else {
 		// The candidates are an array computed once (an InitPlan): as a
 		// subquery PostgreSQL may re-run it per row, and with SKIP LOCKED
 		// each run finds other rows, reserving far more than asked.
 		u := func(after string) string {
-			return `update {T} set {ID} = $2, {TM} = now()
-where {PK} = any(array(
+			return sql(`update {T} as t set {ID} = $2, {TM} = now()
+where t.{PK} = any(array(
   select {PK} from {T}
   where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + after + `
   order by {PK} limit $1
   for update skip locked))
-and {ID} is null and {EN} is null`
+and t.{ID} is null and t.{EN} is null` + returning)
 		}
-		q.Reserve, q.ReserveAndWake = sql(u("")), counted(u(""))
-		q.ReserveAfterAndWake = counted(u(` and {PK} > $6`))
-		// The queue is counted in the same statement, so a worker's request
-		// costs the dispatcher one statement; the snapshot sees at least as
-		// many queued rows as there are by the end, so it never overfills.
-		topUp := func(after string) string {
-			return sql(`with want as (select greatest($1 - count(*), 0) as n from {T} where {ID} = $2 and {ST} is null),
-r as (update {T} set {ID} = $2, {TM} = now()
-where {PK} = any(array(
-  select {PK} from {T}
-  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + after + `
-  order by {PK} limit (select n from want)
-  for update skip locked))
-and {ID} is null and {EN} is null
-returning {PK}), n as (select count(*) as c from r)
-select n.c, (select {PK} from r order by {PK} desc limit 1), (select n from want) from n
-left join lateral (select pg_notify($4, $5) where n.c > 0) w on true`)
-		}
-		q.TopUp, q.TopUpAfter = topUp(""), topUp(` and {PK} > $6`)
+		q.Reserve, q.ReserveAfter = u(""), u(` and {PK} > $4`)
 		q.PendingCount = sql(`select count(*) from (
   select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2
   order by {PK} limit $1) s`) // the order makes the planner walk the available index
 	}
-	q.QueueCounts = sql(`select {ID}, count(*) from {T} where {ID} = any($1) and {ST} is null group by {ID}`)
 	q.ReleaseQueued = sql(`update {T} set {ID} = null, {TM} = null where {ID} = any($1) and {ST} is null`)
-	q.ReleaseRunning = sql(`update {T} set ` + reset + `,
+	running := func(who, maxTries string) (relaunch, fail string) {
+		return sql(`update {T} set ` + reset + `,
   {ER} = 'worker ' || {ID} || ' stopped during attempt ' || coalesce({TS}, 0)
-where {ID} = any($1) and {ST} is not null and {EN} is null and coalesce({TS}, 0) < $2`)
-	q.FailRunning = sql(`update {T} set {EN} = now(), {OK} = false,
+where ` + who + ` and {ST} is not null and {EN} is null and coalesce({TS}, 0) < ` + maxTries),
+			sql(`update {T} set {EN} = now(), {OK} = false,
   {ER} = 'worker ' || {ID} || ' stopped during attempt ' || coalesce({TS}, 0) || ', the last allowed'
-where {ID} = any($1) and {ST} is not null and {EN} is null and coalesce({TS}, 0) >= $2`)
+where ` + who + ` and {ST} is not null and {EN} is null and coalesce({TS}, 0) >= ` + maxTries)
+	}
+	q.ReleaseRunning, q.FailRunning = running(`{ID} = any($1)`, "$2")
+	const notHeld = `{ID} = $1 and not ({PK} = any($2::text[]::{PKT}[]))`
+	q.ReconcileQueued = sql(`update {T} set {ID} = null, {TM} = null where ` + notHeld + ` and {ST} is null`)
+	q.ReconcileRunning, q.ReconcileFail = running(notHeld, "$3")
+	q.GiveBack = sql(`update {T} set {ID} = null, {TM} = null, {ST} = null,
+  {TS} = case when {ST} is not null then greatest(coalesce({TS}, 0) - 1, 0) else {TS} end
+where {ID} = $1 and {EN} is null and {PK} = any($2::text[]::{PKT}[])`)
+
+	q.Start = sql(`update {T} as t set {ST} = now(), {TS} = o.a, {EN} = null, {OK} = null
+from unnest($1::text[]::{PKT}[], $2::text[], $3::int[]) as o(k, w, a)
+where t.{PK} = o.k and t.{ID} = o.w and t.{ST} is null and coalesce(t.{TS}, 0) = o.a - 1`)
+	// A row whose start mark never reached the database (the dispatcher
+	// died between) is still fenced by its attempt: times is one less.
+	q.End = sql(`update {T} as t set
+  {ST} = coalesce(t.{ST}, now() - o.ms * interval '1 millisecond'), {TS} = o.a,
+  {EN} = now(), {OK} = o.ok, {ER} = o.e
+from unnest($1::text[]::{PKT}[], $2::text[], $3::int[], $4::bool[], $5::text[], $6::float8[]) as o(k, w, a, ok, e, ms)
+where t.{PK} = o.k and t.{ID} = o.w and t.{EN} is null
+  and ((t.{ST} is not null and coalesce(t.{TS}, 0) = o.a) or (t.{ST} is null and coalesce(t.{TS}, 0) = o.a - 1))
+returning t.{PK}::text, o.w`)
 
 	if s := j.Snippets.RelaunchingSQL; s != "" {
 		// A relaunch after a success starts a new series of attempts.
@@ -173,28 +185,22 @@ where {EN} is not null and {OK} = false and coalesce({TS}, 0) >= $1`
 	q.CountFailedForGood = sql(`select count(*) from {T}` + outOfTries)
 	q.RetryFailed = sql(`update {T} set ` + reset + `, {TS} = 0` + outOfTries)
 
-	start := `update {T} as t set {ST} = now(), {TS} = coalesce({TS}, 0) + 1, {EN} = null, {OK} = null
-where {PK} = any(array(select {PK} from {T} where {ID} = $1 and {ST} is null order by {PK} limit $2))
-  and {ID} = $1 and {ST} is null
-returning {PK}, {PK}::text, {TS}, (select count(*) from {T} where {ID} = $1 and {ST} is null)`
-	q.StartChunk = sql(start)
-	q.StartChunkRows = sql(start + `, to_json(t.*)`)
-	// Division by zero is the portable way to abort the transaction when a
-	// row was taken from this worker meanwhile (timeout or presumed death).
-	q.EndChunk = sql(`with u as (
-  update {T} set {EN} = now(), {OK} = true, {ER} = null
-  where {ID} = $1 and {ST} is not null and {EN} is null returning 1)
-select 1 / ((select count(*) from u) = $2)::int`)
-	q.EndOne = sql(`update {T} set {EN} = now(), {OK} = true, {ER} = null
-where {PK} = $2 and {ID} = $1 and {ST} is not null and {EN} is null`)
-	q.EndOneGuarded = sql(`with u as (
-  update {T} set {EN} = now(), {OK} = true, {ER} = null
-  where {PK} = $2 and {ID} = $1 and {ST} is not null and {EN} is null returning 1)
-select 1 / ((select count(*) from u) = 1)::int`)
-	q.FailOne = sql(`update {T} set {EN} = now(), {OK} = false, {ER} = $3
-where {PK} = $2 and {ID} = $1 and {ST} is not null and {EN} is null`)
-	q.Unstart = sql(`update {T} set {ST} = null, {TS} = greatest(coalesce({TS}, 0) - 1, 0)
-where {ID} = $1 and {ST} is not null and {EN} is null`)
+	// The text column needs a name of its own: both would be called after
+	// the key, and "order by" a name two output columns share is an error.
+	take := func(after string) string {
+		return sql(`select {PK}, {PK}::text as pampa_key_text from {T}
+where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2` + after + `
+order by {PK} limit $1 for update skip locked`)
+	}
+	q.Take, q.TakeAfter = take(""), take(` and {PK} > $3`)
+	q.Done = sql(`update {T} set {ID} = $2, {TM} = now(), {ST} = now(), {EN} = now(), {OK} = true, {ER} = null,
+  {TS} = coalesce({TS}, 0) + 1
+where {PK} = any($1::text[]::{PKT}[]) and {ID} is null and {EN} is null`)
+	q.FailOne = sql(`update {T} set {ID} = $2, {TM} = now(), {ST} = now(), {EN} = now(), {OK} = false, {ER} = $3,
+  {TS} = coalesce({TS}, 0) + 1
+where {PK} = $1::text::{PKT} and {ID} is null and {EN} is null`)
+	q.LockOne = sql(`select 1 from {T} where {PK} = $1::text::{PKT} and {ID} is null and {EN} is null for update skip locked`)
+	q.FailResult = sql(`update {T} set {OK} = false, {ER} = $2 where {PK} = $1::text::{PKT}`)
 	return q
 }
 
@@ -202,16 +208,12 @@ where {ID} = $1 and {ST} is not null and {EN} is null`)
 func (q *Queries) Job() Job { return q.job }
 
 // channelName derives a LISTEN channel from parts, short and safe whatever
-// the schema or worker id, so tenants of one database never hear each other.
+// the schema, so tenants of one database never hear each other.
 func channelName(kind string, parts ...string) string {
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	return fmt.Sprintf("pampa_%s_%s", kind, hex.EncodeToString(h[:8]))
 }
 
-// DispatcherChannel is where workers ask the dispatcher for rows.
+// DispatcherChannel is where the insert trigger and `jobs retry` wake the
+// dispatcher.
 func DispatcherChannel(namespace string) string { return channelName("d", namespace) }
-
-// WorkerChannel is where the dispatcher tells a worker it has rows.
-func WorkerChannel(namespace, workerID string) string {
-	return channelName("w", namespace, workerID)
-}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -49,7 +50,11 @@ const (
 	DefaultMaxWorkers        = 1
 	DefaultRemoteWorkDir     = "pampa"              // relative to the SSH user's home
 	DefaultKnownHostsFile    = "~/.ssh/known_hosts" // on the control host
-	DefaultDBTunnelPort      = 15432                // db_tunnel_port: where a node's tunnel listens
+	DefaultTunnelPort        = 17543                // tunnel_port: where a node's tunnel to the dispatcher listens
+	DefaultListen            = "127.0.0.1:7543"     // [dispatcher] listen: the worker protocol
+	DefaultSecretFile        = "pampa.secret"       // beside the config file
+	DefaultSecretEnv         = "PAMPA_WORKER_SECRET"
+	DefaultSQLSessions       = 2
 )
 
 const (
@@ -82,6 +87,15 @@ type DispatcherSettings struct {
 	HeartbeatTimeout time.Duration // a worker silent this long is dead
 	StartSQL         string        // run once after connecting
 	StartCommand     []string      // argv run once after connecting
+	Listen           string        // host:port of the worker protocol
+	// Addresses are where workers dial the dispatchers (the leader and its
+	// standbys); default Listen. Nodes with a tunnel dial their tunnel.
+	Addresses   []string
+	SecretFile  string // the worker secret, mode 0600; absolute
+	SecretEnv   string // environment variable that holds the secret instead
+	SQLSessions int    // sessions that run sql steps
+	TLSCertFile string // serve the worker protocol over TLS
+	TLSKeyFile  string
 }
 
 // WorkerSettings configure every worker process.
@@ -90,8 +104,14 @@ type WorkerSettings struct {
 	LogFile           string        // "" means no log file; {id} is replaced by the worker id
 	HeartbeatInterval time.Duration
 	GracePeriod       time.Duration // on SIGTERM, how long the running task may finish
-	StartSQL          string
 	StartCommand      []string
+	// Dispatchers and Secret are set in the config nodes deploy writes for
+	// a node: where its workers reach the dispatcher, and how they prove
+	// they belong to the cluster.
+	Dispatchers []string
+	Secret      string
+	CAFile      string // the CA that signed the dispatcher's TLS certificate (control host)
+	CAPEM       string // the same, inline (in a node's config)
 }
 
 // Node is a computer that runs workers: the control host itself (Local) or
@@ -111,11 +131,14 @@ type Node struct {
 	// relative to the SSH user's home ("~/x" is stored as "x").
 	WorkDir    string
 	MaxWorkers int
-	// DBTunnel: the node cannot reach the database, so `pampactl up` keeps
-	// an SSH reverse tunnel from 127.0.0.1:DBTunnelPort on the node to the
-	// database, and the node's workers connect there (NodeDatabaseURL).
-	DBTunnel     bool
-	DBTunnelPort int // default DefaultDBTunnelPort when DBTunnel is set
+	// Tunnel: the node reaches the dispatcher through an SSH reverse tunnel
+	// that `pampactl up` and `dispatcher run` keep from 127.0.0.1:TunnelPort
+	// on the node to the dispatcher's listener.
+	Tunnel     bool
+	TunnelPort int // default DefaultTunnelPort when Tunnel is set
+	// DispatcherAddress is where the node's workers dial the dispatcher
+	// directly (no tunnel); default [dispatcher] addresses.
+	DispatcherAddress string
 }
 
 // WorkerIDs returns the ids of the node's workers: "name.1" .. "name.N".
@@ -225,6 +248,8 @@ func Parse(path string, data []byte) (*Config, error) {
 		Dispatcher: rawDispatcher{
 			Delay: duration(DefaultDispatcherDelay), LogFile: DefaultDispatcherLog,
 			HeartbeatTimeout: duration(DefaultHeartbeatTimeout),
+			Listen:           DefaultListen, SecretFile: DefaultSecretFile, SecretEnv: DefaultSecretEnv,
+			SQLSessions: DefaultSQLSessions,
 		},
 		Worker: rawWorker{
 			Delay: duration(DefaultWorkerDelay), LogFile: DefaultWorkerLog,
@@ -263,6 +288,13 @@ type rawDispatcher struct {
 	HeartbeatTimeout duration `toml:"heartbeat_timeout"`
 	StartSQL         string   `toml:"start_sql"`
 	StartCommand     []string `toml:"start_command"`
+	Listen           string   `toml:"listen"`
+	Addresses        []string `toml:"addresses"`
+	SecretFile       string   `toml:"secret_file"`
+	SecretEnv        string   `toml:"secret_env"`
+	SQLSessions      int      `toml:"sql_sessions"`
+	TLSCertFile      string   `toml:"tls_cert_file"`
+	TLSKeyFile       string   `toml:"tls_key_file"`
 }
 
 type rawWorker struct {
@@ -272,6 +304,10 @@ type rawWorker struct {
 	GracePeriod       duration `toml:"grace_period"`
 	StartSQL          string   `toml:"start_sql"`
 	StartCommand      []string `toml:"start_command"`
+	Dispatchers       []string `toml:"dispatchers"`
+	Secret            string   `toml:"secret"`
+	CAFile            string   `toml:"ca_file"`
+	CAPEM             string   `toml:"ca_pem"`
 }
 
 type rawNode struct {
@@ -286,8 +322,9 @@ type rawNode struct {
 	KnownHostsFile    string `toml:"known_hosts_file"`
 	WorkDir           string `toml:"work_dir"`
 	MaxWorkers        *int   `toml:"max_workers"`
-	DBTunnel          bool   `toml:"db_tunnel"`
-	DBTunnelPort      *int   `toml:"db_tunnel_port"`
+	Tunnel            bool   `toml:"tunnel"`
+	TunnelPort        *int   `toml:"tunnel_port"`
+	DispatcherAddress string `toml:"dispatcher_address"`
 }
 
 type rawJob struct {
@@ -316,6 +353,7 @@ type rawJob struct {
 	CompletedSQL          string   `toml:"completed_sql"`
 	PendingSQL            string   `toml:"pending_sql"`
 	FailedSQL             string   `toml:"failed_sql"`
+	ResultSQL             string   `toml:"result_sql"`
 }
 
 // duration is a TOML string parsed with time.ParseDuration ("1s", "500ms").
@@ -345,13 +383,56 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 			Delay: time.Duration(raw.Dispatcher.Delay), LogFile: raw.Dispatcher.LogFile,
 			HeartbeatTimeout: time.Duration(raw.Dispatcher.HeartbeatTimeout),
 			StartSQL:         raw.Dispatcher.StartSQL, StartCommand: raw.Dispatcher.StartCommand,
+			Listen: raw.Dispatcher.Listen, Addresses: raw.Dispatcher.Addresses,
+			SecretEnv: raw.Dispatcher.SecretEnv, SQLSessions: raw.Dispatcher.SQLSessions,
 		},
 		Worker: WorkerSettings{
 			Delay: time.Duration(raw.Worker.Delay), LogFile: raw.Worker.LogFile,
 			HeartbeatInterval: time.Duration(raw.Worker.HeartbeatInterval),
 			GracePeriod:       time.Duration(raw.Worker.GracePeriod),
-			StartSQL:          raw.Worker.StartSQL, StartCommand: raw.Worker.StartCommand,
+			StartCommand:      raw.Worker.StartCommand,
+			Dispatchers:       raw.Worker.Dispatchers, Secret: raw.Worker.Secret, CAPEM: raw.Worker.CAPEM,
 		},
+	}
+	dir := filepath.Dir(f.path)
+	// Paths in the config are relative to the config's directory, wherever
+	// the command runs.
+	inDir := func(key, p string) string {
+		if p == "" {
+			return ""
+		}
+		out, err := expandHome(p)
+		if err != nil {
+			bad(key, "%s: use an absolute path", err.Error())
+		}
+		if !filepath.IsAbs(out) {
+			out = filepath.Join(dir, out)
+		}
+		return out
+	}
+	c.Dispatcher.SecretFile = inDir("dispatcher.secret_file", raw.Dispatcher.SecretFile)
+	c.Dispatcher.TLSCertFile = inDir("dispatcher.tls_cert_file", raw.Dispatcher.TLSCertFile)
+	c.Dispatcher.TLSKeyFile = inDir("dispatcher.tls_key_file", raw.Dispatcher.TLSKeyFile)
+	c.Worker.CAFile = inDir("worker.ca_file", raw.Worker.CAFile)
+	if raw.Worker.StartSQL != "" {
+		bad("worker.start_sql", "workers hold no database session any more; use [dispatcher] start_sql, or start_command")
+	}
+	if _, _, err := net.SplitHostPort(c.Dispatcher.Listen); err != nil {
+		bad("dispatcher.listen", "got %q; use host:port, such as %q", c.Dispatcher.Listen, DefaultListen)
+	}
+	for i, a := range c.Dispatcher.Addresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			bad(fmt.Sprintf("dispatcher.addresses[%d]", i), "got %q; use host:port", a)
+		}
+	}
+	if len(c.Dispatcher.Addresses) == 0 {
+		c.Dispatcher.Addresses = []string{c.Dispatcher.Listen}
+	}
+	if c.Dispatcher.SQLSessions < 1 {
+		bad("dispatcher.sql_sessions", "got %d; must be at least 1 (default %d)", c.Dispatcher.SQLSessions, DefaultSQLSessions)
+	}
+	if (c.Dispatcher.TLSCertFile == "") != (c.Dispatcher.TLSKeyFile == "") {
+		bad("dispatcher.tls_cert_file", "set both tls_cert_file and tls_key_file, or neither")
 	}
 
 	if fl := c.Database.Flavor; fl != FlavorPostgres && fl != FlavorCockroach {
@@ -419,13 +500,13 @@ func (f *file) node(key string, rn rawNode) (Node, []error) {
 		Name: rn.Name, Host: rn.NetRemoteIP, Port: DefaultSSHPort, MaxWorkers: DefaultMaxWorkers,
 		User: rn.SSHUsername, Password: rn.SSHPassword, PasswordEnv: rn.SSHPasswordEnv,
 		PrivateKeyFile: rn.SSHPrivateKeyFile, KnownHostsFile: rn.KnownHostsFile, WorkDir: rn.WorkDir,
-		DBTunnel: rn.DBTunnel,
+		Tunnel: rn.Tunnel, DispatcherAddress: rn.DispatcherAddress,
 	}
-	if n.DBTunnel {
-		n.DBTunnelPort = DefaultDBTunnelPort
+	if n.Tunnel {
+		n.TunnelPort = DefaultTunnelPort
 	}
-	if rn.DBTunnelPort != nil {
-		n.DBTunnelPort = *rn.DBTunnelPort
+	if rn.TunnelPort != nil {
+		n.TunnelPort = *rn.TunnelPort
 	}
 	switch {
 	case rn.Name == "":
@@ -469,11 +550,19 @@ func (f *file) node(key string, rn rawNode) (Node, []error) {
 		}
 		return out
 	}
-	if n.DBTunnel && (n.DBTunnelPort < 1 || n.DBTunnelPort > 65535) {
-		bad(".db_tunnel_port", "got %d; use a TCP port from 1 to 65535 (default %d)", n.DBTunnelPort, DefaultDBTunnelPort)
+	if n.Tunnel && (n.TunnelPort < 1 || n.TunnelPort > 65535) {
+		bad(".tunnel_port", "got %d; use a TCP port from 1 to 65535 (default %d)", n.TunnelPort, DefaultTunnelPort)
 	}
-	if n.Local && n.DBTunnel {
-		bad(".db_tunnel", "a local node reaches the database directly; remove db_tunnel")
+	if n.Local && n.Tunnel {
+		bad(".tunnel", "a local node reaches the dispatcher directly; remove tunnel")
+	}
+	if n.DispatcherAddress != "" {
+		if _, _, err := net.SplitHostPort(n.DispatcherAddress); err != nil {
+			bad(".dispatcher_address", "got %q; use host:port", n.DispatcherAddress)
+		}
+		if n.Tunnel {
+			bad(".dispatcher_address", "set either tunnel or dispatcher_address, not both")
+		}
 	}
 	if n.Local {
 		// Local workers are child processes: ssh settings play no part.
@@ -534,7 +623,8 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 		Name: rj.Name, Table: rj.Table,
 		MaxAssignedWorkers: rj.MaxAssignedWorkers, MaxPendingTasks: rj.MaxPendingTasks,
 		QueueSize: rj.QueueSize, MaxTryTimes: rj.MaxTryTimes,
-		Step: dispatcher.Step{SQL: rj.SQL, Command: rj.Command},
+		Step:      dispatcher.Step{SQL: rj.SQL, Command: rj.Command},
+		ResultSQL: rj.ResultSQL,
 		Snippets: dispatcher.Snippets{
 			SelectingSQL: rj.SelectingSQL, RelaunchingSQL: rj.RelaunchingSQL, TotalSQL: rj.TotalSQL,
 			CompletedSQL: rj.CompletedSQL, PendingSQL: rj.PendingSQL, FailedSQL: rj.FailedSQL,

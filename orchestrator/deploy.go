@@ -20,9 +20,9 @@ type DeployOptions struct {
 	Names []string
 	// Binary picks the local build for a node's platform.
 	Binary BinaryFunc
-	// ConfigData is the cluster file pushed to every node (mode 0600: it
-	// may hold secrets).
-	ConfigData []byte
+	// ConfigFor is the config pushed to a node (mode 0600: it holds the
+	// worker secret); Config.NodeConfig writes it.
+	ConfigFor func(Node) ([]byte, error)
 	// Restart restarts the running workers that run an older binary or
 	// config than the node has once the files are in place: every running
 	// worker of a node where this deploy replaced a file, and elsewhere
@@ -55,11 +55,15 @@ func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, e
 	}
 	nodes = sshNodes(nodes)
 	sums := &fileSums{}
-	cfgSum := sha256Hex(opts.ConfigData)
 	var mu sync.Mutex
 	var out []NodeDeploy
 	err = f.each(ctx, "deploy", nodes, func(ctx context.Context, n Node, c Conn) error {
 		r := NodeDeploy{Node: n.Name}
+		data, err := opts.ConfigFor(n)
+		if err != nil {
+			return err
+		}
+		cfgSum := sha256Hex(data)
 		choose := func(p deploy.Probe) ([]deploy.File, error) {
 			r.Platform = p.OS + "/" + p.Arch
 			bin, err := opts.Binary(p.OS, p.Arch)
@@ -83,9 +87,9 @@ func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, e
 			var need int64
 			if cfgSum != p.ConfigSHA256 {
 				files = append(files, deploy.File{Rel: deploy.ConfigFile, Mode: 0o600, SHA256: cfgSum, Open: func() (io.ReadCloser, error) {
-					return io.NopCloser(bytes.NewReader(opts.ConfigData)), nil
+					return io.NopCloser(bytes.NewReader(data)), nil
 				}})
-				need += int64(len(opts.ConfigData))
+				need += int64(len(data))
 			}
 			if sum != p.BinarySHA256 {
 				fi, err := os.Stat(bin)

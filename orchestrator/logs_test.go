@@ -205,35 +205,3 @@ work_dir = %q
 	}
 }
 
-func TestNodeDatabaseURL(t *testing.T) {
-	t.Parallel()
-	cfg, err := orchestrator.Parse("cluster.toml", []byte(`[database]
-url = "postgres://u:pw@db.internal:6543/pampa?sslmode=disable"
-url_env = ""
-[[nodes]]
-name = "direct"
-net_remote_ip = "10.0.0.1"
-ssh_username = "u"
-[[nodes]]
-name = "tunnelled"
-net_remote_ip = "10.0.0.2"
-ssh_username = "u"
-db_tunnel = true
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	getenv := func(string) string { return "" }
-	for name, want := range map[string]string{
-		"direct":    "postgres://u:pw@db.internal:6543/pampa?sslmode=disable",
-		"tunnelled": "postgres://u:pw@127.0.0.1:15432/pampa?sslmode=disable",
-	} {
-		n, _ := cfg.Node(name)
-		if got, err := cfg.NodeDatabaseURL(n, getenv); err != nil || got != want {
-			t.Errorf("NodeDatabaseURL(%s) = %q, %v; want %q", name, got, err, want)
-		}
-	}
-	if addr, err := cfg.DatabaseAddr(getenv); err != nil || addr != "db.internal:6543" {
-		t.Errorf("DatabaseAddr = %q, %v", addr, err)
-	}
-}

@@ -53,13 +53,12 @@ type NodeCheck struct {
 // disk in the work dir, tools, what systemd offers, and whether the
 // deployed binary and config are those deploy would push. A node that fails is reported in its
 // NodeCheck and in the returned error (*PartialError for some nodes).
-func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, configData []byte) ([]NodeCheck, error) {
+func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, configFor func(Node) ([]byte, error)) ([]NodeCheck, error) {
 	nodes, err := f.Nodes(names)
 	if err != nil {
 		return nil, err
 	}
 	sums := &fileSums{}
-	cfgSum := sha256Hex(configData)
 	var mu sync.Mutex
 	res := map[string]*NodeCheck{}
 	for _, n := range nodes {
@@ -85,7 +84,11 @@ func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, co
 		if n.Local {
 			r.Binary, r.Config = "local", "local"
 		} else {
-			r.Config = compare(p.ConfigSHA256, cfgSum)
+			if data, err := configFor(n); err == nil {
+				r.Config = compare(p.ConfigSHA256, sha256Hex(data))
+			} else if p.ConfigSHA256 == "" {
+				r.Config = "missing" // whatever it would be
+			}
 			if path, err := binary(p.OS, p.Arch); err == nil {
 				if sum, err := sums.get(path); err == nil {
 					r.Binary = compare(p.BinarySHA256, sum)

@@ -6,51 +6,39 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
-	"strconv"
+		"strconv"
 	"sync"
 	"time"
 
 	"github.com/pampa-go/pampa/sshx"
 )
 
-// NodeDatabaseURL is the database URL the workers of n use: the control
-// host's (DatabaseURL), with the host and port replaced by the node's end
-// of the tunnel when n has db_tunnel set.
-func (c *Config) NodeDatabaseURL(n Node, getenv func(string) string) (string, error) {
-	u, err := c.DatabaseURL(getenv)
-	if err != nil || !n.DBTunnel {
-		return u, err
+// WorkerDispatchers are the addresses the workers of n dial: [worker]
+// dispatchers (a node's own config says so), their end of the tunnel when
+// n has one, the node's dispatcher_address, or [dispatcher] addresses.
+func (c *Config) WorkerDispatchers(n Node) []string {
+	switch {
+	case len(c.Worker.Dispatchers) > 0:
+		return c.Worker.Dispatchers
+	case n.Tunnel:
+		return []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(n.TunnelPort))}
+	case n.DispatcherAddress != "":
+		return []string{n.DispatcherAddress}
 	}
-	pu, err := url.Parse(u)
-	if err != nil || pu.Host == "" {
-		return "", &ConfigError{File: c.Path, Key: fmt.Sprintf("nodes.%s.db_tunnel", n.Name),
-			Msg: "db_tunnel needs the database URL in postgres://user@host:port/db form"}
-	}
-	pu.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(n.DBTunnelPort))
-	return pu.String(), nil
+	return c.Dispatcher.Addresses
 }
 
-// DatabaseAddr is the host:port of the database as the control host sees
-// it: where tunnels lead.
-func (c *Config) DatabaseAddr(getenv func(string) string) (string, error) {
-	u, err := c.DatabaseURL(getenv)
+// ListenerAddr is where the control host reaches its own dispatcher's
+// listener: where tunnels lead. A wildcard host becomes loopback.
+func (c *Config) ListenerAddr() string {
+	host, port, err := net.SplitHostPort(c.Dispatcher.Listen)
 	if err != nil {
-		return "", err
+		return c.Dispatcher.Listen
 	}
-	pu, err := url.Parse(u)
-	if err != nil || pu.Host == "" {
-		return "", &ConfigError{File: c.Path, Key: "database.url", Msg: "db_tunnel needs the database URL in postgres://user@host:port/db form"}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
 	}
-	port := pu.Port()
-	if port == "" {
-		port = "5432"
-	}
-	host := pu.Hostname()
-	if host == "" {
-		host = "localhost"
-	}
-	return net.JoinHostPort(host, port), nil
+	return net.JoinHostPort(host, port)
 }
 
 // remoteListener is what a tunnel needs of an SSH connection
@@ -59,15 +47,15 @@ type remoteListener interface {
 	ListenRemote(ctx context.Context, addr string) (net.Listener, error)
 }
 
-// Tunnels are the open db tunnels of `pampactl up`.
+// Tunnels are the open tunnels of `pampactl up`.
 type Tunnels struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	open   []string // nodes whose tunnel came up
 }
 
-// OpenTunnels opens, on every db_tunnel node among names, a listener on
-// 127.0.0.1:db_tunnel_port whose connections dialDB connects to the
+// OpenTunnels opens, on every tunnel node among names, a listener on
+// 127.0.0.1:tunnel_port whose connections dialDB connects to the
 // database from the control host. It returns once every listener is up or
 // has failed; the tunnels then stay open, re-established with backoff when
 // a node drops, until ctx ends or Close.
@@ -94,7 +82,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 	}
 	var tunnelled []Node
 	for _, n := range nodes {
-		if n.DBTunnel {
+		if n.Tunnel {
 			tunnelled = append(tunnelled, n)
 		}
 	}
@@ -113,7 +101,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(n.DBTunnelPort))
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(n.TunnelPort))
 			wait := time.Second
 			for attempt := 0; ; attempt++ {
 				err := f.tunnel(ctx, n, addr, dialDB, func() {
@@ -123,7 +111,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 						mu.Unlock()
 						ready.Done()
 					} else {
-						log.Info("db tunnel open", "node", n.Name, "listen", addr)
+						log.Info("tunnel open", "node", n.Name, "listen", addr)
 					}
 					wait = time.Second
 				})
@@ -142,7 +130,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 						return
 					}
 				}
-				log.Warn("db tunnel down; reopening", "node", n.Name, "in", wait, "err", err)
+				log.Warn("tunnel down; reopening", "node", n.Name, "in", wait, "err", err)
 				timer := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
@@ -157,7 +145,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 	ready.Wait()
 	if err := ctx.Err(); err != nil {
 		t.Close()
-		return nil, fmt.Errorf("open db tunnels: %w", err)
+		return nil, fmt.Errorf("open tunnels: %w", err)
 	}
 	mu.Lock()
 	for _, n := range tunnelled {
@@ -166,7 +154,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 		}
 	}
 	mu.Unlock()
-	err = nodeErrors("open db tunnels", failed, len(tunnelled))
+	err = nodeErrors("open tunnels", failed, len(tunnelled))
 	if len(t.open) == 0 && err != nil && !keepTrying {
 		t.Close()
 		return nil, err
@@ -200,7 +188,7 @@ func (f *Fleet) tunnel(ctx context.Context, n Node, addr string, dialDB func(con
 	}
 	ln, err := rl.ListenRemote(ctx, addr)
 	if err != nil {
-		return fmt.Errorf("db tunnel: %w (is port %d free on the node? set db_tunnel_port)", err, n.DBTunnelPort)
+		return fmt.Errorf("tunnel: %w (is port %d free on the node? set tunnel_port)", err, n.TunnelPort)
 	}
 	ready()
 	return errAfterReady{sshx.Forward(ctx, ln, dialDB)}

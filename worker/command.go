@@ -18,22 +18,52 @@ import (
 // error description.
 const stderrTail = 2048
 
-// runCommand runs argv in dir with stdin, logging its output. When ctx ends
-// the whole process group gets TERM, then KILL after killDelay. A non-zero
+// DefaultOutputLimit is how much of a command's stdout is kept as the
+// step's output (result_sql's $2); a command that prints more fails its row.
+const DefaultOutputLimit = 1 << 20
+
+// logLimit is how much of one step's output goes to the worker's log.
+const logLimit = 64 << 10
+
+// command is one run of argv.
+type command struct {
+	argv        []string
+	stdin       []byte
+	dir         string
+	env         []string
+	killDelay   time.Duration // TERM, then KILL this much later
+	outputLimit int           // 0: stdout is only logged
+	log         *slog.Logger
+	// started, if set, is told the process group as soon as it exists.
+	started func(pgid int)
+}
+
+// errOutputTooLong fails a row whose command printed past the limit.
+var errOutputTooLong = errors.New("stdout is longer than the output limit")
+
+// run runs the command and returns its stdout (within outputLimit). When
+// ctx ends the whole process group gets TERM, then KILL after killDelay.
+// The command dies with the worker, even by SIGKILL (Pdeathsig). A non-zero
 // exit returns an error ending with the tail of stderr.
-func runCommand(ctx context.Context, argv []string, stdin []byte, dir string, env []string, killDelay time.Duration, log *slog.Logger) error {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir, cmd.Env = dir, env
-	cmd.Stdin = bytes.NewReader(stdin)
-	// Its own process group, so TERM and KILL reach the command's children.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+func (c command) run(ctx context.Context) (string, error) {
+	cmd := exec.Command(c.argv[0], c.argv[1:]...)
+	cmd.Dir, cmd.Env = c.dir, c.env
+	cmd.Stdin = bytes.NewReader(c.stdin)
+	// Its own process group, so TERM and KILL reach the command's children;
+	// the parent-death signal, so it does not outlive a killed worker.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	tail := &tailBuffer{max: stderrTail}
-	outLog := &lineLogger{log: log, msg: "task output"}
-	errLog := &lineLogger{log: log, msg: "task stderr"}
-	cmd.Stdout = outLog
+	budget := &logBudget{left: logLimit}
+	outLog := &lineLogger{log: c.log, msg: "task output", budget: budget}
+	errLog := &lineLogger{log: c.log, msg: "task stderr", budget: budget}
+	out := &limitBuffer{max: c.outputLimit}
+	cmd.Stdout = io.MultiWriter(out, outLog)
 	cmd.Stderr = io.MultiWriter(tail, errLog)
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", argv[0], err)
+		return "", fmt.Errorf("start %s: %w", c.argv[0], err)
+	}
+	if c.started != nil {
+		c.started(cmd.Process.Pid)
 	}
 	done := make(chan struct{})
 	var waitErr error
@@ -43,7 +73,7 @@ func runCommand(ctx context.Context, argv []string, stdin []byte, dir string, en
 	case <-ctx.Done():
 		pgid := cmd.Process.Pid
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		t := time.NewTimer(killDelay)
+		t := time.NewTimer(c.killDelay)
 		select {
 		case <-done:
 		case <-t.C:
@@ -54,18 +84,57 @@ func runCommand(ctx context.Context, argv []string, stdin []byte, dir string, en
 	}
 	outLog.Flush()
 	errLog.Flush()
+	if budget.dropped > 0 {
+		c.log.Info("task output not logged past the limit", "bytes", budget.dropped, "limit", logLimit)
+	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("%s was stopped: %w", argv[0], ctx.Err())
+		return "", fmt.Errorf("%s was stopped: %w", c.argv[0], ctx.Err())
 	}
 	if waitErr != nil {
 		msg := strings.TrimSpace(tail.String())
 		var exitErr *exec.ExitError
 		if errors.As(waitErr, &exitErr) && msg != "" {
-			return fmt.Errorf("%s: %s: %s", argv[0], exitErr, msg)
+			return "", fmt.Errorf("%s: %s: %s", c.argv[0], exitErr, msg)
 		}
-		return fmt.Errorf("%s: %w", argv[0], waitErr)
+		return "", fmt.Errorf("%s: %w", c.argv[0], waitErr)
 	}
-	return nil
+	if out.over {
+		return "", fmt.Errorf("%s: %w (%d bytes)", c.argv[0], errOutputTooLong, c.outputLimit)
+	}
+	return out.String(), nil
+}
+
+// runCommand runs argv with no stdin and no output kept (start_command,
+// periodic runs).
+func runCommand(ctx context.Context, argv []string, dir string, env []string, killDelay time.Duration, log *slog.Logger) error {
+	_, err := command{argv: argv, dir: dir, env: env, killDelay: killDelay, log: log}.run(ctx)
+	return err
+}
+
+// limitBuffer keeps up to max bytes and notes whether more came.
+type limitBuffer struct {
+	mu   sync.Mutex
+	max  int
+	buf  bytes.Buffer
+	over bool
+}
+
+func (l *limitBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(p) // a short count would stop io.MultiWriter
+	if room := l.max - l.buf.Len(); len(p) > room {
+		l.over = l.over || l.max > 0
+		p = p[:max(room, 0)]
+	}
+	l.buf.Write(p)
+	return n, nil
+}
+
+func (l *limitBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 // tailBuffer keeps the last max bytes written to it.
@@ -91,12 +160,38 @@ func (t *tailBuffer) String() string {
 	return string(t.buf)
 }
 
-// lineLogger logs each complete line written to it.
+// logBudget bounds what one step's output adds to the log.
+type logBudget struct {
+	mu      sync.Mutex
+	left    int
+	dropped int
+}
+
+func (b *logBudget) take(n int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > b.left {
+		b.left = 0
+		b.dropped += n
+		return false
+	}
+	b.left -= n
+	return true
+}
+
+// lineLogger logs each complete line written to it, within its budget.
 type lineLogger struct {
 	mu      sync.Mutex
 	log     *slog.Logger
 	msg     string
+	budget  *logBudget
 	partial []byte
+}
+
+func (l *lineLogger) emit(line []byte) {
+	if l.budget == nil || l.budget.take(len(line)) {
+		l.log.Info(l.msg, "line", string(line))
+	}
 }
 
 func (l *lineLogger) Write(p []byte) (int, error) {
@@ -109,12 +204,12 @@ func (l *lineLogger) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		l.log.Info(l.msg, "line", string(l.partial[consumed:consumed+i]))
+		l.emit(l.partial[consumed : consumed+i])
 		consumed += i + 1
 	}
 	l.partial = append(l.partial[:0], l.partial[consumed:]...)
 	if len(l.partial) > 64<<10 { // a runaway line without newline
-		l.log.Info(l.msg, "line", string(l.partial))
+		l.emit(l.partial)
 		l.partial = l.partial[:0]
 	}
 	return len(p), nil
@@ -125,7 +220,7 @@ func (l *lineLogger) Flush() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.partial) > 0 {
-		l.log.Info(l.msg, "line", string(l.partial))
+		l.emit(l.partial)
 		l.partial = nil
 	}
 }

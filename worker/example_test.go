@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -37,13 +38,20 @@ func ExamplePeriodic() {
 
 // A Go step: register a handler under the job's name. With
 // pampacli.Main(pampacli.Options{Handlers: handlers}) the same binary is the
-// controller, the dispatcher and the worker deployed to nodes.
+// controller, the dispatcher and the worker deployed to nodes. The value a
+// handler returns is the step's output: the job's result_sql stores it in
+// the transaction that marks the row done, so the worker needs no database
+// session.
 func ExampleHandler() {
 	handlers := map[string]worker.Handler{
-		"search_odd_numbers": func(ctx context.Context, t *worker.Task) error {
-			// t.Row holds the row as JSON values; t.DB writes back.
-			_, err := t.DB.Exec(ctx, `update numbers set is_odd = (value % 2 = 1) where value = $1`, t.Key)
-			return err
+		// result_sql: update numbers set is_odd = $2::boolean where value = $1::bigint
+		"search_odd_numbers": func(ctx context.Context, t *worker.Task) (any, error) {
+			// t.Row holds the row's columns as JSON values.
+			v, err := t.Row["value"].(json.Number).Int64()
+			if err != nil {
+				return nil, err
+			}
+			return v%2 == 1, nil
 		},
 	}
 	fmt.Println(len(handlers), "handler")

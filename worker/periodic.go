@@ -73,6 +73,6 @@ func (p Periodic) call(ctx context.Context, n int) (err error) {
 // output; the command gets TERM, then KILL, when ctx ends.
 func CommandFunc(argv []string, dir string, env []string) func(context.Context, *slog.Logger) error {
 	return func(ctx context.Context, log *slog.Logger) error {
-		return runCommand(ctx, argv, nil, dir, env, 5*time.Second, log)
+		return runCommand(ctx, argv, dir, env, 5*time.Second, log)
 	}
 }

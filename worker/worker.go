@@ -2,86 +2,105 @@ package worker
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/pampa-go/pampa/dispatcher"
-	"github.com/pampa-go/pampa/internal/backoff"
+	"github.com/pampa-go/pampa/protocol"
 )
 
-// Handler processes one task of a job. A nil error marks the row successful;
-// an error marks it failed with the error's text as its description. The
-// context ends when the task outlives max_job_duration or the worker stops
-// past its grace period.
-type Handler func(ctx context.Context, t *Task) error
+// Handler processes one task of a job. A nil error marks the row
+// successful, and the value it returns (nil, a string, []byte, or anything
+// encoding/json takes) is the step's output: result_sql's $2, stored in the
+// transaction that marks the row done. An error marks the row failed with
+// the error's text as its description. The context ends when the task
+// outlives max_job_duration or the worker stops past its grace period.
+type Handler func(ctx context.Context, t *Task) (any, error)
 
 // Task is one row handed to a Handler.
 type Task struct {
 	Job      string
 	WorkerID string
-	Key      any            // primary key as decoded by pgx
-	KeyText  string         // primary key as text
+	Key      string         // primary key, as text
 	Attempt  int            // 1 on the first try
-	Row      map[string]any // the row, decoded from JSON (numbers are json.Number)
-	DB       *pgxpool.Pool  // the worker's pool, for handlers that write back
+	Row      map[string]any // the row's own columns, decoded from JSON (numbers are json.Number)
+	w        *Worker
+}
+
+// DB opens, on first use, a pool of database sessions for handlers that
+// write somewhere themselves: at most one session per slot of the worker,
+// from Config.DatabaseURL (PAMPA_DATABASE_URL on the node). Workers hold no
+// session otherwise; prefer result_sql, which needs none.
+func (t *Task) DB(ctx context.Context) (*pgxpool.Pool, error) { return t.w.database(ctx) }
+
+// Job is what a worker needs of a job: its step.
+type Job struct {
+	Name           string
+	Command        []string // argv run per row, the row as JSON on stdin; nil: a Go handler
+	MaxJobDuration time.Duration
 }
 
 // Config configures a Worker.
 type Config struct {
-	ID                string // "node.N"
-	Node              string
-	DatabaseURL       string
-	Flavor            dispatcher.Flavor
-	Jobs              []dispatcher.Job
-	Handlers          map[string]Handler // Go steps by job name
-	Delay             time.Duration      // idle poll period; default 1s
-	HeartbeatInterval time.Duration      // default 5s
-	GracePeriod       time.Duration      // time the running task gets after stop; default 30s
-	WorkDir           string             // where command steps run
-	StartSQL          string             // run once after connecting
-	StartCommand      []string           // run once after connecting
-	MaxChunk          int                // rows per transaction for sql steps; default 1000
-	Logger            *slog.Logger
+	ID          string   // "node.N"
+	Node        string   // the node's name
+	Dispatchers []string // host:port of the dispatchers, tried in turn
+	Secret      []byte   // the cluster's worker secret
+	TLS         *tls.Config
+	Jobs        []Job              // the jobs this worker may take
+	Handlers    map[string]Handler // Go steps by job name
+	GracePeriod time.Duration      // time the running task gets after stop; default 30s
+	WorkDir     string             // where command steps run
+	// StartCommand runs once before the worker connects.
+	StartCommand []string
+	OutputLimit  int    // bytes of a command's stdout kept as output; default DefaultOutputLimit
+	DatabaseURL  string // what Task.DB opens; "" for none
+	// StepsFile records the running step's process group; default
+	// WORK_DIR/run/ID.steps.
+	StepsFile string
+	Logger    *slog.Logger
 }
 
 func (c *Config) validate() error {
 	if err := validateWorkerID(c.ID); err != nil {
 		return err
 	}
-	if c.DatabaseURL == "" {
-		return errors.New("worker: no database URL")
+	if len(c.Dispatchers) == 0 {
+		return errors.New("worker: no dispatcher address")
 	}
-	if c.Flavor == "" {
-		c.Flavor = dispatcher.Postgres
-	}
-	if c.Delay <= 0 {
-		c.Delay = time.Second
-	}
-	if c.HeartbeatInterval <= 0 {
-		c.HeartbeatInterval = 5 * time.Second
+	if len(c.Secret) == 0 {
+		return errors.New("worker: no worker secret")
 	}
 	if c.GracePeriod <= 0 {
 		c.GracePeriod = 30 * time.Second
 	}
-	if c.MaxChunk <= 0 {
-		c.MaxChunk = 1000
+	if c.OutputLimit <= 0 {
+		c.OutputLimit = DefaultOutputLimit
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.StepsFile == "" {
+		c.StepsFile = filepath.Join(c.WorkDir, "run", c.ID+".steps")
+	}
 	for _, j := range c.Jobs {
-		if err := j.Validate(); err != nil {
-			return err
+		if len(j.Command) == 0 && c.Handlers[j.Name] == nil {
+			return fmt.Errorf("job %q has no command, and this worker binary registers no Go handler for it: "+
+				"set command in the job, or build pampactl with a handler (pampacli.Options.Handlers)", j.Name)
+		}
+		if j.MaxJobDuration <= 0 {
+			return fmt.Errorf("job %q: max job duration must be positive", j.Name)
 		}
 	}
 	return nil
@@ -95,17 +114,28 @@ func validateWorkerID(id string) error {
 	return nil
 }
 
-// Worker takes the rows the dispatcher reserved for it and runs its job's step
-// on each, marking start, end, success and error description.
+// Worker takes the rows the dispatcher pushes to it over the worker
+// protocol, runs its job's step on each and reports how it went. It holds
+// no database session: the dispatcher writes the marks.
 type Worker struct {
-	cfg  Config
-	log  *slog.Logger
-	jobs map[string]*dispatcher.Queries
-	all  []*dispatcher.Queries
-	pool *pgxpool.Pool
+	cfg    Config
+	log    *slog.Logger
+	jobs   map[string]Job
+	client *protocol.Client
+	steps  stepRecord
 
-	wake      chan string
-	namespace string
+	mu          sync.Mutex
+	queue       []protocol.Row
+	running     *protocol.Ref
+	interrupted []protocol.Ref // stopped past the grace period: given back
+	downSince   time.Time      // zero while a dispatcher serves us
+	giveUpAfter time.Duration
+	wake        chan struct{}
+	streamDown  chan struct{}
+
+	dbOnce sync.Once
+	db     *pgxpool.Pool
+	dbErr  error
 }
 
 // New validates cfg; nothing connects until Run.
@@ -113,20 +143,102 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), jobs: map[string]*dispatcher.Queries{},
-		wake: make(chan string, 1)}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), jobs: map[string]Job{},
+		steps: stepRecord{path: cfg.StepsFile}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1),
+		downSince: time.Now(), giveUpAfter: 15 * time.Second}
 	for _, j := range cfg.Jobs {
-		q := dispatcher.NewQueries(j)
-		w.jobs[j.Name], w.all = q, append(w.all, q)
+		w.jobs[j.Name] = j
 	}
+	instance := make([]byte, 8)
+	_, _ = rand.Read(instance)
+	host, _ := os.Hostname()
+	names := make([]string, 0, len(cfg.Jobs))
+	for _, j := range cfg.Jobs {
+		names = append(names, j.Name)
+	}
+	client, err := protocol.NewClient(protocol.ClientConfig{
+		Addrs: cfg.Dispatchers, Secret: cfg.Secret, TLS: cfg.TLS, Logger: w.log,
+		Hello: func() protocol.Hello {
+			return protocol.Hello{ID: cfg.ID, Node: cfg.Node, Hostname: host, PID: os.Getpid(),
+				Instance: hex.EncodeToString(instance), Jobs: names, Slots: 1, InHand: w.inHand()}
+		},
+		Deliver:   w.deliver,
+		Connected: w.connected,
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.client = client
 	return w, nil
 }
 
-// Run works until ctx ends, then stops gracefully: it takes no new rows,
-// lets the running task finish within GracePeriod, gives back the rows it
-// had reserved but not started, records its stop and returns nil.
-// Lost connections are retried with backoff; Run returns an error only when
-// it cannot start (bad start hook, unreachable database with ctx ending).
+// inHand is what the worker holds: queued rows, the running one, and rows
+// whose outcome the dispatcher has not acknowledged (so that it does not
+// relaunch them before the outcome is written).
+func (w *Worker) inHand() []protocol.Held {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []protocol.Held
+	for _, r := range w.queue {
+		out = append(out, protocol.Held{Ref: r.Ref})
+	}
+	if w.running != nil {
+		out = append(out, protocol.Held{Ref: *w.running, Started: true})
+	}
+	for _, o := range w.client.Unacked() {
+		out = append(out, protocol.Held{Ref: o.Ref, Started: true})
+	}
+	return out
+}
+
+func (w *Worker) deliver(m protocol.Message) {
+	switch m.Kind {
+	case protocol.KindWelcome:
+		if m.Welcome != nil && m.Welcome.GiveUpAfterMillis > 0 {
+			w.mu.Lock()
+			w.giveUpAfter = time.Duration(m.Welcome.GiveUpAfterMillis) * time.Millisecond
+			w.mu.Unlock()
+		}
+	case protocol.KindRows:
+		w.mu.Lock()
+		w.queue = append(w.queue, m.Rows...)
+		w.mu.Unlock()
+		w.poke()
+	}
+}
+
+func (w *Worker) connected(up bool) {
+	w.mu.Lock()
+	if up {
+		w.downSince = time.Time{}
+	} else {
+		w.downSince = time.Now()
+	}
+	w.mu.Unlock()
+	if !up {
+		select {
+		case w.streamDown <- struct{}{}:
+		default:
+		}
+	}
+	w.poke()
+}
+
+func (w *Worker) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run works until ctx ends, then stops gracefully: it starts no new row,
+// lets the running one finish within GracePeriod, gives back its queue,
+// waits (10s at most) for its outcomes to be acknowledged and returns nil.
+// While no dispatcher answers it goes on with the rows in hand for half the
+// heartbeat timeout, then gives its queue up; outcomes are kept and sent
+// once a dispatcher answers. Run returns an error when the worker cannot
+// start (start_command) or a dispatcher refuses it for good (wrong secret,
+// id held by another process).
 func (w *Worker) Run(ctx context.Context) error {
 	// Work outlives ctx by the grace period so the running task can end well.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -137,366 +249,193 @@ func (w *Worker) Run(ctx context.Context) error {
 		context.AfterFunc(work, func() { t.Stop() })
 	})
 	defer stopGrace()
+	defer w.closeDB()
 
-	if err := w.start(ctx); err != nil {
-		return err
-	}
-	defer w.pool.Close()
-
-	var wg sync.WaitGroup
-	bg, stopBG := context.WithCancel(work)
-	wg.Add(2)
-	go func() { defer wg.Done(); w.heartbeat(bg) }()
-	go func() { defer wg.Done(); w.listen(bg) }()
-
-	w.loop(ctx, work)
-
-	w.release(work)
-	stopBG()
-	wg.Wait()
-	return nil
-}
-
-func (w *Worker) start(ctx context.Context) error {
-	pcfg, err := pgxpool.ParseConfig(w.cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("worker %s: database URL: %w", w.cfg.ID, err)
-	}
-	pcfg.MaxConns = 3
-	pcfg.MinConns = 0
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
-	}
-	bo := backoff.New(200*time.Millisecond, 30*time.Second)
-	for {
-		err = w.register(ctx, pool)
-		if err == nil || errors.Is(err, dispatcher.ErrNotSetUp) || ctx.Err() != nil {
-			break
-		}
-		w.log.Error("cannot register with the database; retrying", "err", err, "in", bo.Peek())
-		bo.Wait(ctx)
-	}
-	if err != nil {
-		pool.Close()
-		return err
-	}
-	w.pool = pool
-	if w.cfg.StartSQL != "" {
-		if _, err := pool.Exec(ctx, w.cfg.StartSQL); err != nil {
-			pool.Close()
-			return fmt.Errorf("worker %s: start_sql: %w", w.cfg.ID, err)
-		}
+	if n := w.steps.killLeftovers(); n > 0 {
+		w.log.Warn("killed processes of a step that an earlier worker under this id left running", "processes", n)
 	}
 	if len(w.cfg.StartCommand) > 0 {
-		res := runCommand(ctx, w.cfg.StartCommand, nil, w.cfg.WorkDir, os.Environ(), w.cfg.GracePeriod, w.log)
-		if res != nil {
-			pool.Close()
-			return fmt.Errorf("worker %s: start_command: %w", w.cfg.ID, res)
+		if err := runCommand(ctx, w.cfg.StartCommand, w.cfg.WorkDir, os.Environ(), w.cfg.GracePeriod, w.log); err != nil {
+			return fmt.Errorf("worker %s: start_command: %w", w.cfg.ID, err)
 		}
 	}
-	w.log.Info("worker started", "pid", os.Getpid(), "jobs", len(w.all))
+	cctx, stopClient := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopClient()
+	clientDone := make(chan error, 1)
+	go func() { clientDone <- w.client.Run(cctx) }()
+	w.log.Info("worker started", "pid", os.Getpid(), "jobs", len(w.jobs), "dispatchers", w.cfg.Dispatchers)
+
+	refused := w.loop(ctx, work, clientDone)
+	if refused != nil {
+		return refused
+	}
+	w.leave(work)
+	stopClient()
+	if err := <-clientDone; err != nil {
+		w.log.Warn("worker stopped", "err", err)
+	}
+	w.log.Info("worker stopped")
 	return nil
 }
 
-func (w *Worker) register(ctx context.Context, pool *pgxpool.Pool) error {
-	if err := dispatcher.Check(ctx, pool, w.cfg.Jobs); err != nil {
-		return err
-	}
-	ns, err := dispatcher.Namespace(ctx, pool)
-	if err != nil {
-		return err
-	}
-	w.namespace = ns
-	host, _ := os.Hostname()
-	return dispatcher.RegisterWorker(ctx, pool, dispatcher.WorkerInfo{
-		ID: w.cfg.ID, Node: w.cfg.Node, Hostname: host, PID: os.Getpid()}, w.all)
-}
-
-// loop takes chunks of rows until stop ends; work bounds database calls.
-func (w *Worker) loop(stop, work context.Context) {
-	bo := backoff.New(100*time.Millisecond, 30*time.Second)
-	job := ""
-	refresh := true
-	orphans := false // a chunk failed midway: its started rows are still ours
-	for stop.Err() == nil {
-		if orphans {
-			// Rows a failed chunk started go back to the queue, their attempt
-			// refunded: a lost connection is not the task's fault.
-			if err := w.requeueRunning(work); err != nil {
-				w.log.Error("cannot requeue interrupted rows; retrying", "err", err, "in", bo.Peek())
-				bo.Wait(stop)
-				continue
-			}
-			orphans = false
+// loop runs rows until stop ends or the client is refused for good.
+func (w *Worker) loop(stop, work context.Context, clientDone <-chan error) error {
+	for {
+		select {
+		case <-stop.Done():
+			return nil
+		case err := <-clientDone:
+			w.log.Error("the dispatcher refused this worker", "err", err)
+			return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
+		case <-w.wake:
 		}
-		if refresh {
-			j, err := dispatcher.AssignedJob(work, w.pool, w.cfg.ID)
-			if err != nil {
-				w.log.Error("cannot read my assignment; retrying", "err", err, "in", bo.Peek())
-				if errors.Is(err, dispatcher.ErrUnknownWorker) {
-					_ = w.register(work, w.pool)
-				}
-				bo.Wait(stop)
-				continue
+		for stop.Err() == nil {
+			r, ok := w.next()
+			if !ok {
+				break
 			}
-			job, refresh = j, false
-		}
-		q := w.jobs[job]
-		if q == nil {
-			if job != "" {
-				w.log.Error("assigned a job this worker does not know; check that dispatcher and workers share one config", "job", job)
-			}
-			job, refresh = w.idle(stop), true
-			continue
-		}
-		n, drained, err := w.chunk(stop, work, q)
-		if err != nil {
-			if work.Err() != nil {
-				return
-			}
-			w.log.Error("database error; retrying", "job", job, "err", err, "in", bo.Peek())
-			orphans = true
-			bo.Wait(stop)
-			refresh = true
-			continue
-		}
-		bo.Reset()
-		if n == 0 || drained {
-			if j := w.idle(stop); j != "" {
-				job = j
-			} else {
-				refresh = true
-			}
+			w.runRow(work, r)
 		}
 	}
 }
 
-// idle waits for a wake-up from the dispatcher or the poll delay; it returns
-// the job named by the wake-up, or "" when the assignment must be re-read.
-func (w *Worker) idle(stop context.Context) string {
-	t := time.NewTimer(w.cfg.Delay)
-	defer t.Stop()
-	select {
-	case <-stop.Done():
-	case <-t.C:
-	case job := <-w.wake:
-		return job
+// next pops a queued row, unless no dispatcher has answered for longer
+// than the give-up time: then the queue is dropped, since the dispatcher
+// hands those rows to others once it presumes this worker dead.
+func (w *Worker) next() (protocol.Row, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.downSince.IsZero() && time.Since(w.downSince) > w.giveUpAfter && len(w.queue) > 0 {
+		w.log.Warn("no dispatcher for longer than the give-up time; dropping the queued rows", "rows", len(w.queue), "after", w.giveUpAfter)
+		w.queue = nil
 	}
-	return ""
+	if len(w.queue) == 0 {
+		return protocol.Row{}, false
+	}
+	r := w.queue[0]
+	w.queue = w.queue[1:]
+	ref := r.Ref
+	w.running = &ref
+	return r, true
 }
 
-// started is a row whose attempt has begun.
-type started struct {
-	key     any
-	keyText string
-	attempt int
-	row     json.RawMessage
-}
-
-// chunk starts up to a chunk of the worker's queued rows and processes them.
-// It returns how many rows it started, and whether that emptied the queue:
-// then only the dispatcher can refill it, and it wakes the worker when it
-// does, so asking the database again at once would find nothing. (Whether
-// it emptied the queue is counted, not guessed from queue_size: the queue
-// can hold more, after a config change or rows put back after an error.)
-func (w *Worker) chunk(stop, work context.Context, q *dispatcher.Queries) (n int, drained bool, err error) {
-	j := q.Job()
-	size, withRows := 1, true
-	if j.Step.SQL != "" {
-		size, withRows = min(w.cfg.MaxChunk, j.QueueSize), false
-	}
-	rows, queued, err := w.startChunk(work, q, size, withRows)
-	if err != nil || len(rows) == 0 {
-		return 0, false, err
-	}
-	drained = w.cfg.Flavor == dispatcher.Postgres && queued <= int64(len(rows))
-	if j.Step.SQL != "" {
-		return len(rows), drained, w.runSQLChunk(work, q, rows)
-	}
-	for _, r := range rows {
-		if err := w.runOne(stop, work, q, r); err != nil {
-			return len(rows), drained, err
-		}
-	}
-	return len(rows), drained, nil
-}
-
-// startChunk marks the start of the next rows and asks the dispatcher to
-// refill the queue while they run, in one round trip. It also returns how
-// many rows were queued before, the started ones included.
-func (w *Worker) startChunk(ctx context.Context, q *dispatcher.Queries, size int, withRows bool) ([]started, int64, error) {
-	b := &pgx.Batch{}
-	stmt := q.StartChunk
-	if withRows {
-		stmt = q.StartChunkRows
-	}
-	var out []started
-	var queued int64
-	b.Queue(stmt, w.cfg.ID, size).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var s started
-			dst := []any{&s.key, &s.keyText, &s.attempt, &queued}
-			if withRows {
-				dst = append(dst, &s.row)
-			}
-			if err := rows.Scan(dst...); err != nil {
-				return err
-			}
-			out = append(out, s)
-		}
-		return rows.Err()
-	})
-	if w.cfg.Flavor == dispatcher.Postgres {
-		b.Queue(`select pg_notify($1, $2)`, dispatcher.DispatcherChannel(w.namespace), dispatcher.RequestPayload(w.cfg.ID))
-	}
-	if err := w.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, 0, fmt.Errorf("start rows of job %q: %w", q.Job().Name, err)
-	}
-	return out, queued, nil
-}
-
-// runSQLChunk runs the sql step of every row and marks them all successful
-// in one transaction and one round trip: the step's effects commit if and
-// only if the rows are marked done. If anything fails, rows run one by one
-// so that one bad row does not fail the others.
-func (w *Worker) runSQLChunk(ctx context.Context, q *dispatcher.Queries, rows []started) error {
-	j := q.Job()
-	conn, err := w.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	b := &pgx.Batch{}
-	b.Queue("begin")
-	for _, r := range rows {
-		b.Queue(j.Step.SQL, r.key)
-	}
-	b.Queue(q.EndChunk, w.cfg.ID, len(rows))
-	b.Queue(`update pampa_workers set rows_done = rows_done + $2 where id = $1`, w.cfg.ID, len(rows))
-	b.Queue("commit")
-	err = conn.SendBatch(ctx, b).Close()
-	if err == nil {
-		return nil
-	}
-	if _, rbErr := conn.Exec(ctx, "rollback"); rbErr != nil {
-		return fmt.Errorf("roll back chunk of job %q: %w", j.Name, rbErr)
-	}
-	if isConnError(err) {
-		return err
-	}
-	for _, r := range rows {
-		if err := w.runSQLOne(ctx, conn.Conn(), q, r); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// runSQLOne runs one row's sql step in its own transaction.
-func (w *Worker) runSQLOne(ctx context.Context, conn *pgx.Conn, q *dispatcher.Queries, r started) error {
-	j := q.Job()
-	b := &pgx.Batch{}
-	b.Queue("begin")
-	b.Queue(j.Step.SQL, r.key)
-	b.Queue(q.EndOneGuarded, w.cfg.ID, r.key)
-	b.Queue(`update pampa_workers set rows_done = rows_done + 1 where id = $1`, w.cfg.ID)
-	b.Queue("commit")
-	res := conn.SendBatch(ctx, b)
-	_, err := res.Exec() // begin
+// runRow runs one row's step and reports its outcome.
+func (w *Worker) runRow(work context.Context, r protocol.Row) {
+	w.client.Send(protocol.Message{Kind: protocol.KindStarts, Refs: []protocol.Ref{r.Ref}})
+	j, known := w.jobs[r.Job]
+	began := time.Now()
+	var output *string
 	var stepErr error
-	if err == nil {
-		_, stepErr = res.Exec()
-		err = stepErr
-	}
-	closeErr := res.Close()
-	if err == nil {
-		err = closeErr
-	}
-	if err == nil {
-		return nil
-	}
-	if _, rbErr := conn.Exec(ctx, "rollback"); rbErr != nil {
-		return fmt.Errorf("roll back row of job %q: %w", j.Name, rbErr)
-	}
-	if isConnError(err) {
-		return err
-	}
-	if stepErr == nil {
-		// The guard failed: the row was taken from this worker meanwhile.
-		w.log.Warn("row was taken back before it ended; its work was rolled back", "job", j.Name, "key", r.keyText)
-		return nil
-	}
-	return w.fail(ctx, conn, q, r, stepErr.Error())
-}
-
-// runOne runs the command or Go step of one started row.
-func (w *Worker) runOne(stop, work context.Context, q *dispatcher.Queries, r started) error {
-	j := q.Job()
-	ctx, cancel := context.WithTimeout(work, j.MaxJobDuration)
-	defer cancel()
-	var stepErr error
-	switch {
-	case len(j.Step.Command) > 0:
-		env := append(os.Environ(),
-			"PAMPA_TASK_ID="+r.keyText, "PAMPA_JOB="+j.Name,
-			"PAMPA_WORKER_ID="+w.cfg.ID, fmt.Sprintf("PAMPA_ATTEMPT=%d", r.attempt))
-		stepErr = runCommand(ctx, j.Step.Command, r.row, w.cfg.WorkDir, env, 5*time.Second, w.log.With("job", j.Name, "key", r.keyText))
-	case w.cfg.Handlers[j.Name] != nil:
-		t := &Task{Job: j.Name, WorkerID: w.cfg.ID, Key: r.key, KeyText: r.keyText, Attempt: r.attempt, DB: w.pool}
-		if err := decodeRow(r.row, &t.Row); err != nil {
-			stepErr = err
-		} else {
-			stepErr = safeCall(ctx, w.cfg.Handlers[j.Name], t)
+	if !known {
+		stepErr = fmt.Errorf("job %q is not one this worker runs; check that dispatcher and worker share one config", r.Job)
+	} else {
+		ctx, cancel := context.WithTimeout(work, j.MaxJobDuration)
+		output, stepErr = w.step(ctx, j, r)
+		if stepErr != nil && ctx.Err() == context.DeadlineExceeded && work.Err() == nil {
+			stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
 		}
-	default:
-		stepErr = fmt.Errorf("job %q has no sql, no command and no Go handler registered in this worker binary", j.Name)
+		cancel()
 	}
+	w.mu.Lock()
+	w.running = nil
 	if stepErr != nil && work.Err() != nil {
-		// Stopped past the grace period: not the task's fault, give it back.
-		return work.Err()
+		// Stopped past the grace period: not the row's fault, give it back.
+		w.interrupted = append(w.interrupted, r.Ref)
+		w.mu.Unlock()
+		return
 	}
-	if stepErr != nil && ctx.Err() == context.DeadlineExceeded {
-		stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
-	}
-	conn, err := w.pool.Acquire(work)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
+	w.mu.Unlock()
+	o := protocol.Outcome{Ref: r.Ref, OK: stepErr == nil, Output: output, Millis: time.Since(began).Milliseconds()}
 	if stepErr != nil {
-		return w.fail(work, conn.Conn(), q, r, stepErr.Error())
+		o.Error = stepErr.Error()
+		w.log.Warn("task failed", "job", r.Job, "key", r.Key, "attempt", r.Attempt, "err", o.Error)
 	}
-	tag, err := conn.Exec(work, q.EndOne, w.cfg.ID, r.key)
+	w.client.Report(o)
+}
+
+func (w *Worker) step(ctx context.Context, j Job, r protocol.Row) (*string, error) {
+	log := w.log.With("job", j.Name, "key", r.Key)
+	if len(j.Command) > 0 {
+		env := append(os.Environ(),
+			"PAMPA_TASK_ID="+r.Key, "PAMPA_JOB="+j.Name,
+			"PAMPA_WORKER_ID="+w.cfg.ID, fmt.Sprintf("PAMPA_ATTEMPT=%d", r.Attempt))
+		out, err := command{argv: j.Command, stdin: r.Data, dir: w.cfg.WorkDir, env: env, killDelay: 5 * time.Second,
+			outputLimit: w.cfg.OutputLimit, log: log, started: w.steps.add}.run(ctx)
+		w.steps.clear()
+		if err != nil {
+			return nil, err
+		}
+		return &out, nil
+	}
+	t := &Task{Job: j.Name, WorkerID: w.cfg.ID, Key: r.Key, Attempt: r.Attempt, w: w}
+	if err := decodeRow(r.Data, &t.Row); err != nil {
+		return nil, err
+	}
+	v, err := safeCall(ctx, w.cfg.Handlers[j.Name], t)
 	if err != nil {
-		return fmt.Errorf("mark row %s of job %q done: %w", r.keyText, j.Name, err)
+		return nil, err
 	}
-	if tag.RowsAffected() == 0 {
-		w.log.Warn("row was taken back before it ended", "job", j.Name, "key", r.keyText)
-		return nil
-	}
-	_, err = conn.Exec(work, `update pampa_workers set rows_done = rows_done + 1 where id = $1`, w.cfg.ID)
-	return err
+	return outputOf(v)
 }
 
-const maxErrorDescription = 4000
-
-func (w *Worker) fail(ctx context.Context, conn *pgx.Conn, q *dispatcher.Queries, r started, desc string) error {
-	if len(desc) > maxErrorDescription {
-		desc = "…" + desc[len(desc)-maxErrorDescription:]
+// outputOf turns a handler's value into the step's output.
+func outputOf(v any) (*string, error) {
+	var s string
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		s = x
+	case []byte:
+		s = string(x)
+	default:
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("encode the handler's result: %w", err)
+		}
+		s = string(b)
 	}
-	desc = strings.ToValidUTF8(desc, "?")
-	w.log.Warn("task failed", "job", q.Job().Name, "key", r.keyText, "attempt", r.attempt, "err", desc)
-	b := &pgx.Batch{}
-	b.Queue(q.FailOne, w.cfg.ID, r.key, desc)
-	b.Queue(`update pampa_workers set rows_failed = rows_failed + 1 where id = $1`, w.cfg.ID)
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("mark row %s of job %q failed: %w", r.keyText, q.Job().Name, err)
-	}
-	return nil
+	return &s, nil
 }
 
-func safeCall(ctx context.Context, h Handler, t *Task) (err error) {
+// leave gives back the queue and the interrupted rows, and waits a little
+// for the outcomes to be committed and the rows to be taken back.
+func (w *Worker) leave(ctx context.Context) {
+	w.mu.Lock()
+	var back []protocol.Ref
+	for _, r := range w.queue {
+		back = append(back, r.Ref)
+	}
+	back = append(back, w.interrupted...)
+	w.queue, w.interrupted = nil, nil
+	up := w.downSince.IsZero()
+	w.mu.Unlock()
+	wait := time.NewTimer(10 * time.Second)
+	defer wait.Stop()
+	select {
+	case <-w.streamDown:
+	default:
+	}
+	w.client.Send(protocol.Message{Kind: protocol.KindRelease, Refs: back})
+	select {
+	case <-w.client.AllAcked():
+	case <-wait.C:
+		if n := len(w.client.Unacked()); n > 0 {
+			w.log.Warn("stopping with outcomes no dispatcher acknowledged; their rows will run again", "rows", n)
+		}
+		return
+	}
+	if up {
+		// The dispatcher closes the stream once the rows are back.
+		select {
+		case <-w.streamDown:
+		case <-wait.C:
+		case <-ctx.Done():
+		}
+	}
+}
+
+func safeCall(ctx context.Context, h Handler, t *Task) (v any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("handler panicked: %v", p)
@@ -517,104 +456,25 @@ func decodeRow(raw json.RawMessage, dst *map[string]any) error {
 	return nil
 }
 
-func (w *Worker) requeueRunning(ctx context.Context) error {
-	for _, q := range w.all {
-		if _, err := w.pool.Exec(ctx, q.Unstart, w.cfg.ID); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// release gives back what this worker holds when it stops: running rows that
-// were interrupted return to the queue with their attempt refunded, then all
-// queued rows return to the pool.
-func (w *Worker) release(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	ids := []string{w.cfg.ID}
-	for _, q := range w.all {
-		if _, err := w.pool.Exec(ctx, q.Unstart, w.cfg.ID); err != nil {
-			w.log.Error("cannot give back interrupted rows", "job", q.Job().Name, "err", err)
-		}
-		if _, err := w.pool.Exec(ctx, q.ReleaseQueued, ids); err != nil {
-			w.log.Error("cannot give back queued rows", "job", q.Job().Name, "err", err)
-		}
-	}
-	if err := dispatcher.StopWorker(ctx, w.pool, w.cfg.ID); err != nil {
-		w.log.Error("cannot record the stop", "err", err)
-	}
-	if w.cfg.Flavor == dispatcher.Postgres {
-		_, _ = w.pool.Exec(ctx, `select pg_notify($1, $2)`, dispatcher.DispatcherChannel(w.namespace), w.cfg.ID)
-	}
-	w.log.Info("worker stopped")
-}
-
-func (w *Worker) heartbeat(ctx context.Context) {
-	t := time.NewTicker(w.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		err := dispatcher.Heartbeat(ctx, w.pool, w.cfg.ID)
-		if errors.Is(err, dispatcher.ErrUnknownWorker) {
-			err = w.register(ctx, w.pool)
-		}
-		if err != nil && ctx.Err() == nil {
-			w.log.Warn("heartbeat failed", "err", err)
-		}
-	}
-}
-
-// listen holds a dedicated connection on the worker's channel and forwards
-// wake-ups; on CockroachDB the worker polls instead.
-func (w *Worker) listen(ctx context.Context) {
-	if w.cfg.Flavor != dispatcher.Postgres {
-		return
-	}
-	channel := dispatcher.WorkerChannel(w.namespace, w.cfg.ID)
-	bo := backoff.New(100*time.Millisecond, 30*time.Second)
-	for ctx.Err() == nil {
-		err := w.listenOnce(ctx, channel, bo)
-		if ctx.Err() != nil {
+func (w *Worker) database(ctx context.Context) (*pgxpool.Pool, error) {
+	w.dbOnce.Do(func() {
+		if w.cfg.DatabaseURL == "" {
+			w.dbErr = errors.New("this worker has no database URL: set PAMPA_DATABASE_URL on the node, or write results with the job's result_sql")
 			return
 		}
-		w.log.Warn("lost the notification connection; polling until it is back", "err", err, "in", bo.Peek())
-		bo.Wait(ctx)
-	}
-}
-
-func (w *Worker) listenOnce(ctx context.Context, channel string, bo *backoff.Backoff) error {
-	conn, err := pgx.Connect(ctx, w.cfg.DatabaseURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{channel}.Sanitize()); err != nil {
-		return err
-	}
-	bo.Reset()
-	w.nudge("") // anything sent while we were away is re-read
-	for {
-		n, err := conn.WaitForNotification(ctx)
+		cfg, err := pgxpool.ParseConfig(w.cfg.DatabaseURL)
 		if err != nil {
-			return err
+			w.dbErr = fmt.Errorf("worker database URL: %w", err)
+			return
 		}
-		w.nudge(n.Payload)
-	}
+		cfg.MaxConns, cfg.MinConns = 1, 0
+		w.db, w.dbErr = pgxpool.NewWithConfig(context.WithoutCancel(ctx), cfg)
+	})
+	return w.db, w.dbErr
 }
 
-func (w *Worker) nudge(job string) {
-	select {
-	case w.wake <- job:
-	default:
+func (w *Worker) closeDB() {
+	if w.db != nil {
+		w.db.Close()
 	}
-}
-
-func isConnError(err error) bool {
-	var pgErr *pgconn.PgError
-	return !errors.As(err, &pgErr)
 }

@@ -1,14 +1,17 @@
 // Package demo runs the seed's example end to end: the numbers 1..N, a job
-// that finds the odd ones, a dispatcher and local worker processes, live
-// progress, a check of every row and the totals.
+// that finds the odd ones, a dispatcher and local worker processes that
+// reach it over the worker protocol (no database session of their own),
+// live progress, a check of every row and the totals.
 package demo
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -23,7 +26,18 @@ import (
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgserver"
 	"github.com/pampa-go/pampa/orchestrator"
+	"github.com/pampa-go/pampa/worker"
 )
+
+// freePort asks the kernel for a free loopback port.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
 
 // Options configure a demo run.
 type Options struct {
@@ -57,6 +71,8 @@ url_env = ""  # the URL above already points at the demo schema
 delay = "200ms"
 log_file = ""
 heartbeat_timeout = "10s"
+listen = %q
+secret_env = ""
 
 [worker]
 delay = "500ms"
@@ -77,8 +93,34 @@ field_prefix = "odd_checking"
 max_assigned_workers = 5
 max_pending_tasks = 500
 queue_size = %d
-sql = "update numbers set is_odd = (value %% 2 = 1) where value = $1"
+# No step: the workers run demo.Handler, a Go handler, and the dispatcher
+# stores what it returns in the transaction that marks the row done.
+result_sql = "update numbers set is_odd = $2::boolean where value = $1::bigint"
 `
+
+// HandlerEnv, set to 1 in a worker's environment, registers Handler for
+// the demo's job in the stock pampactl: the demo starts its workers so.
+const HandlerEnv = "PAMPA_DEMO_HANDLER"
+
+// Job is the demo job's name.
+const Job = "search_odd_numbers"
+
+// Handler finds whether the row's value is odd; its result is the row's
+// is_odd, written by result_sql.
+func Handler(ctx context.Context, t *worker.Task) (any, error) {
+	v, ok := t.Row["value"].(json.Number)
+	if !ok {
+		return nil, fmt.Errorf("row %s has no numeric value: %v", t.Key, t.Row["value"])
+	}
+	n, err := v.Int64()
+	if err != nil {
+		return nil, err
+	}
+	if n%2 == 1 {
+		return "true", nil
+	}
+	return "false", nil
+}
 
 // Run runs the demo and returns its result; a wrong row is an error.
 func Run(ctx context.Context, o Options) (Result, error) {
@@ -107,7 +149,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	defer os.RemoveAll(dir)
 	cfgPath := filepath.Join(dir, "cluster.toml")
-	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, Config, url, o.Workers, o.QueueSize), 0o600); err != nil {
+	port, err := freePort()
+	if err != nil {
+		return Result{}, err
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, Config, url, listen, o.Workers, o.QueueSize), 0o600); err != nil {
 		return Result{}, err
 	}
 	cfg, err := orchestrator.Load(cfgPath)
@@ -126,13 +173,22 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
+	secret, _, err := cfg.EnsureSecret(func(string) string { return "" })
+	if err != nil {
+		return Result{}, err
+	}
 	d, err := dispatcher.New(dispatcher.Config{DatabaseURL: url, Jobs: cfg.Jobs, Delay: cfg.Dispatcher.Delay,
-		HeartbeatTimeout: cfg.Dispatcher.HeartbeatTimeout, Logger: log.With("component", "dispatcher")})
+		HeartbeatTimeout: cfg.Dispatcher.HeartbeatTimeout, Logger: log.With("component", "dispatcher"),
+		Secret: secret, KnownWorker: cfg.KnownWorker})
+	if err != nil {
+		return Result{}, err
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return Result{}, err
 	}
 	wg.Add(1)
-	go func() { defer wg.Done(); _ = d.Run(runCtx) }()
+	go func() { defer wg.Done(); _ = d.Serve(runCtx, ln, nil) }()
 	workers, err := startWorkers(runCtx, o.Binary, cfgPath, cfg.Nodes[0].WorkerIDs(), dir)
 	if err != nil {
 		stop()
@@ -147,7 +203,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		close(allExited)
 	}()
 	status, err := watch(ctx, conn, cfg.Jobs, o, allExited)
-	if errors.Is(err, errWorkersExited) {
+	if err != nil {
 		err = fmt.Errorf("%w; their logs:\n%s", err, logTails(dir))
 	}
 	stop()
@@ -230,6 +286,7 @@ func startWorkers(ctx context.Context, bin, cfgPath string, ids []string, dir st
 	for _, id := range ids {
 		cmd := exec.CommandContext(ctx, bin, "--config", cfgPath, "worker", "run", "--no-log-file", "--id", id)
 		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), HandlerEnv+"=1")
 		logf, err := os.Create(filepath.Join(dir, "worker."+id+".log"))
 		if err != nil {
 			return dones, err

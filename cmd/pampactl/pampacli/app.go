@@ -25,6 +25,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/internal/demo"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/worker"
 )
@@ -66,6 +67,14 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 
 // Run runs the CLI and returns the exit code; it never calls os.Exit.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string, opts Options) int {
+	if getenv(demo.HandlerEnv) == "1" {
+		// A worker the demo started: the demo's job runs its Go handler.
+		h := map[string]worker.Handler{demo.Job: demo.Handler}
+		for k, v := range opts.Handlers {
+			h[k] = v
+		}
+		opts.Handlers = h
+	}
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, opts: opts}
 	app := e.app()
 	ownHelpCommands(app) // concurrent Runs must not share urfave's help command

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgtest"
+	"github.com/pampa-go/pampa/internal/poll"
 )
 
 // The test binary doubles as pampactl: the worker processes that `workers
@@ -107,6 +109,7 @@ url_env = ""
 delay = "100ms"
 log_file = ""
 heartbeat_timeout = "5s"
+listen = %q
 
 [worker]
 delay = "100ms"
@@ -126,7 +129,10 @@ field_primary_key = "value"
 field_prefix = "odd_checking"
 queue_size = 50
 max_pending_tasks = 100
-sql = "update numbers set is_odd = (value %% 2 = 1) where value = $1"
+# The step prints whether the key is odd; result_sql stores it as the row
+# is marked done.
+command = ["sh", "-c", "echo $((PAMPA_TASK_ID %% 2 == 1))"]
+result_sql = "update numbers set is_odd = ($2::int = 1) where value = $1::bigint"
 `
 
 // localNumbers is the seed's numbers table (1..rows) in a schema of its
@@ -146,7 +152,7 @@ insert into numbers (value) select generate_series(1, %d)`, rows)); err != nil {
 		t.Fatal(err)
 	}
 	dir = t.TempDir()
-	cfg = writeConfig(t, dir, fmt.Sprintf(localConfig, url, dir))
+	cfg = writeConfig(t, dir, fmt.Sprintf(localConfig, url, freeAddr(t), dir))
 	if r := run(t, ctx, nil, "--config", cfg, "db", "setup"); r.code != 0 {
 		t.Fatalf("db setup: %d %s", r.code, r.stderr)
 	}
@@ -158,7 +164,7 @@ insert into numbers (value) select generate_series(1, %d)`, rows)); err != nil {
 func TestLocalWorkflow(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	cfg, _, dir := localNumbers(t, 1000)
+	cfg, conn, dir := localNumbers(t, 1000)
 	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
 	r := c("workers", "start", "--node", "local")
 	if r.code != 0 || strings.Count(r.stdout, "started") != 2 {
@@ -187,11 +193,6 @@ func TestLocalWorkflow(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	stopDispatcher()
-	if r := <-done; r.code != 0 && r.code != ExitInterrupted {
-		t.Fatalf("dispatcher run: exit %d, %s", r.code, r.stderr)
-	}
-
 	r = c("workers", "status", "--json")
 	var rows []workerRow
 	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
@@ -207,24 +208,47 @@ func TestLocalWorkflow(t *testing.T) {
 	if total != 1000 {
 		t.Fatalf("workers report %d rows done, want 1000", total)
 	}
+	var wrong int64
+	if err := conn.QueryRow(ctx, `select count(*) from numbers where is_odd is distinct from (value % 2 = 1)`).Scan(&wrong); err != nil || wrong != 0 {
+		t.Fatalf("%d rows have a wrong is_odd (result_sql), %v", wrong, err)
+	}
 	if r := c("jobs", "status"); !strings.Contains(r.stdout, "COMPLETED") || !strings.Contains(r.stdout, "1000") {
 		t.Fatalf("jobs status table: %q", r.stdout)
 	}
 
+	// Workers that stop tell the dispatcher, which records it.
 	r = c("workers", "stop")
 	if r.code != 0 || strings.Count(r.stdout, "stopped") != 2 {
 		t.Fatalf("workers stop: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
-	r = c("workers", "status", "--json")
-	rows = nil
-	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+	poll.Until(t, "stopped workers recorded", 30*time.Second, func() string {
+		r = c("workers", "status", "--json")
+		rows = nil
+		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+			return err.Error()
+		}
+		for _, w := range rows {
+			if w.Process != "none" || w.State != "stopped" {
+				return fmt.Sprintf("after stop, worker %+v should have no process and be stopped", w)
+			}
+		}
+		return ""
+	})
+	stopDispatcher()
+	if r := <-done; r.code != 0 && r.code != ExitInterrupted {
+		t.Fatalf("dispatcher run: exit %d, %s", r.code, r.stderr)
+	}
+}
+
+// freeAddr is a loopback address nothing listens on, for a dispatcher.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range rows {
-		if w.Process != "none" || w.State != "stopped" {
-			t.Fatalf("after stop, worker %+v should have no process and be stopped", w)
-		}
-	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func logs(dir string) string {
@@ -265,7 +289,7 @@ func TestSetupMissingTableWritesNothing(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Schema(t)
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, fmt.Sprintf(localConfig, url, dir))
+	cfg := writeConfig(t, dir, fmt.Sprintf(localConfig, url, freeAddr(t), dir))
 	r := run(t, t.Context(), nil, "--config", cfg, "db", "setup")
 	if r.code != ExitUsage || !strings.Contains(r.stderr, "numbers is not in the database") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)

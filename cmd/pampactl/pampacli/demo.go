@@ -13,7 +13,7 @@ import (
 func (e *env) demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "run the seed's example: find the odd numbers among 1..100,000 with a dispatcher and two local workers",
+		Usage: "run the seed's example: find the odd numbers among 1..100,000 with a dispatcher and two local workers (a Go handler, results stored by result_sql)",
 		Description: "Uses $PAMPA_DATABASE_URL when set (in schema " + demo.Schema + "); otherwise starts a private\n" +
 			"PostgreSQL from the installed server binaries in a temporary directory, removed at exit.",
 		Flags: []cli.Flag{
@@ -34,7 +34,7 @@ func (e *env) demoCommand() *cli.Command {
 				return err
 			}
 			defer closeLog()
-			if !c.Bool("verbose") {
+			if e.getenv("PAMPA_DEMO_LOG") == "" {
 				log = nil
 			}
 			res, err := demo.Run(c.Context, demo.Options{

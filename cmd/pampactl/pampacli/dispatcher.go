@@ -1,7 +1,9 @@
 package pampacli
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 
@@ -22,7 +24,8 @@ func (e *env) dispatcherCommand() *cli.Command {
 			Flags: append(append([]cli.Flag{
 				&cli.DurationFlag{Name: "delay", Usage: "idle poll period (default: [dispatcher] delay)"},
 				&cli.BoolFlag{Name: "once", Usage: "run one cycle and exit"},
-				&cli.BoolFlag{Name: "no-tunnels", Usage: "do not keep the db tunnels of db_tunnel nodes open (another process does)"},
+				&cli.BoolFlag{Name: "no-tunnels", Usage: "do not keep the tunnels of tunnel nodes open (another process does)"},
+				&cli.StringFlag{Name: "listen", Usage: "host:port for workers, instead of [dispatcher] listen (a standby beside the leader)"},
 			}, logFlags()...), sshFlags()...),
 			Action: func(c *cli.Context) error {
 				cfg, err := e.loadConfig(c)
@@ -55,7 +58,7 @@ func (e *env) dispatcherCommand() *cli.Command {
 					}
 					return nil
 				}
-				return d.Run(c.Context)
+				return e.serveDispatcher(c, cfg, d)
 			},
 		}},
 	}
@@ -81,9 +84,18 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 			return nil, nil, fmt.Errorf("dispatcher start_command: %w", err)
 		}
 	}
+	secret, created, err := cfg.EnsureSecret(e.getenv)
+	if err != nil {
+		closeLog()
+		return nil, nil, err
+	}
+	if created {
+		log.Info("created the worker secret (mode 0600); nodes deploy pushes it to the nodes", "file", cfg.Dispatcher.SecretFile)
+	}
 	d, err := dispatcher.New(dispatcher.Config{
 		DatabaseURL: url, Flavor: flavor(cfg), Jobs: cfg.Jobs, Delay: delay,
 		HeartbeatTimeout: cfg.Dispatcher.HeartbeatTimeout, StartSQL: cfg.Dispatcher.StartSQL, Logger: log,
+		Secret: secret, KnownWorker: cfg.KnownWorker, SQLSessions: cfg.Dispatcher.SQLSessions,
 	})
 	if err != nil {
 		closeLog()
@@ -92,25 +104,51 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 	return d, closeLog, nil
 }
 
-// keepTunnels keeps the db tunnels of the config's db_tunnel nodes open
+// keepTunnels keeps the db tunnels of the config's tunnel nodes open
 // while the dispatcher runs, so that workers started by `workers start`
 // reach the database; a node that cannot be reached now is retried until
-// it can. nil when no node has db_tunnel.
+// it can. nil when no node has tunnel.
 func (e *env) keepTunnels(c *cli.Context, cfg *orchestrator.Config) (*orchestrator.Tunnels, error) {
-	if !slices.ContainsFunc(cfg.Nodes, func(n orchestrator.Node) bool { return n.DBTunnel }) {
+	if !slices.ContainsFunc(cfg.Nodes, func(n orchestrator.Node) bool { return n.Tunnel }) {
 		return nil, nil
 	}
 	f, err := e.sshFleet(c)
 	if err != nil {
 		return nil, err
 	}
-	dialDB, err := e.dbDialer(cfg)
-	if err != nil {
-		return nil, err
-	}
-	tunnels, err := f.KeepTunnels(c.Context, nil, dialDB)
+	tunnels, err := f.KeepTunnels(c.Context, nil, dispatcherDialer(f.Config))
 	if err != nil {
 		fmt.Fprintln(e.stderr, "pampactl: warning:", err, "(retrying in the background)")
 	}
 	return tunnels, nil
+}
+
+// serveDispatcher listens for workers on [dispatcher] listen and runs d
+// until interrupted.
+func (e *env) serveDispatcher(c *cli.Context, cfg *orchestrator.Config, d *dispatcher.Dispatcher) error {
+	tlsConfig, err := cfg.DispatcherTLS()
+	if err != nil {
+		return err
+	}
+	addr := cfg.Dispatcher.Listen
+	if c.IsSet("listen") {
+		addr = c.String("listen")
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(c.Context, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for workers on %s ([dispatcher] listen in %s, or --listen; is another dispatcher running there?): %w",
+			addr, cfg.Path, err)
+	}
+	return d.Serve(c.Context, ln, tlsConfig)
+}
+
+// dispatcherDialer connects to the dispatcher's listener on the control
+// host: where the nodes' tunnels lead.
+func dispatcherDialer(cfg *orchestrator.Config) func(context.Context) (net.Conn, error) {
+	addr := cfg.ListenerAddr()
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
 }

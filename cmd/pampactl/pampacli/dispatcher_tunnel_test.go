@@ -10,7 +10,7 @@ import (
 	"github.com/pampa-go/pampa/internal/sshtest"
 )
 
-// Workers started with `workers start` on a db_tunnel node reach the
+// Workers started with `workers start` on a tunnel node reach the
 // database through the tunnel `dispatcher run` keeps open; a node that
 // cannot be reached when the dispatcher starts gets its tunnel once it can.
 func TestDispatcherKeepsTunnelsOpen(t *testing.T) {

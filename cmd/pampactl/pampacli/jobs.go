@@ -83,7 +83,11 @@ func (e *env) jobsRetry(c *cli.Context) error {
 	dry := c.Bool("dry-run")
 	var total int64
 	for _, j := range jobs {
-		q := dispatcher.NewQueries(j)
+		kt, err := dispatcher.KeyType(c.Context, conn, j)
+		if err != nil {
+			return err
+		}
+		q := dispatcher.NewQueries(j, kt)
 		if dry {
 			n, err := dispatcher.CountFailedForGood(c.Context, conn, q)
 			if err != nil {

@@ -79,7 +79,7 @@ type nodeView struct {
 	Transport  string `json:"transport"`
 	MaxWorkers int    `json:"max_workers"`
 	WorkDir    string `json:"work_dir"`
-	DBTunnel   bool   `json:"db_tunnel,omitempty"`
+	Tunnel   bool   `json:"tunnel,omitempty"`
 }
 
 func (e *env) nodesList(c *cli.Context) error {
@@ -94,7 +94,7 @@ func (e *env) nodesList(c *cli.Context) error {
 	}
 	var rows []nodeView
 	for _, n := range nodes {
-		v := nodeView{Name: n.Name, Addr: n.Addr(), User: n.User, Transport: "ssh", MaxWorkers: n.MaxWorkers, WorkDir: n.WorkDir, DBTunnel: n.DBTunnel}
+		v := nodeView{Name: n.Name, Addr: n.Addr(), User: n.User, Transport: "ssh", MaxWorkers: n.MaxWorkers, WorkDir: n.WorkDir, Tunnel: n.Tunnel}
 		if n.Local {
 			v.Transport = "local"
 		}
@@ -146,12 +146,24 @@ func (e *env) binaryFunc(c *cli.Context) orchestrator.BinaryFunc {
 	}
 }
 
-func (e *env) configData(cfg *orchestrator.Config) ([]byte, error) {
-	data, err := os.ReadFile(cfg.Path)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+// nodeConfigs returns what deploy pushes to each node: its own config,
+// with the worker secret (created here if the cluster has none yet).
+func (e *env) nodeConfigs(cfg *orchestrator.Config, create bool) (func(orchestrator.Node) ([]byte, error), error) {
+	var secret []byte
+	var err error
+	if create {
+		var created bool
+		secret, created, err = cfg.EnsureSecret(e.getenv)
+		if created {
+			fmt.Fprintf(e.stderr, "pampactl: created the worker secret %s (mode 0600)\n", cfg.Dispatcher.SecretFile)
+		}
+	} else {
+		secret, err = cfg.Secret(e.getenv)
 	}
-	return data, nil
+	if err != nil {
+		return nil, err
+	}
+	return func(n orchestrator.Node) ([]byte, error) { return cfg.NodeConfig(n, secret) }, nil
 }
 
 func (e *env) nodesCheck(c *cli.Context) error {
@@ -159,11 +171,12 @@ func (e *env) nodesCheck(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	data, err := e.configData(f.Config)
+	configFor, err := e.nodeConfigs(f.Config, false)
 	if err != nil {
-		return err
+		// Without a secret there is no config to compare; the rest holds.
+		configFor = func(orchestrator.Node) ([]byte, error) { return nil, err }
 	}
-	res, err := f.Check(c.Context, c.StringSlice("node"), e.binaryFunc(c), data)
+	res, err := f.Check(c.Context, c.StringSlice("node"), e.binaryFunc(c), configFor)
 	if c.Bool("json") {
 		if jerr := e.printJSON(res); jerr != nil {
 			return jerr
@@ -414,11 +427,11 @@ func (e *env) nodesDeploy(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	data, err := e.configData(f.Config)
+	configFor, err := e.nodeConfigs(f.Config, true)
 	if err != nil {
 		return err
 	}
-	opts := orchestrator.DeployOptions{Names: c.StringSlice("node"), Binary: e.binaryFunc(c), ConfigData: data, Restart: c.Bool("restart")}
+	opts := orchestrator.DeployOptions{Names: c.StringSlice("node"), Binary: e.binaryFunc(c), ConfigFor: configFor, Restart: c.Bool("restart")}
 	var bar *progressBar
 	if isTerminal(e.stderr) {
 		bar = &progressBar{w: e.stderr}

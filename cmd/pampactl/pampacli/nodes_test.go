@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,11 +88,22 @@ func sshNode(t testing.TB, name string, srv *sshtest.Server) node {
 	return node{name: name, srv: srv, workDir: filepath.Join(t.TempDir(), "work"), knownHosts: srv.KnownHosts(t), keyFile: srv.ClientKeyFile, maxWorkers: 2}
 }
 
+// freeAddr is a loopback address nothing listens on, for a dispatcher.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
 // writeConfig writes cluster.toml for the nodes and returns its path.
 func writeConfig(t testing.TB, dbURL string, nodes ...node) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "[database]\nurl = %q\nurl_env = \"\"\n\n[worker]\ndelay = \"100ms\"\nheartbeat_interval = \"200ms\"\ngrace_period = \"1s\"\n\n", dbURL)
+	fmt.Fprintf(&b, "[database]\nurl = %q\nurl_env = \"\"\n\n[dispatcher]\nlisten = %q\nlog_file = \"\"\ndelay = \"200ms\"\nheartbeat_timeout = \"5s\"\n\n[worker]\nheartbeat_interval = \"200ms\"\ngrace_period = \"1s\"\n\n", dbURL, freeAddr(t))
 	for _, n := range nodes {
 		host, port := "127.0.0.1", 0
 		if n.srv != nil {

@@ -80,6 +80,11 @@ func TestWorkersOverSSH(t *testing.T) {
 			must("db", "setup")
 			must("nodes", "deploy", "--binary", bin)
 			t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
+			// The node is this machine, so its workers dial the listener directly.
+			dctx, stopDispatcher := context.WithCancel(t.Context())
+			dispatched := make(chan result, 1)
+			go func() { dispatched <- pampactl(dctx, t, nil, "--config", cfg, "dispatcher", "run", "--no-log-file", "--no-tunnels") }()
+			defer func() { stopDispatcher(); <-dispatched }()
 
 			start := time.Now()
 			r := must("workers", "start")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"time"
 
@@ -85,7 +84,7 @@ func (e *env) up(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	data, err := e.configData(f.Config)
+	configFor, err := e.nodeConfigs(f.Config, true)
 	if err != nil {
 		return err
 	}
@@ -100,7 +99,7 @@ func (e *env) up(c *cli.Context) error {
 		byName[n.Name] = n
 	}
 
-	dep, err := f.Deploy(ctx, orchestrator.DeployOptions{Names: active, Binary: e.binaryFunc(c), ConfigData: data})
+	dep, err := f.Deploy(ctx, orchestrator.DeployOptions{Names: active, Binary: e.binaryFunc(c), ConfigFor: configFor})
 	e.printDeploy(dep)
 	if err != nil {
 		ok := map[string]bool{}
@@ -119,23 +118,19 @@ func (e *env) up(c *cli.Context) error {
 
 	var tunnelled []string
 	for _, name := range active {
-		if byName[name].DBTunnel {
+		if byName[name].Tunnel {
 			tunnelled = append(tunnelled, name)
 		}
 	}
 	if len(tunnelled) > 0 {
-		dialDB, err := e.dbDialer(f.Config)
-		if err != nil {
-			return err
-		}
-		tunnels, err := f.OpenTunnels(ctx, tunnelled, dialDB)
+		tunnels, err := f.OpenTunnels(ctx, tunnelled, dispatcherDialer(f.Config))
 		if tunnels != nil {
 			defer tunnels.Close()
 		}
 		if err != nil {
 			ok := map[string]bool{}
 			for _, name := range active {
-				ok[name] = !byName[name].DBTunnel
+				ok[name] = !byName[name].Tunnel
 			}
 			if tunnels != nil {
 				for _, name := range tunnels.Nodes() {
@@ -159,18 +154,6 @@ func (e *env) up(c *cli.Context) error {
 	}
 	defer closeLog()
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
-	return d.Run(ctx)
+	return e.serveDispatcher(c, f.Config, d)
 }
 
-// dbDialer connects to the database as the control host sees it: where the
-// db tunnels lead.
-func (e *env) dbDialer(cfg *orchestrator.Config) (func(context.Context) (net.Conn, error), error) {
-	addr, err := cfg.DatabaseAddr(e.getenv)
-	if err != nil {
-		return nil, err
-	}
-	return func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", addr)
-	}, nil
-}

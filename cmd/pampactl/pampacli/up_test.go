@@ -93,7 +93,7 @@ work_dir = %q
 max_workers = %d
 `, n.name, srv.Port, srv.User, n.keyFile, n.knownHosts, n.workDir, max(n.maxWorkers, 1))
 		if n.port > 0 {
-			fmt.Fprintf(&b, "db_tunnel = true\ndb_tunnel_port = %d\n", n.port)
+			fmt.Fprintf(&b, "tunnel = true\ntunnel_port = %d\n", n.port)
 		}
 	}
 	return b.String()
@@ -286,7 +286,7 @@ func waitRowsDoneBy(t *testing.T, conn *pgx.Conn, rows int, node string, b *back
 // database only through the db tunnel: the URL in cluster.toml names a port
 // nothing listens on, and only the control host has the real URL (in
 // $PAMPA_DATABASE_URL, which the node's SSH sessions do not get). Every row
-// completing proves the workers went through 127.0.0.1:db_tunnel_port on
+// completing proves the workers went through 127.0.0.1:tunnel_port on
 // the node. Cancelling up stops the dispatcher and closes the tunnel; the
 // workers keep running, as documented, until `pampactl down`.
 func TestUp(t *testing.T) {
@@ -410,7 +410,7 @@ func TestUpTunnelPortTaken(t *testing.T) {
 	up := startBackground(t, cli, "up", "--binary", bin)
 	waitRowsDoneBy(t, conn, rows, "w1", up)
 	r := up.stop()
-	if !strings.Contains(r.stderr, `node "w2"`) || !strings.Contains(r.stderr, "db_tunnel_port") || !strings.Contains(r.stderr, "going on with w1 only") {
+	if !strings.Contains(r.stderr, `node "w2"`) || !strings.Contains(r.stderr, "tunnel_port") || !strings.Contains(r.stderr, "going on with w1 only") {
 		t.Errorf("up does not explain that w2's tunnel failed and it went on with w1:\n%s", r)
 	}
 	if !strings.Contains(r.stdout, "w1.1\tstarted") || !strings.Contains(r.stdout, "w1.2\tstarted") || strings.Contains(r.stdout, "w2.") {

@@ -15,7 +15,7 @@ func (e *env) workerCommand() *cli.Command {
 		Usage: "run one worker process in the foreground (pampactl workers start runs these for you)",
 		Subcommands: []*cli.Command{{
 			Name:  "run",
-			Usage: "process the rows the dispatcher reserves for this worker",
+			Usage: "process the rows the dispatcher sends this worker",
 			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "id", Usage: "worker id, node.N (like local.1)", Required: true},
 			}, logFlags()...),
@@ -25,12 +25,16 @@ func (e *env) workerCommand() *cli.Command {
 					return err
 				}
 				id := c.String("id")
-				nodeName, _, _ := strings.Cut(id, ".")
-				node, ok := cfg.Node(nodeName)
-				if !ok {
-					return usagef("worker id %q: no node %q in %s", id, nodeName, cfg.Path)
+				if err := cfg.KnownWorker(id); err != nil {
+					return usageError{err}
 				}
-				url, err := cfg.NodeDatabaseURL(node, e.getenv) // through the db tunnel when the node has one
+				nodeName, _, _ := strings.Cut(id, ".")
+				node, _ := cfg.Node(nodeName)
+				secret, err := cfg.Secret(e.getenv)
+				if err != nil {
+					return err
+				}
+				tlsConfig, err := cfg.WorkerTLS()
 				if err != nil {
 					return err
 				}
@@ -44,12 +48,17 @@ func (e *env) workerCommand() *cli.Command {
 				if !node.Local {
 					workDir, _ = os.Getwd() // started in the work dir
 				}
+				var jobs []worker.Job
+				for _, j := range cfg.Jobs {
+					if j.Step.SQL == "" && j.WorkerMatches(id) { // the dispatcher runs sql steps
+						jobs = append(jobs, worker.Job{Name: j.Name, Command: j.Step.Command, MaxJobDuration: j.MaxJobDuration})
+					}
+				}
 				w, err := worker.New(worker.Config{
-					ID: id, Node: nodeName, DatabaseURL: url, Flavor: flavor(cfg), Jobs: cfg.Jobs,
-					Handlers: e.opts.Handlers, Delay: cfg.Worker.Delay,
-					HeartbeatInterval: cfg.Worker.HeartbeatInterval, GracePeriod: cfg.Worker.GracePeriod,
-					WorkDir: workDir, StartSQL: cfg.Worker.StartSQL, StartCommand: cfg.Worker.StartCommand,
-					Logger: log,
+					ID: id, Node: nodeName, Dispatchers: cfg.WorkerDispatchers(node), Secret: secret, TLS: tlsConfig,
+					Jobs: jobs, Handlers: e.opts.Handlers, GracePeriod: cfg.Worker.GracePeriod,
+					WorkDir: workDir, StartCommand: cfg.Worker.StartCommand,
+					DatabaseURL: e.getenv("PAMPA_DATABASE_URL"), Logger: log,
 				})
 				if err != nil {
 					return usageError{err}

@@ -42,6 +42,12 @@ func (e *env) workersCommand() *cli.Command {
 		if err != nil {
 			return err
 		}
+		// Local workers read the secret file; remote ones got it by deploy.
+		if _, created, err := f.Config.EnsureSecret(e.getenv); err != nil {
+			return err
+		} else if created {
+			fmt.Fprintf(e.stderr, "pampactl: created the worker secret %s (mode 0600)\n", f.Config.Dispatcher.SecretFile)
+		}
 		res, err := f.StartWorkers(c.Context, c.StringSlice("node"))
 		e.printProcesses(res)
 		return err

@@ -1,0 +1,343 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/pampa-go/pampa/protocol"
+)
+
+// peer is what the dispatcher knows of one worker, in memory: liveness is
+// written to pampa_workers in bulk once per full cycle.
+type peer struct {
+	id    string
+	sess  *protocol.Session // nil while disconnected
+	hello protocol.Hello
+	job   string         // assigned job, "" for none
+	held  map[rowID]bool // rows sent to it and not ended; true once started
+	gone  time.Time      // when its stream ended
+	fresh bool           // connected since the last flush: register and reconcile
+	leave bool           // it gave its rows back and is stopping
+	done  int64          // outcomes committed since the last flush, for rows_done
+	fails int64          // for rows_failed
+}
+
+type rowID struct{ job, key string }
+
+func (p *peer) queued(job string) int {
+	n := 0
+	for r, started := range p.held {
+		if r.job == job && !started {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *peer) can(job string) bool { return slices.Contains(p.hello.Jobs, job) }
+
+// event is something a worker stream did, queued for the loop.
+type event struct {
+	sess   *protocol.Session
+	msg    protocol.Message
+	closed bool
+	opened bool
+}
+
+// inbox hands events from the streams' goroutines to the loop.
+type inbox struct {
+	mu     sync.Mutex
+	events []event
+	poke   chan struct{}
+}
+
+func (b *inbox) put(e event) {
+	b.mu.Lock()
+	b.events = append(b.events, e)
+	b.mu.Unlock()
+	select {
+	case b.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (b *inbox) take() []event {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ev := b.events
+	b.events = nil
+	return ev
+}
+
+func (b *inbox) len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.events)
+}
+
+// handler is the Dispatcher as the protocol server sees it.
+type handler Dispatcher
+
+func (h *handler) Open(s *protocol.Session) error {
+	if !h.leading.Load() {
+		return &protocol.Refusal{Status: http.StatusServiceUnavailable, Msg: "this dispatcher is standing by; another holds the lease"}
+	}
+	if h.cfg.KnownWorker != nil {
+		if err := h.cfg.KnownWorker(s.Hello.ID); err != nil {
+			return &protocol.Refusal{Status: http.StatusForbidden, Msg: err.Error()}
+		}
+	}
+	h.inbox.put(event{sess: s, opened: true})
+	return nil
+}
+
+func (h *handler) Receive(s *protocol.Session, m protocol.Message) {
+	h.inbox.put(event{sess: s, msg: m})
+}
+func (h *handler) Closed(s *protocol.Session) { h.inbox.put(event{sess: s, closed: true}) }
+
+// applyInbox brings the fleet's state up to date with what the streams said.
+func (d *Dispatcher) applyInbox() {
+	for _, e := range d.inbox.take() {
+		id := e.sess.Hello.ID
+		p := d.peers[id]
+		switch {
+		case e.opened:
+			if p == nil || p.hello.Instance != e.sess.Hello.Instance {
+				// A new process under this id: what an old one held is
+				// reconciled against what this one says it holds.
+				p = &peer{id: id}
+				d.peers[id] = p
+			}
+			p.sess, p.hello, p.fresh, p.leave, p.gone = e.sess, e.sess.Hello, true, false, time.Time{}
+			p.held = map[rowID]bool{}
+			for _, h := range e.sess.Hello.InHand {
+				p.held[rowID{h.Job, h.Key}] = h.Started
+			}
+			if p.job != "" && !p.can(p.job) {
+				p.job = ""
+			}
+			d.assignBy = time.Now()
+		case p == nil || p.sess != e.sess:
+			// An event of a stream that was replaced: its successor's
+			// hello said what the worker holds.
+		case e.closed:
+			p.sess, p.gone = nil, time.Now()
+			if p.leave && len(p.held) == 0 {
+				delete(d.peers, id)
+				d.marks.stopped = append(d.marks.stopped, id)
+			}
+		default:
+			d.receive(p, e.msg)
+		}
+	}
+}
+
+func (d *Dispatcher) receive(p *peer, m protocol.Message) {
+	switch m.Kind {
+	case protocol.KindStarts:
+		for _, r := range m.Refs {
+			id := rowID{r.Job, r.Key}
+			if _, ok := p.held[id]; ok && d.byJob[r.Job] != nil {
+				p.held[id] = true
+				d.marks.start(p.id, r)
+			}
+		}
+	case protocol.KindOutcomes:
+		for _, o := range m.Outcomes {
+			delete(p.held, rowID{o.Job, o.Key})
+			if d.byJob[o.Job] == nil {
+				d.log.Warn("outcome for a job this dispatcher does not run; dropped", "worker", p.id, "job", o.Job)
+				p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: []uint64{o.Seq}})
+				continue
+			}
+			d.marks.outcome(p.id, o)
+		}
+	case protocol.KindRelease:
+		p.leave = true
+		d.marks.leave(p.id)
+		for _, r := range m.Refs {
+			delete(p.held, rowID{r.Job, r.Key})
+			if d.byJob[r.Job] != nil {
+				d.marks.give(p.id, r)
+			}
+		}
+	default:
+		d.log.Warn("unexpected message from a worker; ignored", "worker", p.id, "kind", m.Kind)
+	}
+}
+
+// liveness writes the connected workers' heartbeats and assignments in
+// one statement, then takes rows back from the workers gone longer than
+// the heartbeat timeout (those this dispatcher saw leave, and those an
+// earlier dispatcher knew that never came back).
+func (d *Dispatcher) liveness(ctx context.Context, stats map[string]Stats) error {
+	var ids, jobs []string
+	for _, p := range d.peers {
+		if p.sess != nil || time.Since(p.gone) < d.cfg.HeartbeatTimeout {
+			ids = append(ids, p.id)
+			jobs = append(jobs, p.job)
+		}
+	}
+	if len(ids) > 0 {
+		if _, err := d.conn.Exec(ctx, `update pampa_workers as w set heartbeat_at = now(), state = 'alive', job = nullif(u.job, ''),
+  assigned_at = case when w.job is distinct from nullif(u.job, '') then now() else w.assigned_at end
+from unnest($1::text[], $2::text[]) as u(id, job) where w.id = u.id`, ids, jobs); err != nil {
+			return fmt.Errorf("record workers' heartbeats: %w", err)
+		}
+	}
+	var dead []string
+	for id, p := range d.peers {
+		if p.sess == nil && time.Since(p.gone) >= d.cfg.HeartbeatTimeout {
+			dead = append(dead, id)
+		}
+	}
+	// Workers an earlier leader knew are judged by their heartbeat in the
+	// registry, but not before they had time to find this leader: they
+	// were refused while it stood by, and back off up to reconnectGrace.
+	judgeRegistry := time.Since(d.leaderSince) >= d.cfg.HeartbeatTimeout+reconnectGrace
+	rows, err := d.conn.Query(ctx, `update pampa_workers set state = 'dead', job = null, assigned_at = null
+where state = 'alive' and ((heartbeat_at < now() - $1::float8 * interval '1 second' and $3) or id = any($2))
+returning id`, d.cfg.HeartbeatTimeout.Seconds(), dead, judgeRegistry)
+	if err != nil {
+		return fmt.Errorf("find dead workers: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		if !slices.Contains(dead, id) {
+			dead = append(dead, id)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("find dead workers: %w", err)
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+	d.log.Warn("workers unheard of for the heartbeat timeout; taking their rows back", "workers", dead, "timeout", d.cfg.HeartbeatTimeout)
+	for _, q := range d.queries {
+		s := stats[q.job.Name]
+		for _, step := range []struct {
+			sql   string
+			args  []any
+			count *int64
+		}{
+			{q.ReleaseQueued, []any{dead}, &s.Released},
+			{q.ReleaseRunning, []any{dead, q.job.MaxTryTimes}, &s.Relaunched},
+			{q.FailRunning, []any{dead, q.job.MaxTryTimes}, &s.Failed},
+		} {
+			tag, err := d.conn.Exec(ctx, step.sql, step.args...)
+			if err != nil {
+				return fmt.Errorf("job %q: release rows of dead workers: %w", q.job.Name, err)
+			}
+			*step.count += tag.RowsAffected()
+		}
+		stats[q.job.Name] = s
+	}
+	for _, id := range dead {
+		if p := d.peers[id]; p != nil && p.sess == nil {
+			delete(d.peers, id)
+		}
+	}
+	clear(d.after)
+	return nil
+}
+
+// reconnectGrace is the longest a worker waits between two attempts to
+// reach a dispatcher (the protocol client's MaxBackoff).
+const reconnectGrace = 5 * time.Second
+
+// ready are the workers that may be given rows of job now.
+func (d *Dispatcher) assignedTo(job string) []*peer {
+	var ps []*peer
+	for _, p := range d.peers {
+		if p.job == job {
+			ps = append(ps, p)
+		}
+	}
+	sort.Slice(ps, func(a, b int) bool { return ps[a].id < ps[b].id })
+	return ps
+}
+
+// desiredWorkers is the elastic rule: one worker per max_pending_tasks
+// available rows, at least one while any row waits, at most
+// max_assigned_workers; workers still holding rows are kept.
+func desiredWorkers(j Job, pending int64, busy int) int {
+	if pending == 0 {
+		return busy
+	}
+	n := int(math.Ceil(float64(pending) / float64(j.MaxPendingTasks)))
+	if j.MaxAssignedWorkers > 0 {
+		n = min(n, j.MaxAssignedWorkers)
+	}
+	return max(n, busy, 1)
+}
+
+// assign applies the elastic rule to a job among the connected workers.
+// sql jobs take no workers: the dispatcher runs their steps itself.
+func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]Stats) error {
+	j := q.job
+	if j.Step.SQL != "" {
+		return nil
+	}
+	live := 0
+	for _, p := range d.peers {
+		if p.sess != nil {
+			live++
+		}
+	}
+	limit := j.MaxPendingTasks*max(j.MaxAssignedWorkers, live) + 1
+	var pending int64
+	if err := d.conn.QueryRow(ctx, q.PendingCount, limit, j.MaxTryTimes).Scan(&pending); err != nil {
+		return fmt.Errorf("job %q: count pending rows: %w", j.Name, err)
+	}
+	assigned := d.assignedTo(j.Name)
+	busy := 0
+	for _, p := range assigned {
+		if len(p.held) > 0 {
+			busy++
+		}
+	}
+	want := desiredWorkers(j, pending, busy)
+	s := stats[j.Name]
+	switch {
+	case len(assigned) < want:
+		var free []*peer
+		for _, p := range d.peers {
+			if p.job == "" && p.sess != nil && !p.leave && p.can(j.Name) && j.WorkerMatches(p.id) {
+				free = append(free, p)
+			}
+		}
+		sort.Slice(free, func(a, b int) bool { return free[a].id < free[b].id })
+		for _, p := range free {
+			if len(assigned) >= want {
+				break
+			}
+			p.job = j.Name
+			assigned = append(assigned, p)
+			s.Assigned++
+			d.log.Info("worker assigned", "job", j.Name, "worker", p.id, "pending", pending)
+		}
+	case len(assigned) > want:
+		// Let go of idle workers only: one holding rows finishes them first.
+		surplus := len(assigned) - want
+		for _, p := range assigned {
+			if surplus > 0 && len(p.held) == 0 {
+				p.job = ""
+				surplus--
+				d.log.Info("worker unassigned", "job", j.Name, "worker", p.id, "pending", pending)
+			}
+		}
+	}
+	stats[j.Name] = s
+	return nil
+}

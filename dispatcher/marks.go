@@ -1,0 +1,300 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pampa-go/pampa/protocol"
+)
+
+// pendingMarks is what the workers said since the last flush, waiting to
+// be written: every worker's marks go out together, a few set-based
+// statements per flush.
+type pendingMarks struct {
+	starts   map[string][]mark // by job
+	outcomes map[string][]mark
+	giveBack map[string]map[string][]string // job → worker → keys
+	leaving  map[string]bool                // workers that said they are leaving
+	stopped  []string                       // workers that left cleanly
+	seen     map[outcomeID]bool             // outcomes pending, against resends
+}
+
+type mark struct {
+	worker string
+	protocol.Outcome
+}
+
+type outcomeID struct {
+	worker string
+	seq    uint64
+}
+
+func (m *pendingMarks) any() bool {
+	return len(m.starts) > 0 || len(m.outcomes) > 0 || len(m.giveBack) > 0 || len(m.leaving) > 0 || len(m.stopped) > 0
+}
+
+// leave notes that a worker gave its rows back, if it had any, and is
+// leaving: it is let go once they are written.
+func (m *pendingMarks) leave(worker string) {
+	if m.leaving == nil {
+		m.leaving = map[string]bool{}
+	}
+	m.leaving[worker] = true
+}
+
+func (m *pendingMarks) start(worker string, r protocol.Ref) {
+	if m.starts == nil {
+		m.starts = map[string][]mark{}
+	}
+	m.starts[r.Job] = append(m.starts[r.Job], mark{worker: worker, Outcome: protocol.Outcome{Ref: r}})
+}
+
+func (m *pendingMarks) outcome(worker string, o protocol.Outcome) {
+	if m.outcomes == nil {
+		m.outcomes, m.seen = map[string][]mark{}, map[outcomeID]bool{}
+	}
+	if m.seen[outcomeID{worker, o.Seq}] {
+		return // sent again on a new stream before the first was written
+	}
+	m.seen[outcomeID{worker, o.Seq}] = true
+	m.outcomes[o.Job] = append(m.outcomes[o.Job], mark{worker: worker, Outcome: o})
+}
+
+func (m *pendingMarks) give(worker string, r protocol.Ref) {
+	if m.giveBack == nil {
+		m.giveBack = map[string]map[string][]string{}
+	}
+	if m.giveBack[r.Job] == nil {
+		m.giveBack[r.Job] = map[string][]string{}
+	}
+	m.giveBack[r.Job][worker] = append(m.giveBack[r.Job][worker], r.Key)
+}
+
+// maxErrorDescription bounds what an error description stores.
+const maxErrorDescription = 4000
+
+func errorText(desc string) string {
+	if len(desc) > maxErrorDescription {
+		desc = "…" + desc[len(desc)-maxErrorDescription:]
+	}
+	// PostgreSQL's text takes no NUL byte.
+	return strings.ReplaceAll(strings.ToValidUTF8(desc, "?"), "\x00", "")
+}
+
+// flush writes, in one transaction: new workers' registrations and the
+// reconciliation of what they hold, rows given back, start marks, fenced
+// end marks with their result_sql, and the workers' counters. Outcomes are
+// acknowledged once it commits, both those that ended their rows and those
+// refused as late. A failed flush keeps everything for the next one.
+func (d *Dispatcher) flush(ctx context.Context) error {
+	var fresh []*peer
+	for _, p := range d.peers {
+		if p.fresh {
+			fresh = append(fresh, p)
+		}
+	}
+	if !d.marks.any() && len(fresh) == 0 {
+		return nil
+	}
+	applied, err := d.writeMarks(ctx, fresh, false)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// A statement of the user's (result_sql) or a bad value failed: go
+		// again with each result in a savepoint, so one row's error fails
+		// that row only.
+		d.log.Warn("writing marks failed; writing them again row by row", "err", err)
+		applied, err = d.writeMarks(ctx, fresh, true)
+	}
+	if err != nil {
+		return fmt.Errorf("write start and end marks: %w", err)
+	}
+	for _, p := range fresh {
+		p.fresh = false
+	}
+	acks := map[string][]uint64{}
+	for job, ms := range d.marks.outcomes {
+		for _, m := range ms {
+			acks[m.worker] = append(acks[m.worker], m.Seq)
+			if !applied[rowID{job, m.Key}] {
+				d.log.Warn("late outcome refused: the row was relaunched or ended meanwhile", "worker", m.worker, "job", job,
+					"key", m.Key, "attempt", m.Attempt, "ok", m.OK)
+			}
+		}
+	}
+	for w, seqs := range acks {
+		if p := d.peers[w]; p != nil && p.sess != nil {
+			p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: seqs})
+		}
+		// A worker whose stream is down sends them again when it is back.
+	}
+	// Every worker that said it is leaving, also one that had nothing to
+	// give back: it waits for its stream to close before it exits.
+	for w := range d.marks.leaving {
+		if p := d.peers[w]; p != nil && p.leave && p.sess != nil && len(p.held) == 0 {
+			p.sess.Close() // its rows are back: it may go
+		}
+	}
+	d.marks = pendingMarks{}
+	return nil
+}
+
+// writeMarks runs the flush's transaction and returns the rows it ended.
+func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful bool) (map[rowID]bool, error) {
+	tx, err := d.conn.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+
+	b := &pgx.Batch{}
+	if len(fresh) > 0 {
+		var ids, nodes, hosts []string
+		var pids []int32
+		for _, p := range fresh {
+			ids, nodes, hosts = append(ids, p.id), append(nodes, p.hello.Node), append(hosts, p.hello.Hostname)
+			pids = append(pids, int32(p.hello.PID))
+		}
+		b.Queue(`insert into pampa_workers (id, node, hostname, pid)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::int[])
+on conflict (id) do update set node = excluded.node, hostname = excluded.hostname, pid = excluded.pid,
+  state = 'alive', started_at = now(), heartbeat_at = now(), stopped_at = null`, ids, nodes, hosts, pids)
+		for _, p := range fresh {
+			for _, q := range d.queries {
+				// What it said it held as it connected: rows whose outcome
+				// arrived since are in hand too, and are ended below.
+				keys := []string{}
+				for _, h := range p.hello.InHand {
+					if h.Job == q.job.Name {
+						keys = append(keys, h.Key)
+					}
+				}
+				// Outcomes and give-backs left held when they were
+				// received, and a reconnecting worker sends its outcomes
+				// right after its hello: their rows are the worker's
+				// still, for the statements below to end or free.
+				for _, m := range d.marks.outcomes[q.job.Name] {
+					if m.worker == p.id {
+						keys = append(keys, m.Key)
+					}
+				}
+				keys = append(keys, d.marks.giveBack[q.job.Name][p.id]...)
+				b.Queue(q.ReconcileQueued, p.id, keys)
+				b.Queue(q.ReconcileRunning, p.id, keys, q.job.MaxTryTimes)
+				b.Queue(q.ReconcileFail, p.id, keys, q.job.MaxTryTimes)
+			}
+		}
+	}
+	for job, ws := range d.marks.giveBack {
+		for w, keys := range ws {
+			b.Queue(d.byJob[job].GiveBack, w, keys)
+		}
+	}
+	if len(d.marks.stopped) > 0 {
+		b.Queue(`update pampa_workers set state = 'stopped', stopped_at = now(), job = null, assigned_at = null
+where id = any($1)`, d.marks.stopped)
+	}
+	for job, ms := range d.marks.starts {
+		keys, workers, attempts := make([]string, len(ms)), make([]string, len(ms)), make([]int32, len(ms))
+		for i, m := range ms {
+			keys[i], workers[i], attempts[i] = m.Key, m.worker, int32(m.Attempt)
+		}
+		b.Queue(d.byJob[job].Start, keys, workers, attempts)
+	}
+	applied := map[rowID]bool{}
+	for job, ms := range d.marks.outcomes {
+		n := len(ms)
+		keys, workers, errs := make([]string, n), make([]string, n), make([]*string, n)
+		attempts, oks, millis := make([]int32, n), make([]bool, n), make([]float64, n)
+		for i, m := range ms {
+			keys[i], workers[i], attempts[i], oks[i], millis[i] = m.Key, m.worker, int32(m.Attempt), m.OK, float64(m.Millis)
+			if !m.OK {
+				e := errorText(m.Error)
+				errs[i] = &e
+			}
+		}
+		b.Queue(d.byJob[job].End, keys, workers, attempts, oks, errs, millis).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var key, w string
+				if err := rows.Scan(&key, &w); err != nil {
+					return err
+				}
+				applied[rowID{job, key}] = true
+			}
+			return rows.Err()
+		})
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, err
+	}
+
+	// Second round: results of the rows that ended well, and counters.
+	b = &pgx.Batch{}
+	counts := map[string][2]int64{}
+	for job, ms := range d.marks.outcomes {
+		q := d.byJob[job]
+		for _, m := range ms {
+			if !applied[rowID{job, m.Key}] {
+				continue
+			}
+			c := counts[m.worker]
+			if m.OK {
+				c[0]++
+			} else {
+				c[1]++
+			}
+			counts[m.worker] = c
+			if m.OK && q.job.ResultSQL != "" {
+				if !careful {
+					b.Queue(q.job.ResultSQL, m.Key, m.Output)
+					continue
+				}
+				if err := d.resultCarefully(ctx, tx, q, m); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	if len(counts) > 0 {
+		var ids []string
+		var done, failed []int64
+		for id, c := range counts {
+			ids, done, failed = append(ids, id), append(done, c[0]), append(failed, c[1])
+		}
+		b.Queue(`update pampa_workers as w set rows_done = w.rows_done + u.d, rows_failed = w.rows_failed + u.f
+from unnest($1::text[], $2::bigint[], $3::bigint[]) as u(id, d, f) where w.id = u.id`, ids, done, failed)
+	}
+	if b.Len() > 0 {
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return nil, err
+		}
+	}
+	return applied, tx.Commit(ctx)
+}
+
+// resultCarefully runs one row's result_sql in a savepoint; if it fails,
+// the row ends failed with the error instead.
+func (d *Dispatcher) resultCarefully(ctx context.Context, tx pgx.Tx, q *Queries, m mark) error {
+	if _, err := tx.Exec(ctx, "savepoint pampa_result"); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, q.job.ResultSQL, m.Key, m.Output)
+	if err == nil {
+		_, err = tx.Exec(ctx, "release savepoint pampa_result")
+		return err
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "rollback to savepoint pampa_result"); err != nil {
+		return err
+	}
+	desc := errorText("result_sql: " + err.Error())
+	_, err = tx.Exec(ctx, q.FailResult, m.Key, desc)
+	return err
+}

@@ -1,0 +1,373 @@
+package protocol
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pampa-go/pampa/internal/backoff"
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// Addrs are the dispatchers' host:port, tried in turn: the leader
+	// accepts, a standby refuses and the next is tried.
+	Addrs  []string
+	Secret []byte
+	TLS    *tls.Config // nil: cleartext HTTP/2 (loopback, SSH tunnel)
+	// Hello is called for each connection, so that InHand is current.
+	Hello func() Hello
+	// Deliver receives the dispatcher's messages (welcome, rows, drain) in
+	// order, from the client's reader goroutine; acks are handled here.
+	Deliver func(Message)
+	// Connected, if set, is told whenever the stream comes up or goes down.
+	Connected func(up bool)
+	Logger    *slog.Logger
+	// MinBackoff and MaxBackoff space reconnects (jittered); default 100ms
+	// and 5s.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// ErrRefused wraps a refusal that reconnecting cannot cure: a wrong secret,
+// or the worker id held by another process.
+var ErrRefused = errors.New("refused by the dispatcher")
+
+// Client is a worker's end of the protocol. It keeps reconnecting until
+// its context ends and never drops an outcome the server has not
+// acknowledged.
+type Client struct {
+	cfg ClientConfig
+	log *slog.Logger
+	hc  *http.Client
+
+	mu      sync.Mutex
+	seq     uint64
+	unacked map[uint64]Outcome
+	out     []Message     // messages waiting for the current stream
+	wake    chan struct{} // out or unacked grew
+	live    bool
+	acked   chan struct{} // closed and replaced whenever unacked shrinks to empty
+}
+
+// NewClient validates cfg.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("protocol client: no dispatcher address")
+	}
+	if len(cfg.Secret) == 0 {
+		return nil, errors.New("protocol client: no worker secret")
+	}
+	if cfg.Hello == nil || cfg.Deliver == nil {
+		return nil, errors.New("protocol client: Hello and Deliver are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	tr := &http.Transport{
+		DialContext:       (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		ForceAttemptHTTP2: true,
+		TLSClientConfig:   cfg.TLS,
+	}
+	p := new(http.Protocols)
+	if cfg.TLS != nil {
+		p.SetHTTP2(true)
+	} else {
+		p.SetUnencryptedHTTP2(true)
+	}
+	tr.Protocols = p
+	return &Client{cfg: cfg, log: cfg.Logger, hc: &http.Client{Transport: tr},
+		unacked: map[uint64]Outcome{}, wake: make(chan struct{}, 1), acked: make(chan struct{})}, nil
+}
+
+// Send queues m for the current stream. Messages other than outcomes are
+// advice (starts, releases): they are dropped when the stream ends before
+// they go out, and the next hello's InHand says the same again.
+func (c *Client) Send(m Message) {
+	c.mu.Lock()
+	if c.live {
+		c.out = append(c.out, m)
+	}
+	c.mu.Unlock()
+	c.poke()
+}
+
+// Report hands an outcome to the client, which delivers it until the
+// server acknowledges it.
+func (c *Client) Report(o Outcome) {
+	c.mu.Lock()
+	c.seq++
+	o.Seq = c.seq
+	c.unacked[o.Seq] = o
+	if c.live {
+		c.out = append(c.out, Message{Kind: KindOutcomes, Outcomes: []Outcome{o}})
+	}
+	c.mu.Unlock()
+	c.poke()
+}
+
+// Unacked returns the outcomes not yet acknowledged, in order.
+func (c *Client) Unacked() []Outcome {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.unackedLocked()
+}
+
+func (c *Client) unackedLocked() []Outcome {
+	out := make([]Outcome, 0, len(c.unacked))
+	for _, o := range c.unacked {
+		out = append(out, o)
+	}
+	slices.SortFunc(out, func(a, b Outcome) int { return int(a.Seq - b.Seq) })
+	return out
+}
+
+// AllAcked returns a channel closed once no outcome awaits its ack.
+func (c *Client) AllAcked() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.unacked) == 0 {
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
+	return c.acked
+}
+
+func (c *Client) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run connects and reconnects until ctx ends, or until a dispatcher
+// refuses the worker for good (ErrRefused).
+func (c *Client) Run(ctx context.Context) error {
+	bo := backoff.New(c.cfg.MinBackoff, c.cfg.MaxBackoff)
+	defer c.hc.CloseIdleConnections()
+	for i := 0; ctx.Err() == nil; i++ {
+		addr := c.cfg.Addrs[i%len(c.cfg.Addrs)]
+		served, err := c.stream(ctx, addr)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrRefused) {
+			return err
+		}
+		if served {
+			bo.Reset()
+			i-- // the same dispatcher first, it was the leader
+		}
+		c.log.Warn("no stream to the dispatcher; reconnecting", "addr", addr, "err", err, "in", bo.Peek())
+		bo.Wait(ctx)
+	}
+	return nil
+}
+
+// stream runs one stream; served says it was accepted.
+func (c *Client) stream(ctx context.Context, addr string) (served bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	defer pr.Close()
+	scheme := "http"
+	if c.cfg.TLS != nil {
+		scheme = "https"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+"://"+addr+Path, pr)
+	if err != nil {
+		return false, err
+	}
+	req.Header.Set("Authorization", "Bearer "+string(c.cfg.Secret))
+	req.Header.Set("Content-Type", "application/x-ndjson")
+
+	hello := c.cfg.Hello()
+	hello.Version = Version
+	writeErr := make(chan error, 1)
+	ready := make(chan struct{})
+	go func() { writeErr <- c.write(ctx, pw, hello, ready) }()
+
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		// The writer may be past the hello, waiting for ready: end it.
+		cancel()
+		pw.CloseWithError(err)
+		<-writeErr
+		return false, fmt.Errorf("connect to dispatcher %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		cancel() // the writer may be past the hello, waiting for ready
+		pw.CloseWithError(errors.New("refused"))
+		<-writeErr
+		msg := strings.TrimSpace(string(body))
+		switch resp.StatusCode {
+		case http.StatusUnauthorized, http.StatusConflict, http.StatusBadRequest:
+			return false, fmt.Errorf("dispatcher %s: %w: %s", addr, ErrRefused, msg)
+		}
+		return false, fmt.Errorf("dispatcher %s: %s: %s", addr, resp.Status, msg)
+	}
+	c.setLive(true)
+	close(ready)
+	defer c.setLive(false)
+
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.read(resp.Body) }()
+	select {
+	case err = <-readErr:
+	case err = <-writeErr:
+	}
+	cancel()
+	pw.CloseWithError(context.Canceled)
+	resp.Body.Close()
+	return true, err
+}
+
+func (c *Client) setLive(up bool) {
+	c.mu.Lock()
+	changed := c.live != up
+	c.live = up
+	if !up {
+		c.out = nil
+	} else {
+		// Everything not acknowledged goes out again on the new stream.
+		if u := c.unackedLocked(); len(u) > 0 {
+			c.out = append([]Message{{Kind: KindOutcomes, Outcomes: u}}, c.out...)
+		}
+	}
+	c.mu.Unlock()
+	if up {
+		c.poke()
+	}
+	if changed && c.cfg.Connected != nil {
+		c.cfg.Connected(up)
+	}
+}
+
+// write sends the hello, then, once the stream is accepted, whatever is
+// queued, and a ping whenever the stream is quiet.
+func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready <-chan struct{}) error {
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	if err := enc.Encode(Message{Kind: KindHello, Hello: &hello}); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	ping := time.NewTicker(time.Second)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ping.C:
+			if err := enc.Encode(Message{Kind: KindPing}); err != nil {
+				return err
+			}
+		case <-c.wake:
+			c.mu.Lock()
+			out := c.out
+			c.out = nil
+			c.mu.Unlock()
+			for _, m := range out {
+				if err := enc.Encode(m); err != nil {
+					return err
+				}
+			}
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// read handles the dispatcher's messages; a stream silent for three ping
+// periods is dead.
+func (c *Client) read(body io.Reader) error {
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 64<<10), maxLine)
+	deadline := 6 * time.Second
+	lines := make(chan []byte)
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for sc.Scan() {
+			select {
+			case lines <- slices.Clone(sc.Bytes()):
+			case <-done:
+				return
+			}
+		}
+		err := sc.Err()
+		if err == nil {
+			err = io.EOF
+		}
+		errc <- err
+	}()
+	t := time.NewTimer(deadline)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-t.C:
+			return fmt.Errorf("the dispatcher was silent for %s", deadline)
+		case line := <-lines:
+			t.Reset(deadline)
+			var m Message
+			if err := json.Unmarshal(line, &m); err != nil {
+				return fmt.Errorf("garbled message from the dispatcher: %w", err)
+			}
+			switch m.Kind {
+			case KindPing:
+			case KindAcks:
+				c.ack(m.Acks)
+			case KindWelcome:
+				if m.Welcome != nil && m.Welcome.PingMillis > 0 {
+					deadline = 3 * time.Duration(m.Welcome.PingMillis) * time.Millisecond
+				}
+				c.cfg.Deliver(m)
+			default:
+				c.cfg.Deliver(m)
+			}
+		}
+	}
+}
+
+func (c *Client) ack(seqs []uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	before := len(c.unacked)
+	for _, s := range seqs {
+		delete(c.unacked, s)
+	}
+	if before > 0 && len(c.unacked) == 0 {
+		close(c.acked)
+		c.acked = make(chan struct{})
+	}
+}

@@ -1,0 +1,106 @@
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Path is where the server listens for worker streams.
+const Path = "/pampa/v1/work"
+
+// Version is the protocol version a client announces; the server refuses
+// others.
+const Version = 1
+
+// Kind says what a Message carries.
+type Kind string
+
+// Messages from the worker.
+const (
+	KindHello    Kind = "hello"    // first message: who the worker is and what it holds
+	KindStarts   Kind = "starts"   // rows whose step began
+	KindOutcomes Kind = "outcomes" // rows whose step ended
+	KindRelease  Kind = "release"  // rows given back unstarted or interrupted; the worker is leaving
+)
+
+// Messages from the dispatcher.
+const (
+	KindWelcome Kind = "welcome" // the stream is accepted
+	KindRows    Kind = "rows"    // rows for the worker's queue
+	KindAcks    Kind = "acks"    // outcomes committed (or refused as late): drop them
+	KindDrain   Kind = "drain"   // take no more rows; finish and leave
+)
+
+// KindPing keeps a quiet stream alive, both ways.
+const KindPing Kind = "ping"
+
+// Message is one line of a stream.
+type Message struct {
+	Kind     Kind      `json:"k"`
+	Hello    *Hello    `json:"hello,omitempty"`
+	Welcome  *Welcome  `json:"welcome,omitempty"`
+	Rows     []Row     `json:"rows,omitempty"`
+	Refs     []Ref     `json:"refs,omitempty"` // starts, release
+	Outcomes []Outcome `json:"outcomes,omitempty"`
+	Acks     []uint64  `json:"acks,omitempty"`
+	Reason   string    `json:"reason,omitempty"` // drain
+}
+
+// Ref names one attempt of one row.
+type Ref struct {
+	Job     string `json:"job"`
+	Key     string `json:"key"`     // the primary key as text
+	Attempt int    `json:"attempt"` // 1 on the first try
+}
+
+func (r Ref) String() string { return fmt.Sprintf("row %s of job %q, attempt %d", r.Key, r.Job, r.Attempt) }
+
+// Row is a row handed to a worker: its key, attempt and user columns.
+type Row struct {
+	Ref
+	Data json.RawMessage `json:"data,omitempty"` // the row's own columns as a JSON object
+}
+
+// Held is a row a worker has in hand as it (re)connects.
+type Held struct {
+	Ref
+	Started bool `json:"started,omitempty"`
+}
+
+// Hello is the worker's first message.
+type Hello struct {
+	Version  int    `json:"version"`
+	ID       string `json:"id"` // node.N
+	Node     string `json:"node"`
+	Hostname string `json:"hostname"`
+	PID      int    `json:"pid"`
+	// Instance is random per worker process: a reconnect of the same
+	// process replaces its old stream, another process with the same id is
+	// refused.
+	Instance string   `json:"instance"`
+	Jobs     []string `json:"jobs"`  // jobs this worker can run
+	Slots    int      `json:"slots"` // rows it runs at once
+	InHand   []Held   `json:"in_hand,omitempty"`
+}
+
+// Welcome accepts a stream.
+type Welcome struct {
+	// GiveUpAfterMillis is how long the worker may go on starting the rows
+	// of its queue while no dispatcher answers; after that it gives them up
+	// (the dispatcher hands them to others once the worker is presumed
+	// dead). Running steps always finish and keep their outcomes.
+	GiveUpAfterMillis int64 `json:"give_up_after_ms"`
+	PingMillis        int64 `json:"ping_ms"`
+}
+
+// Outcome is how one attempt ended.
+type Outcome struct {
+	Seq uint64 `json:"seq"`
+	Ref
+	OK     bool    `json:"ok"`
+	Error  string  `json:"error,omitempty"`
+	Output *string `json:"output,omitempty"` // a command's stdout, a handler's result: $2 of result_sql
+	// Millis is how long the step ran, so the start mark is right even
+	// when the start message never reached the database.
+	Millis int64 `json:"ms"`
+}

@@ -1,0 +1,51 @@
+package protocol
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Serve serves h on ln until ctx ends: HTTP/1.1 and cleartext HTTP/2 when
+// tlsConfig is nil (loopback, SSH tunnels), HTTP/2 over TLS otherwise.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, tlsConfig *tls.Config, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	if tlsConfig != nil {
+		p.SetHTTP2(true)
+		srv.TLSConfig = tlsConfig
+	} else {
+		p.SetUnencryptedHTTP2(true)
+	}
+	srv.Protocols = p
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = srv.Close()
+	})
+	defer stop()
+	var err error
+	if tlsConfig != nil {
+		err = srv.ServeTLS(ln, "", "") // adds h2 to the ALPN list
+	} else {
+		err = srv.Serve(ln)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,328 @@
+package protocol
+
+import (
+	"bufio"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Handler is what the server needs of the dispatcher. Open and Closed are
+// called once per accepted stream; Receive is called from the stream's own
+// goroutine, in the order the worker sent its messages.
+type Handler interface {
+	// Open decides whether to accept a worker that proved the secret and
+	// said hello. A *Refusal refuses it with its status; nil accepts.
+	Open(s *Session) error
+	Receive(s *Session, m Message)
+	Closed(s *Session)
+}
+
+// Refusal is an error that refuses a stream with an HTTP status.
+type Refusal struct {
+	Status int
+	Msg    string
+}
+
+func (r *Refusal) Error() string { return r.Msg }
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	Secret  []byte // the cluster's worker secret; required
+	Handler Handler
+	Logger  *slog.Logger
+	// Ping is how often each side speaks on a quiet stream; a stream
+	// silent for three of these is dead. Default 2s.
+	Ping time.Duration
+	// GiveUpAfter is sent to workers in the welcome (see Welcome).
+	GiveUpAfter time.Duration
+}
+
+// Server serves worker streams; mount it at Path.
+type Server struct {
+	cfg      ServerConfig
+	log      *slog.Logger
+	mu       sync.Mutex
+	sessions map[string]*Session
+	wg       sync.WaitGroup
+	closed   bool
+}
+
+// maxLine bounds one message. Rows are sent in batches well below it.
+const maxLine = 16 << 20
+
+// NewServer validates cfg.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if len(cfg.Secret) == 0 {
+		return nil, errors.New("protocol server: no worker secret")
+	}
+	if cfg.Handler == nil {
+		return nil, errors.New("protocol server: no handler")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Ping <= 0 {
+		cfg.Ping = 2 * time.Second
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, sessions: map[string]*Session{}}, nil
+}
+
+// Session is one worker's stream.
+type Session struct {
+	Hello Hello
+	Addr  string // the peer's address
+
+	mu     sync.Mutex
+	queue  []Message
+	wake   chan struct{}
+	done   chan struct{} // closed by Close
+	once   sync.Once
+	ended  chan struct{} // closed when the handler is done with the session
+	server *Server
+}
+
+// Send queues m for the worker without blocking; after Close it is dropped.
+func (s *Session) Send(m Message) {
+	s.mu.Lock()
+	select {
+	case <-s.done:
+	default:
+		s.queue = append(s.queue, m)
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close ends the stream; the worker will reconnect unless it is leaving.
+func (s *Session) Close() { s.once.Do(func() { close(s.done) }) }
+
+func (s *Session) take() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queue
+	s.queue = nil
+	return q
+}
+
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	s.log.Warn("refused a worker connection", "addr", r.RemoteAddr, "status", status, "reason", msg)
+	http.Error(w, msg, status)
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	return tok, ok && tok != ""
+}
+
+// ServeHTTP authenticates the peer, reads its hello and serves the stream
+// until either side ends it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		s.refuse(w, r, http.StatusMethodNotAllowed, "the worker protocol takes POST")
+		return
+	}
+	tok, ok := bearer(r)
+	if !ok {
+		s.refuse(w, r, http.StatusUnauthorized, "no worker secret: a worker must send the cluster's worker secret")
+		return
+	}
+	if subtle.ConstantTimeCompare([]byte(tok), s.cfg.Secret) != 1 {
+		s.refuse(w, r, http.StatusUnauthorized, "wrong worker secret: deploy the cluster's secret to this node (pampactl nodes deploy)")
+		return
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(3 * s.cfg.Ping))
+	sc := bufio.NewScanner(r.Body)
+	sc.Buffer(make([]byte, 64<<10), maxLine)
+	var first Message
+	if !sc.Scan() {
+		s.refuse(w, r, http.StatusBadRequest, "expected a hello message, got nothing")
+		return
+	}
+	if err := json.Unmarshal(sc.Bytes(), &first); err != nil || first.Kind != KindHello || first.Hello == nil {
+		s.refuse(w, r, http.StatusBadRequest, "expected a hello message first")
+		return
+	}
+	h := *first.Hello
+	if h.Version != Version {
+		s.refuse(w, r, http.StatusBadRequest, fmt.Sprintf("protocol version %d; this dispatcher speaks %d: deploy the same pampactl to the node", h.Version, Version))
+		return
+	}
+	if h.ID == "" || h.Instance == "" {
+		s.refuse(w, r, http.StatusBadRequest, "hello without a worker id or instance")
+		return
+	}
+	sess := &Session{Hello: h, Addr: r.RemoteAddr, wake: make(chan struct{}, 1), done: make(chan struct{}), ended: make(chan struct{}), server: s}
+	if err := s.register(sess); err != nil {
+		var ref *Refusal
+		if errors.As(err, &ref) {
+			s.refuse(w, r, ref.Status, ref.Msg)
+		} else {
+			s.refuse(w, r, http.StatusServiceUnavailable, err.Error())
+		}
+		return
+	}
+	defer s.unregister(sess)
+
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	welcome := Message{Kind: KindWelcome, Welcome: &Welcome{PingMillis: s.cfg.Ping.Milliseconds(), GiveUpAfterMillis: s.cfg.GiveUpAfter.Milliseconds()}}
+	enc := json.NewEncoder(w)
+	if enc.Encode(welcome) != nil || rc.Flush() != nil {
+		return
+	}
+	s.log.Info("worker connected", "worker", h.ID, "addr", r.RemoteAddr, "in_hand", len(h.InHand))
+
+	// The reader delivers the worker's messages until the stream ends.
+	// Before the handler returns (and Closed is called) it stops it and
+	// waits for it: the ResponseWriter must not be touched after ServeHTTP
+	// returns, and the Handler hears nothing of a session after Closed.
+	var (
+		readMu      sync.Mutex
+		readStopped bool
+	)
+	alive := func(deadline time.Time) bool {
+		readMu.Lock()
+		defer readMu.Unlock()
+		if readStopped {
+			return false
+		}
+		_ = rc.SetReadDeadline(deadline)
+		return true
+	}
+	readDone := make(chan error, 1)
+	go func() {
+		for alive(time.Now().Add(3 * s.cfg.Ping)) {
+			if !sc.Scan() {
+				err := sc.Err()
+				if err == nil {
+					err = io.EOF
+				}
+				readDone <- err
+				return
+			}
+			var m Message
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				readDone <- fmt.Errorf("garbled message: %w", err)
+				return
+			}
+			if m.Kind != KindPing && alive(time.Now().Add(3*s.cfg.Ping)) {
+				s.cfg.Handler.Receive(sess, m)
+			}
+		}
+		readDone <- errors.New("stopped")
+	}()
+	ping := time.NewTicker(s.cfg.Ping)
+	defer ping.Stop()
+	var err error
+	readerDone := false
+	for err == nil {
+		select {
+		case err = <-readDone:
+			readerDone = true
+			sess.Close()
+		case <-sess.done:
+			err = errors.New("closed by the dispatcher")
+		case <-r.Context().Done():
+			err = r.Context().Err()
+		case <-sess.wake:
+			for _, m := range sess.take() {
+				if err = enc.Encode(m); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = rc.Flush()
+			}
+		case <-ping.C:
+			if err = enc.Encode(Message{Kind: KindPing}); err == nil {
+				err = rc.Flush()
+			}
+		}
+	}
+	sess.Close()
+	if !readerDone {
+		readMu.Lock()
+		readStopped = true
+		_ = rc.SetReadDeadline(time.Unix(1, 0)) // in the past: a blocked read returns
+		readMu.Unlock()
+		<-readDone
+	}
+	s.log.Info("worker disconnected", "worker", h.ID, "addr", r.RemoteAddr, "why", err.Error())
+}
+
+// register accepts sess unless its id is held by another live process.
+// A reconnect of the same process replaces its old stream: the old one is
+// closed and its handler finished before Open sees the new one.
+func (s *Server) register(sess *Session) error {
+	id := sess.Hello.ID
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return &Refusal{Status: http.StatusServiceUnavailable, Msg: "the dispatcher is shutting down"}
+		}
+		old := s.sessions[id]
+		if old == nil {
+			if err := s.cfg.Handler.Open(sess); err != nil {
+				s.mu.Unlock()
+				return err
+			}
+			s.sessions[id] = sess
+			s.wg.Add(1)
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		if old.Hello.Instance != sess.Hello.Instance {
+			return &Refusal{Status: http.StatusConflict, Msg: fmt.Sprintf(
+				"worker id %s is already connected from %s (another process, pid %d on %s); give each worker process its own id",
+				id, old.Addr, old.Hello.PID, old.Hello.Hostname)}
+		}
+		old.Close()
+		<-old.ended
+	}
+}
+
+func (s *Server) unregister(sess *Session) {
+	s.cfg.Handler.Closed(sess)
+	s.mu.Lock()
+	if s.sessions[sess.Hello.ID] == sess {
+		delete(s.sessions, sess.Hello.ID)
+	}
+	s.mu.Unlock()
+	close(sess.ended)
+	s.wg.Done()
+}
+
+// Shutdown refuses new streams, closes the open ones and waits for their
+// handlers to finish.
+func (s *Server) Shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	for _, sess := range s.sessions {
+		sess.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// Reopen lets a shut-down server accept streams again (a standby that
+// became the leader).
+func (s *Server) Reopen() {
+	s.mu.Lock()
+	s.closed = false
+	s.mu.Unlock()
+}
