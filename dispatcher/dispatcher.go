@@ -123,7 +123,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		notes: make(chan string, 64)}
 	d.inbox.poke = make(chan struct{}, 1)
 	srv, err := protocol.NewServer(protocol.ServerConfig{Secret: cfg.Secret, Handler: (*handler)(d), Logger: cfg.Logger,
-		Ping: cfg.Ping, GiveUpAfter: cfg.HeartbeatTimeout / 2})
+		Ping: cfg.Ping})
 	if err != nil {
 		return nil, err
 	}

@@ -233,9 +233,9 @@ func (e *env) sync(d *Dispatcher) {
 			continue
 		}
 		poll.Until(e.t, "worker "+id+" to receive its rows", 10*time.Second, func() string {
-			for r, started := range p.held {
-				if !fw.holds(r.key, started) {
-					return fmt.Sprintf("row %s (started %v) not there", r.key, started)
+			for r, h := range p.held {
+				if !fw.holds(r.key, h.started) {
+					return fmt.Sprintf("row %s (started %v) not there", r.key, h.started)
 				}
 			}
 			return ""

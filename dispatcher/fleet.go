@@ -20,7 +20,7 @@ type peer struct {
 	sess  *protocol.Session // nil while disconnected
 	hello protocol.Hello
 	job   string         // assigned job, "" for none
-	held  map[rowID]bool // rows sent to it and not ended; true once started
+	held  map[rowID]hold // rows sent to it and not ended
 	gone  time.Time      // when its stream ended
 	fresh bool           // connected since the last flush: register and reconcile
 	leave bool           // it gave its rows back and is stopping
@@ -30,10 +30,18 @@ type peer struct {
 
 type rowID struct{ job, key string }
 
+// hold is a row a worker holds: the attempt it holds it at, and whether
+// that attempt began. A row relaunched while its worker still runs it may
+// come back to the same worker: the attempt tells the two apart.
+type hold struct {
+	attempt int
+	started bool
+}
+
 func (p *peer) queued(job string) int {
 	n := 0
-	for r, started := range p.held {
-		if r.job == job && !started {
+	for r, h := range p.held {
+		if r.job == job && !h.started {
 			n++
 		}
 	}
@@ -116,9 +124,14 @@ func (d *Dispatcher) applyInbox() {
 				d.peers[id] = p
 			}
 			p.sess, p.hello, p.fresh, p.leave, p.gone = e.sess, e.sess.Hello, true, false, time.Time{}
-			p.held = map[rowID]bool{}
+			p.held = map[rowID]hold{}
 			for _, h := range e.sess.Hello.InHand {
-				p.held[rowID{h.Job, h.Key}] = h.Started
+				// An unacknowledged outcome and a newer attempt of the
+				// same row: the newer is the one held.
+				id := rowID{h.Job, h.Key}
+				if old, ok := p.held[id]; !ok || h.Attempt >= old.attempt {
+					p.held[id] = hold{attempt: h.Attempt, started: h.Started}
+				}
 			}
 			if p.job != "" && !p.can(p.job) {
 				p.job = ""
@@ -144,14 +157,18 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 	case protocol.KindStarts:
 		for _, r := range m.Refs {
 			id := rowID{r.Job, r.Key}
-			if _, ok := p.held[id]; ok && d.byJob[r.Job] != nil {
-				p.held[id] = true
+			if h, ok := p.held[id]; ok && h.attempt == r.Attempt && d.byJob[r.Job] != nil {
+				p.held[id] = hold{attempt: h.attempt, started: true}
 				d.marks.start(p.id, r)
 			}
 		}
 	case protocol.KindOutcomes:
 		for _, o := range m.Outcomes {
-			delete(p.held, rowID{o.Job, o.Key})
+			// The outcome of an attempt relaunched since leaves the newer
+			// attempt in hand: its start must still be marked.
+			if id := (rowID{o.Job, o.Key}); p.held[id].attempt == o.Attempt {
+				delete(p.held, id)
+			}
 			if d.byJob[o.Job] == nil {
 				d.log.Warn("outcome for a job this dispatcher does not run; dropped", "worker", p.id, "job", o.Job)
 				p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: []uint64{o.Seq}})
@@ -163,7 +180,9 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 		p.leave = true
 		d.marks.leave(p.id)
 		for _, r := range m.Refs {
-			delete(p.held, rowID{r.Job, r.Key})
+			if id := (rowID{r.Job, r.Key}); p.held[id].attempt == r.Attempt {
+				delete(p.held, id)
+			}
 			if d.byJob[r.Job] != nil {
 				d.marks.give(p.id, r)
 			}

@@ -241,22 +241,25 @@ where id = any($1)`, d.marks.stopped)
 			if !applied[rowID{job, m.Key}] {
 				continue
 			}
+			ok := m.OK
+			if m.OK && q.job.ResultSQL != "" {
+				if !careful {
+					b.Queue(q.job.ResultSQL, m.Key, m.Output)
+				} else {
+					failed, err := d.resultCarefully(ctx, tx, q, m)
+					if err != nil {
+						return nil, err
+					}
+					ok = !failed // a row its result_sql failed counts as failed
+				}
+			}
 			c := counts[m.worker]
-			if m.OK {
+			if ok {
 				c[0]++
 			} else {
 				c[1]++
 			}
 			counts[m.worker] = c
-			if m.OK && q.job.ResultSQL != "" {
-				if !careful {
-					b.Queue(q.job.ResultSQL, m.Key, m.Output)
-					continue
-				}
-				if err := d.resultCarefully(ctx, tx, q, m); err != nil {
-					return nil, err
-				}
-			}
 		}
 	}
 	if len(counts) > 0 {
@@ -277,24 +280,24 @@ from unnest($1::text[], $2::bigint[], $3::bigint[]) as u(id, d, f) where w.id = 
 }
 
 // resultCarefully runs one row's result_sql in a savepoint; if it fails,
-// the row ends failed with the error instead.
-func (d *Dispatcher) resultCarefully(ctx context.Context, tx pgx.Tx, q *Queries, m mark) error {
+// the row ends failed with the error instead, and failed says so.
+func (d *Dispatcher) resultCarefully(ctx context.Context, tx pgx.Tx, q *Queries, m mark) (failed bool, err error) {
 	if _, err := tx.Exec(ctx, "savepoint pampa_result"); err != nil {
-		return err
+		return false, err
 	}
-	_, err := tx.Exec(ctx, q.job.ResultSQL, m.Key, m.Output)
+	_, err = tx.Exec(ctx, q.job.ResultSQL, m.Key, m.Output)
 	if err == nil {
 		_, err = tx.Exec(ctx, "release savepoint pampa_result")
-		return err
+		return false, err
 	}
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
-		return err
+		return false, err
 	}
 	if _, err := tx.Exec(ctx, "rollback to savepoint pampa_result"); err != nil {
-		return err
+		return false, err
 	}
 	desc := errorText("result_sql: " + err.Error())
 	_, err = tx.Exec(ctx, q.FailResult, m.Key, desc)
-	return err
+	return true, err
 }

@@ -92,7 +92,7 @@ func (d *Dispatcher) reserveFor(ctx context.Context, q *Queries, ps []*peer, aft
 			short = append(short, p)
 		}
 		for _, r := range rows {
-			p.held[rowID{r.Job, r.Key}] = false
+			p.held[rowID{r.Job, r.Key}] = hold{attempt: r.Attempt}
 		}
 		for len(rows) > 0 {
 			n := min(len(rows), rowsPerMessage)

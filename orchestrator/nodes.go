@@ -84,10 +84,15 @@ func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, co
 		if n.Local {
 			r.Binary, r.Config = "local", "local"
 		} else {
-			if data, err := configFor(n); err == nil {
+			if configFor == nil {
+				r.Config = "unknown"
+			} else if data, err := configFor(n); err == nil {
 				r.Config = compare(p.ConfigSHA256, sha256Hex(data))
 			} else if p.ConfigSHA256 == "" {
 				r.Config = "missing" // whatever it would be
+			}
+			if configFor == nil && p.ConfigSHA256 == "" {
+				r.Config = "missing"
 			}
 			if path, err := binary(p.OS, p.Arch); err == nil {
 				if sum, err := sums.get(path); err == nil {

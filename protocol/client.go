@@ -33,6 +33,7 @@ type ClientConfig struct {
 	Deliver func(Message)
 	// Connected, if set, is told whenever the stream comes up or goes down.
 	Connected func(up bool)
+
 	Logger    *slog.Logger
 	// MinBackoff and MaxBackoff space reconnects (jittered); default 100ms
 	// and 5s.
@@ -58,6 +59,8 @@ type Client struct {
 	wake    chan struct{} // out or unacked grew
 	live    bool
 	acked   chan struct{} // closed and replaced whenever unacked shrinks to empty
+	heard   time.Time     // when the server last spoke; zero while not live
+	ping    time.Duration // the server's ping period
 }
 
 // NewClient validates cfg.
@@ -120,6 +123,20 @@ func (c *Client) Report(o Outcome) {
 	}
 	c.mu.Unlock()
 	c.poke()
+}
+
+// Heard says whether the server spoke within two of its ping periods: a
+// worker that has not heard it so long starts no new row, since the
+// dispatcher may soon give that row to another worker, while the stream
+// itself is given up after three.
+func (c *Client) Heard() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ping := c.ping
+	if ping == 0 {
+		ping = time.Second
+	}
+	return c.live && time.Since(c.heard) <= 2*ping
 }
 
 // Unacked returns the outcomes not yet acknowledged, in order.
@@ -202,7 +219,8 @@ func (c *Client) stream(ctx context.Context, addr string) (served bool, err erro
 	hello.Version = Version
 	writeErr := make(chan error, 1)
 	ready := make(chan struct{})
-	go func() { writeErr <- c.write(ctx, pw, hello, ready) }()
+	pings := make(chan time.Duration, 1) // the server's ping period, from the welcome
+	go func() { writeErr <- c.write(ctx, pw, hello, ready, pings) }()
 
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -230,14 +248,21 @@ func (c *Client) stream(ctx context.Context, addr string) (served bool, err erro
 	defer c.setLive(false)
 
 	readErr := make(chan error, 1)
-	go func() { readErr <- c.read(resp.Body) }()
+	go func() { readErr <- c.read(resp.Body, pings) }()
+	var other chan error
 	select {
 	case err = <-readErr:
+		other = writeErr
 	case err = <-writeErr:
+		other = readErr
 	}
 	cancel()
 	pw.CloseWithError(context.Canceled)
 	resp.Body.Close()
+	// Both end before the next stream starts: an old writer must not take
+	// the next stream's messages, nor an old reader call Deliver alongside
+	// the next one's.
+	<-other
 	return true, err
 }
 
@@ -245,6 +270,10 @@ func (c *Client) setLive(up bool) {
 	c.mu.Lock()
 	changed := c.live != up
 	c.live = up
+	c.heard = time.Time{}
+	if up {
+		c.heard = time.Now()
+	}
 	if !up {
 		c.out = nil
 	} else {
@@ -264,7 +293,7 @@ func (c *Client) setLive(up bool) {
 
 // write sends the hello, then, once the stream is accepted, whatever is
 // queued, and a ping whenever the stream is quiet.
-func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready <-chan struct{}) error {
+func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready <-chan struct{}, pings <-chan time.Duration) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
 	if err := enc.Encode(Message{Kind: KindHello, Hello: &hello}); err != nil {
@@ -278,12 +307,14 @@ func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	ping := time.NewTicker(time.Second)
+	ping := time.NewTicker(time.Second) // until the welcome gives the server's period
 	defer ping.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case d := <-pings:
+			ping.Reset(d)
 		case <-ping.C:
 			if err := enc.Encode(Message{Kind: KindPing}); err != nil {
 				return err
@@ -307,7 +338,7 @@ func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready
 
 // read handles the dispatcher's messages; a stream silent for three ping
 // periods is dead.
-func (c *Client) read(body io.Reader) error {
+func (c *Client) read(body io.Reader, pings chan<- time.Duration) error {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), maxLine)
 	deadline := 6 * time.Second
@@ -339,6 +370,9 @@ func (c *Client) read(body io.Reader) error {
 			return fmt.Errorf("the dispatcher was silent for %s", deadline)
 		case line := <-lines:
 			t.Reset(deadline)
+			c.mu.Lock()
+			c.heard = time.Now()
+			c.mu.Unlock()
 			var m Message
 			if err := json.Unmarshal(line, &m); err != nil {
 				return fmt.Errorf("garbled message from the dispatcher: %w", err)
@@ -349,7 +383,15 @@ func (c *Client) read(body io.Reader) error {
 				c.ack(m.Acks)
 			case KindWelcome:
 				if m.Welcome != nil && m.Welcome.PingMillis > 0 {
-					deadline = 3 * time.Duration(m.Welcome.PingMillis) * time.Millisecond
+					p := time.Duration(m.Welcome.PingMillis) * time.Millisecond
+					deadline = 3 * p
+					c.mu.Lock()
+					c.ping = p
+					c.mu.Unlock()
+					select { // the writer pings as often as the server
+					case pings <- p:
+					default:
+					}
 				}
 				c.cfg.Deliver(m)
 			default:
@@ -361,7 +403,6 @@ func (c *Client) read(body io.Reader) error {
 
 func (c *Client) ack(seqs []uint64) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	before := len(c.unacked)
 	for _, s := range seqs {
 		delete(c.unacked, s)
@@ -370,4 +411,5 @@ func (c *Client) ack(seqs []uint64) {
 		close(c.acked)
 		c.acked = make(chan struct{})
 	}
+	c.mu.Unlock()
 }

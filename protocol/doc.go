@@ -36,4 +36,13 @@
 // every reconnect the client sends its unacknowledged outcomes again, so an
 // outcome survives dispatcher restarts, database restarts and network cuts
 // for as long as the worker process lives.
+//
+// # Liveness
+//
+// Each side pings once a second on a quiet stream. A worker that has not
+// heard the server for two pings starts no new row (Client.Heard), and
+// gives the stream up after three; the server closes a stream silent for
+// three. The dispatcher takes rows back only from workers gone for its
+// heartbeat timeout on top of that, so a row a cut-off worker started is
+// taken back only if its step runs longer than that margin.
 package protocol

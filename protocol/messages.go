@@ -85,12 +85,7 @@ type Hello struct {
 
 // Welcome accepts a stream.
 type Welcome struct {
-	// GiveUpAfterMillis is how long the worker may go on starting the rows
-	// of its queue while no dispatcher answers; after that it gives them up
-	// (the dispatcher hands them to others once the worker is presumed
-	// dead). Running steps always finish and keep their outcomes.
-	GiveUpAfterMillis int64 `json:"give_up_after_ms"`
-	PingMillis        int64 `json:"ping_ms"`
+	PingMillis int64 `json:"ping_ms"` // the server's ping period; three of silence end the stream
 }
 
 // Outcome is how one attempt ended.

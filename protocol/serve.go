@@ -31,18 +31,27 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, tlsConfig *tls.
 		p.SetUnencryptedHTTP2(true)
 	}
 	srv.Protocols = p
+	shutDown := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(shutDown)
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 		_ = srv.Close()
 	})
-	defer stop()
 	var err error
 	if tlsConfig != nil {
 		err = srv.ServeTLS(ln, "", "") // adds h2 to the ALPN list
 	} else {
 		err = srv.Serve(ln)
+	}
+	// srv.Serve returns as soon as Shutdown closes the listener: return
+	// only once the streams have ended, so that the caller may close what
+	// the handlers use.
+	if stop() {
+		_ = srv.Close() // Serve failed on its own: end its connections
+	} else {
+		<-shutDown
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -39,10 +39,8 @@ type ServerConfig struct {
 	Handler Handler
 	Logger  *slog.Logger
 	// Ping is how often each side speaks on a quiet stream; a stream
-	// silent for three of these is dead. Default 2s.
+	// silent for three of these is dead. Default 1s.
 	Ping time.Duration
-	// GiveUpAfter is sent to workers in the welcome (see Welcome).
-	GiveUpAfter time.Duration
 }
 
 // Server serves worker streams; mount it at Path.
@@ -70,7 +68,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Ping <= 0 {
-		cfg.Ping = 2 * time.Second
+		cfg.Ping = time.Second
 	}
 	return &Server{cfg: cfg, log: cfg.Logger, sessions: map[string]*Session{}}, nil
 }
@@ -178,7 +176,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	welcome := Message{Kind: KindWelcome, Welcome: &Welcome{PingMillis: s.cfg.Ping.Milliseconds(), GiveUpAfterMillis: s.cfg.GiveUpAfter.Milliseconds()}}
+	welcome := Message{Kind: KindWelcome, Welcome: &Welcome{PingMillis: s.cfg.Ping.Milliseconds()}}
 	enc := json.NewEncoder(w)
 	if enc.Encode(welcome) != nil || rc.Flush() != nil {
 		return

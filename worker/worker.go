@@ -129,7 +129,6 @@ type Worker struct {
 	running     *protocol.Ref
 	interrupted []protocol.Ref // stopped past the grace period: given back
 	downSince   time.Time      // zero while a dispatcher serves us
-	giveUpAfter time.Duration
 	wake        chan struct{}
 	streamDown  chan struct{}
 
@@ -145,7 +144,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), jobs: map[string]Job{},
 		steps: stepRecord{path: cfg.StepsFile}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1),
-		downSince: time.Now(), giveUpAfter: 15 * time.Second}
+		downSince: time.Now()}
 	for _, j := range cfg.Jobs {
 		w.jobs[j.Name] = j
 	}
@@ -193,12 +192,6 @@ func (w *Worker) inHand() []protocol.Held {
 
 func (w *Worker) deliver(m protocol.Message) {
 	switch m.Kind {
-	case protocol.KindWelcome:
-		if m.Welcome != nil && m.Welcome.GiveUpAfterMillis > 0 {
-			w.mu.Lock()
-			w.giveUpAfter = time.Duration(m.Welcome.GiveUpAfterMillis) * time.Millisecond
-			w.mu.Unlock()
-		}
 	case protocol.KindRows:
 		w.mu.Lock()
 		w.queue = append(w.queue, m.Rows...)
@@ -213,6 +206,14 @@ func (w *Worker) connected(up bool) {
 		w.downSince = time.Time{}
 	} else {
 		w.downSince = time.Now()
+		// Queued rows hold only on the stream that brought them: the
+		// dispatcher may hand them to others before this worker is back,
+		// and a row started meanwhile could not be reported. The running
+		// row finishes and its outcome is kept.
+		if len(w.queue) > 0 {
+			w.log.Info("stream to the dispatcher lost; giving up the queued rows", "rows", len(w.queue))
+		}
+		w.queue = nil
 	}
 	w.mu.Unlock()
 	if !up {
@@ -234,9 +235,10 @@ func (w *Worker) poke() {
 // Run works until ctx ends, then stops gracefully: it starts no new row,
 // lets the running one finish within GracePeriod, gives back its queue,
 // waits (10s at most) for its outcomes to be acknowledged and returns nil.
-// While no dispatcher answers it goes on with the rows in hand for half the
-// heartbeat timeout, then gives its queue up; outcomes are kept and sent
-// once a dispatcher answers. Run returns an error when the worker cannot
+// While no dispatcher answers it finishes the running row and keeps its
+// outcome until a dispatcher acknowledges it; its queued rows it gives up
+// at once (the dispatcher frees them when the worker is back, or when the
+// heartbeat timeout declares it dead). Run returns an error when the worker cannot
 // start (start_command) or a dispatcher refuses it for good (wrong secret,
 // id held by another process).
 func (w *Worker) Run(ctx context.Context) error {
@@ -299,16 +301,17 @@ func (w *Worker) loop(stop, work context.Context, clientDone <-chan error) error
 	}
 }
 
-// next pops a queued row, unless no dispatcher has answered for longer
-// than the give-up time: then the queue is dropped, since the dispatcher
-// hands those rows to others once it presumes this worker dead.
+// next pops a queued row, unless the dispatcher has gone quiet: a row
+// started then may be handed to another worker before its outcome gets
+// through. (What a worker cut off without knowing it yet runs in vain is
+// bounded by its queue: nothing refills it.)
 func (w *Worker) next() (protocol.Row, bool) {
+	if !w.client.Heard() {
+		time.AfterFunc(100*time.Millisecond, w.poke) // look again: it may be back
+		return protocol.Row{}, false
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.downSince.IsZero() && time.Since(w.downSince) > w.giveUpAfter && len(w.queue) > 0 {
-		w.log.Warn("no dispatcher for longer than the give-up time; dropping the queued rows", "rows", len(w.queue), "after", w.giveUpAfter)
-		w.queue = nil
-	}
 	if len(w.queue) == 0 {
 		return protocol.Row{}, false
 	}

@@ -1,11 +1,17 @@
-package worker
+package worker_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,24 +22,33 @@ import (
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/leaktest"
+	"github.com/pampa-go/pampa/internal/pgserver"
 	"github.com/pampa-go/pampa/internal/pgtest"
+	"github.com/pampa-go/pampa/internal/poll"
+	"github.com/pampa-go/pampa/protocol"
+	"github.com/pampa-go/pampa/worker"
 )
 
 // The test binary doubles as a worker process for the SIGKILL test.
 const asWorkerEnv = "PAMPA_TEST_AS_WORKER"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(asWorkerEnv) != "" {
-		os.Exit(runAsWorker())
+	if id := os.Getenv(asWorkerEnv); id != "" {
+		os.Exit(runAsWorker(id))
 	}
 	os.Exit(leaktest.Check(pgtest.RunMain(m)))
 }
 
-func runAsWorker() int {
-	j := numbersJob()
-	j.Step.SQL = os.Getenv("PAMPA_TEST_SQL")
-	w, err := New(Config{ID: os.Getenv(asWorkerEnv), DatabaseURL: os.Getenv("PAMPA_TEST_URL"),
-		Jobs: []dispatcher.Job{j}, Delay: 50 * time.Millisecond, HeartbeatInterval: 100 * time.Millisecond})
+var secret = []byte("s3cret")
+
+const jobName = "search_odd_numbers"
+
+// runAsWorker is a worker process running a command step, until killed.
+func runAsWorker(id string) int {
+	w, err := worker.New(worker.Config{ID: id, Node: strings.Split(id, ".")[0],
+		Dispatchers: []string{os.Getenv("PAMPA_TEST_ADDR")}, Secret: secret,
+		Jobs:    []worker.Job{{Name: jobName, Command: []string{"sh", "-c", os.Getenv("PAMPA_TEST_SCRIPT")}, MaxJobDuration: time.Minute}},
+		WorkDir: os.Getenv("PAMPA_TEST_DIR")})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -47,38 +62,53 @@ func runAsWorker() int {
 
 func numbersJob() dispatcher.Job {
 	return dispatcher.Job{
-		Name: "search_odd_numbers", Table: "numbers",
+		Name: jobName, Table: "numbers",
 		Fields:          dispatcher.FieldsFor("odd_checking", "value"),
 		MaxPendingTasks: 10, QueueSize: 5,
-		Step: dispatcher.Step{SQL: "update numbers set is_odd = (value % 2 = 1) where value = $1"},
 	}.WithDefaults()
 }
 
+// cluster is a numbers table set up for a job, a dispatcher serving it on
+// a loopback port and in-process workers: the real thing, in one process.
 type cluster struct {
 	t    *testing.T
 	url  string
 	pool *pgxpool.Pool
 	job  dispatcher.Job
-	wg   sync.WaitGroup
-	stop []context.CancelFunc
+	dir  string // shared by the test's steps
+	runs string // file the steps of most tests append a line to per run
+	addr string // the dispatcher's, kept across its restarts
+	log  *testLog
 }
 
 func newCluster(t *testing.T, rows int, edit func(*dispatcher.Job)) *cluster {
 	t.Helper()
 	pool, url := pgtest.Pool(t)
-	c := &cluster{t: t, url: url, pool: pool, job: numbersJob()}
+	return setUp(t, pool, url, rows, edit)
+}
+
+func setUp(t *testing.T, pool *pgxpool.Pool, url string, rows int, edit func(*dispatcher.Job)) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &cluster{t: t, url: url, pool: pool, job: numbersJob(), dir: dir, runs: filepath.Join(dir, "runs"), log: newTestLog(t)}
 	if edit != nil {
 		edit(&c.job)
 	}
-	c.exec(`create table numbers (value bigint primary key, is_odd boolean)`)
-	c.exec(`create table hits (value bigint not null, at timestamptz default clock_timestamp())`)
+	c.exec(`create table numbers (value bigint primary key, is_odd boolean, result text check (result is distinct from 'bad'))`)
 	c.exec(`insert into numbers (value) select generate_series(1, $1::int)`, rows)
 	if err := dispatcher.Setup(context.Background(), pool, dispatcher.Postgres, []dispatcher.Job{c.job}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.shutdown)
 	return c
 }
+
+// sh is a command step running script, in which RUNS is the runs file.
+func (c *cluster) sh(script string) []string {
+	return []string{"sh", "-c", strings.ReplaceAll(script, "RUNS", "'"+c.runs+"'")}
+}
+
+// appendRun is a step line recording one run: key, attempt, worker.
+const appendRun = `echo "$PAMPA_TASK_ID $PAMPA_ATTEMPT $PAMPA_WORKER_ID" >> RUNS`
 
 func (c *cluster) exec(sql string, args ...any) {
 	c.t.Helper()
@@ -89,239 +119,736 @@ func (c *cluster) exec(sql string, args ...any) {
 
 func (c *cluster) count(sql string, args ...any) int64 {
 	c.t.Helper()
-	var n int64
-	if err := c.pool.QueryRow(context.Background(), sql, args...).Scan(&n); err != nil {
+	n, err := c.tryCount(sql, args...)
+	if err != nil {
 		c.t.Fatalf("%s: %v", sql, err)
 	}
 	return n
 }
 
-func (c *cluster) dispatcher(heartbeatTimeout time.Duration) {
-	d, err := dispatcher.New(dispatcher.Config{DatabaseURL: c.url, Jobs: []dispatcher.Job{c.job},
-		Delay: 50 * time.Millisecond, HeartbeatTimeout: heartbeatTimeout})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.goRun(func(ctx context.Context) error { return d.Run(ctx) })
+func (c *cluster) tryCount(sql string, args ...any) (int64, error) {
+	var n int64
+	err := c.pool.QueryRow(context.Background(), sql, args...).Scan(&n)
+	return n, err
 }
 
-func (c *cluster) workerConfig(id string) Config {
-	return Config{ID: id, DatabaseURL: c.url, Jobs: []dispatcher.Job{c.job}, Delay: 50 * time.Millisecond,
-		HeartbeatInterval: 100 * time.Millisecond, GracePeriod: 5 * time.Second, WorkDir: c.t.TempDir()}
-}
-
-// worker starts a worker and returns the function that stops it and waits.
-func (c *cluster) worker(cfg Config) func() error {
-	w, err := New(cfg)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return c.goRun(w.Run)
-}
-
-func (c *cluster) goRun(run func(context.Context) error) func() error {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	c.wg.Add(1)
-	go func() { defer c.wg.Done(); done <- run(ctx) }()
-	c.stop = append(c.stop, cancel)
-	return func() error { cancel(); return <-done }
-}
-
-func (c *cluster) shutdown() {
-	for _, s := range c.stop {
-		s()
-	}
-	c.wg.Wait()
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func (c *cluster) waitFor(what string, timeout time.Duration, cond func() bool) {
-	c.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (c *cluster) ended() int64 {
-	return c.count(`select count(*) from numbers where odd_checking_end_time is not null and
+// ended counts the rows done for good: successful, or out of tries.
+func (c *cluster) ended() (int64, error) {
+	return c.tryCount(`select count(*) from numbers where odd_checking_end_time is not null and
   (odd_checking_success or odd_checking_reservation_times >= $1)`, c.job.MaxTryTimes)
 }
 
-func TestSQLStepProcessesEveryRowOnce(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t, 3000, func(j *dispatcher.Job) {
-		j.QueueSize = 100
-		j.Step.SQL = `with h as (insert into hits (value) values ($1))
-update numbers set is_odd = (value % 2 = 1) where value = $1`
+func (c *cluster) waitEnded(n int64, timeout time.Duration) {
+	c.t.Helper()
+	poll.Until(c.t, "rows to end", timeout, func() string {
+		got, err := c.ended()
+		if err != nil {
+			return err.Error()
+		}
+		if got != n {
+			return fmt.Sprintf("%d of %d ended", got, n)
+		}
+		return ""
 	})
-	c.dispatcher(30 * time.Second)
-	c.worker(c.workerConfig("local.1"))
-	c.worker(c.workerConfig("local.2"))
-	c.waitFor("all rows to end", 60*time.Second, func() bool { return c.ended() == 3000 })
-	if n := c.count(`select count(*) from numbers where is_odd is distinct from (value % 2 = 1)`); n != 0 {
-		t.Fatalf("%d rows with a wrong is_odd", n)
+}
+
+// runsByKey reads the runs file: how many times each key's step ran, and
+// the lines per key.
+func (c *cluster) runsByKey() map[string][]string {
+	c.t.Helper()
+	f, err := os.Open(c.runs)
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string][]string{}
 	}
-	if n := c.count(`select count(*) from (select value from hits group by value having count(*) <> 1) d`); n != 0 {
-		t.Fatalf("%d rows whose step ran other than exactly once", n)
+	if err != nil {
+		c.t.Fatal(err)
 	}
-	if n := c.count(`select count(*) from numbers where odd_checking_reservation_times <> 1 or not odd_checking_success`); n != 0 {
-		t.Fatalf("%d rows took more than one attempt", n)
+	defer f.Close()
+	out := map[string][]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		key, _, _ := strings.Cut(sc.Text(), " ")
+		out[key] = append(out[key], sc.Text())
 	}
-	if n := c.count(`select sum(rows_done) from pampa_workers`); n != 3000 {
-		t.Fatalf("workers counted %d rows done", n)
+	if err := sc.Err(); err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// onceEach fails the test unless keys 1..n each ran exactly once.
+func (c *cluster) onceEach(n int) {
+	c.t.Helper()
+	runs := c.runsByKey()
+	bad := 0
+	for k := 1; k <= n; k++ {
+		if l := runs[strconv.Itoa(k)]; len(l) != 1 {
+			if bad++; bad <= 5 {
+				c.t.Errorf("key %d ran %d times: %q", k, len(l), l)
+			}
+		}
+	}
+	if len(runs) != n {
+		c.t.Errorf("%d keys ran, want %d", len(runs), n)
+	}
+	if bad > 0 {
+		c.t.Fatalf("%d of %d keys did not run exactly once", bad, n)
 	}
 }
 
-func TestFailingRowsDoNotStopOthers(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t, 100, func(j *dispatcher.Job) {
-		j.QueueSize = 20
-		j.MaxTryTimes = 2
-		// Multiples of 7 divide by zero.
-		j.Step.SQL = `update numbers set is_odd = (1 / (value % 7) >= 0) and (value % 2 = 1) where value = $1`
-	})
-	c.dispatcher(30 * time.Second)
-	c.worker(c.workerConfig("local.1"))
-	c.waitFor("all rows to end", 60*time.Second, func() bool { return c.ended() == 100 })
-	if n := c.count(`select count(*) from numbers where odd_checking_success`); n != 100-14 {
-		t.Fatalf("%d successes, want 86", n)
+// disp is a running dispatcher: its loop and its protocol server.
+type disp struct {
+	d    *dispatcher.Dispatcher
+	stop func() // ends both and waits
+}
+
+// dispatcher starts a dispatcher on the cluster's address (a free port the
+// first time, the same one after).
+func (c *cluster) dispatcher(edit ...func(*dispatcher.Config)) *disp {
+	c.t.Helper()
+	cfg := dispatcher.Config{DatabaseURL: c.url, Jobs: []dispatcher.Job{c.job}, Delay: 200 * time.Millisecond,
+		HeartbeatTimeout: 3 * time.Second, Secret: secret, Logger: c.log.logger("dispatcher")}
+	for _, f := range edit {
+		f(&cfg)
 	}
-	if n := c.count(`select count(*) from numbers where not odd_checking_success and odd_checking_reservation_times = 2
-  and odd_checking_error_description like '%division by zero%'`); n != 14 {
-		t.Fatalf("%d rows failed twice with the division error, want 14", n)
+	d, err := dispatcher.New(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	addr := c.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln := listen(c.t, addr)
+	c.addr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := protocol.Serve(ctx, ln, d.Handler(), nil, cfg.Logger); err != nil {
+			c.t.Errorf("serve: %v", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := d.Run(ctx); err != nil {
+			c.t.Errorf("dispatcher: %v", err)
+		}
+	}()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); wg.Wait(); ln.waitClosed(c.t) }) }
+	c.t.Cleanup(stop)
+	return &disp{d: d, stop: stop}
+}
+
+// run is a running worker.
+type run struct {
+	w      *worker.Worker
+	cfg    worker.Config
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// stop stops the worker gracefully and returns what Run returned.
+func (r *run) stop() error { r.cancel(); <-r.done; return r.err }
+
+// wait returns what Run returned, once it has.
+func (r *run) wait(timeout time.Duration) (error, bool) {
+	select {
+	case <-r.done:
+		return r.err, true
+	case <-time.After(timeout):
+		return nil, false
 	}
 }
 
-func TestCommandStep(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t, 10, func(j *dispatcher.Job) {
-		j.Step = dispatcher.Step{Command: []string{"sh", "-c", `cat > "task.$PAMPA_TASK_ID.json"
-echo "$PAMPA_JOB $PAMPA_WORKER_ID $PAMPA_ATTEMPT" > "task.$PAMPA_TASK_ID.env"
-if [ $((PAMPA_TASK_ID % 5)) -eq 0 ]; then echo "row $PAMPA_TASK_ID is bad" >&2; exit 3; fi`}}
-		j.MaxTryTimes = 1
-	})
-	cfg := c.workerConfig("local.1")
-	c.dispatcher(30 * time.Second)
-	c.worker(cfg)
-	c.waitFor("all rows to end", 60*time.Second, func() bool { return c.ended() == 10 })
-	b, err := os.ReadFile(filepath.Join(cfg.WorkDir, "task.3.json"))
+func (c *cluster) workerConfig(id string) worker.Config {
+	return worker.Config{ID: id, Node: strings.Split(id, ".")[0], Dispatchers: []string{c.addr}, Secret: secret,
+		Jobs:        []worker.Job{{Name: c.job.Name, Command: c.job.Step.Command, MaxJobDuration: c.job.MaxJobDuration}},
+		GracePeriod: 5 * time.Second, WorkDir: c.t.TempDir(), Logger: c.log.logger(id)}
+}
+
+// worker starts a worker; it stops when the test ends.
+func (c *cluster) worker(id string, edit ...func(*worker.Config)) *run {
+	c.t.Helper()
+	cfg := c.workerConfig(id)
+	for _, f := range edit {
+		f(&cfg)
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &run{w: w, cfg: cfg, cancel: cancel, done: make(chan struct{})}
+	go func() { defer close(r.done); r.err = w.Run(ctx) }()
+	c.t.Cleanup(func() { _ = r.stop() })
+	return r
+}
+
+// testLog sends the log lines of a test's dispatcher and workers to t.Log
+// (shown when the test fails) and keeps them for the test to look at.
+type testLog struct {
+	mu    sync.Mutex
+	t     testing.TB
+	done  bool
+	lines []string
+}
+
+func newTestLog(t testing.TB) *testLog {
+	l := &testLog{t: t}
+	// Registered first, so it runs last: nothing may log once t is over.
+	t.Cleanup(func() { l.mu.Lock(); l.done = true; l.mu.Unlock() })
+	return l
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	line := strings.TrimRight(string(p), "\n")
+	l.lines = append(l.lines, line)
+	if !l.done {
+		l.t.Log(line)
+	}
+	return len(p), nil
+}
+
+func (l *testLog) logger(who string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelInfo})).With("who", who)
+}
+
+// saw returns the lines that contain all of parts.
+func (l *testLog) saw(parts ...string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range l.lines {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(line, p)
+		}
+		if ok {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// listener is a loopback listener that knows which of the connections it
+// accepted are still open: protocol.Serve returns before the HTTP server
+// has closed its HTTP/2 connections, and leaktest must not see them.
+type listener struct {
+	net.Listener
+	open sync.WaitGroup
+}
+
+func listen(t testing.TB, addr string) *listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(b), `"value":3`) || !strings.Contains(string(b), `"odd_checking_reservation_id":"local.1"`) {
-		t.Fatalf("stdin of the command was %s, want the row as JSON", b)
+	return &listener{Listener: ln}
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
 	}
-	envLine, _ := os.ReadFile(filepath.Join(cfg.WorkDir, "task.3.env"))
-	if got := strings.TrimSpace(string(envLine)); got != "search_odd_numbers local.1 1" {
+	l.open.Add(1)
+	return &conn{Conn: c, closed: l.open.Done}, nil
+}
+
+func (l *listener) waitClosed(t testing.TB) {
+	done := make(chan struct{})
+	go func() { l.open.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("the server kept connections open 10s after it stopped")
+	}
+}
+
+type conn struct {
+	net.Conn
+	once   sync.Once
+	closed func()
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.closed)
+	return err
+}
+
+// Every row is processed exactly once by several workers running a
+// command step, and its bookkeeping says so.
+func TestCommandStepRunsEveryRowOnce(t *testing.T) {
+	t.Parallel()
+	const rows = 600
+	c := newCluster(t, rows, func(j *dispatcher.Job) { j.QueueSize = 10 })
+	c.job.Step.Command = c.sh(appendRun)
+	c.dispatcher()
+	for i := 1; i <= 4; i++ {
+		c.worker(fmt.Sprintf("local.%d", i))
+	}
+	c.waitEnded(rows, 60*time.Second)
+	c.onceEach(rows)
+	if n := c.count(`select count(*) from numbers where odd_checking_success and odd_checking_reservation_times = 1
+  and odd_checking_start_time <= odd_checking_end_time and odd_checking_reservation_id like 'local.%'`); n != rows {
+		t.Fatalf("%d of %d rows ended well at their first attempt", n, rows)
+	}
+	if n := c.count(`select sum(rows_done) from pampa_workers`); n != rows {
+		t.Fatalf("workers counted %d rows done", n)
+	}
+	if n := c.count(`select count(*) from pampa_workers where rows_done > 0`); n != 4 {
+		t.Fatalf("%d of the 4 workers did rows", n)
+	}
+}
+
+// A command gets the row as JSON on stdin and its task in the environment;
+// a failing one is retried up to max_try_times, then fails for good with
+// the exit status and the tail of its stderr.
+func TestCommandStepInputsAndRetries(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 10, func(j *dispatcher.Job) { j.MaxTryTimes = 2 })
+	c.job.Step.Command = c.sh(`cat > "task.$PAMPA_TASK_ID.json"
+echo "$PAMPA_JOB $PAMPA_WORKER_ID $PAMPA_ATTEMPT" > "task.$PAMPA_TASK_ID.env"
+` + appendRun + `
+if [ $((PAMPA_TASK_ID % 5)) -eq 0 ]; then echo "some noise" >&2; echo "row $PAMPA_TASK_ID is bad" >&2; exit 3; fi`)
+	c.dispatcher()
+	r := c.worker("local.1")
+	c.waitEnded(10, 60*time.Second)
+	b, err := os.ReadFile(filepath.Join(r.cfg.WorkDir, "task.3.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var row map[string]any
+	if err := json.Unmarshal(b, &row); err != nil {
+		t.Fatalf("stdin %s: %v", b, err)
+	}
+	if _, ok := row["odd_checking_reservation_id"]; row["value"] != 3.0 || ok {
+		t.Fatalf("stdin of the command was %s, want the row's own columns as JSON", b)
+	}
+	envLine, _ := os.ReadFile(filepath.Join(r.cfg.WorkDir, "task.3.env"))
+	if got := strings.TrimSpace(string(envLine)); got != jobName+" local.1 1" {
 		t.Fatalf("environment: %q", got)
 	}
+	runs := c.runsByKey()
+	for k := 1; k <= 10; k++ {
+		want := 1
+		if k%5 == 0 {
+			want = 2
+		}
+		if n := len(runs[strconv.Itoa(k)]); n != want {
+			t.Fatalf("key %d ran %d times, want %d", k, n, want)
+		}
+	}
 	var desc string
-	if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description from numbers where value = 5`).Scan(&desc); err != nil {
+	var times int
+	if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description, odd_checking_reservation_times
+from numbers where value = 5 and not odd_checking_success`).Scan(&desc, &times); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(desc, "row 5 is bad") || !strings.Contains(desc, "exit status 3") {
-		t.Fatalf("error description %q should carry the exit status and stderr", desc)
+	if !strings.Contains(desc, "some noise\nrow 5 is bad") || !strings.Contains(desc, "exit status 3") || times != 2 {
+		t.Fatalf("row 5: error description %q after %d attempts; want the exit status and stderr after 2", desc, times)
 	}
-	if n := c.count(`select count(*) from numbers where odd_checking_success`); n != 8 {
-		t.Fatalf("%d successes, want 8", n)
+	st, err := dispatcher.Report(context.Background(), c.pool, []dispatcher.Job{c.job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[0].Completed != 8 || st[0].Failed != 2 || st[0].Pending != 0 {
+		t.Fatalf("report %+v, want 8 completed and 2 failed for good", st[0])
 	}
 }
 
-func TestCommandKilledPastMaxDuration(t *testing.T) {
+// A command still running at the worker's max_job_duration is killed, and
+// its row fails saying so.
+func TestCommandKilledPastMaxJobDuration(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, 1, func(j *dispatcher.Job) {
-		j.Step = dispatcher.Step{Command: []string{"sh", "-c", `trap '' TERM; echo $$ > pid; sleep 60`}}
-		j.MaxJobDuration = 300 * time.Millisecond
-		j.MaxTryTimes = 1
+	c := newCluster(t, 1, func(j *dispatcher.Job) { j.MaxTryTimes = 1; j.MaxJobDuration = time.Minute })
+	c.job.Step.Command = c.sh(`sleep 60 & echo $! > pid; wait`)
+	c.dispatcher()
+	r := c.worker("local.1", func(cfg *worker.Config) { cfg.Jobs[0].MaxJobDuration = 300 * time.Millisecond })
+	c.waitEnded(1, 30*time.Second)
+	var desc string
+	var secs float64
+	if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description,
+  extract(epoch from odd_checking_end_time - odd_checking_start_time)::float8 from numbers`).Scan(&desc, &secs); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(desc, "max_job_duration") || secs > 10 {
+		t.Fatalf("error description %q after %.1fs; want max_job_duration, soon", desc, secs)
+	}
+	b, err := os.ReadFile(filepath.Join(r.cfg.WorkDir, "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.TrimSpace(string(b))
+	poll.Until(t, "the step's child to die with it", 10*time.Second, func() string {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			return "" // gone
+		}
+		if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) > 0 && f[0] == "Z" {
+			return "" // dead, waiting for a reaper
+		}
+		return "sleep " + pid + " still runs"
 	})
-	c.dispatcher(30 * time.Second)
-	c.worker(c.workerConfig("local.1"))
-	c.waitFor("the row to fail", 30*time.Second, func() bool { return c.ended() == 1 })
-	var desc string
-	if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description from numbers`).Scan(&desc); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(desc, "max_job_duration") {
-		t.Fatalf("error description %q does not say the task ran too long", desc)
-	}
 }
 
-func TestGoHandler(t *testing.T) {
+// A Go handler's value is the step's output: result_sql stores it in the
+// transaction that marks the row done, for successful rows only. A failing
+// result_sql fails its row alone.
+func TestGoHandlerResultSQL(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, 20, func(j *dispatcher.Job) { j.Step = dispatcher.Step{}; j.MaxTryTimes = 1 })
-	cfg := c.workerConfig("local.1")
+	c := newCluster(t, 20, func(j *dispatcher.Job) {
+		j.MaxTryTimes = 1
+		j.ResultSQL = `update numbers set result = $2 where value = $1::bigint`
+	})
 	var mu sync.Mutex
 	attempts := map[string]int{}
-	cfg.Handlers = map[string]Handler{"search_odd_numbers": func(ctx context.Context, task *Task) error {
+	handler := func(ctx context.Context, task *worker.Task) (any, error) {
 		mu.Lock()
-		attempts[task.KeyText] = task.Attempt
+		attempts[task.Key] = task.Attempt
 		mu.Unlock()
-		if task.KeyText == "13" {
-			panic("unlucky")
+		if task.Job != jobName || task.WorkerID != "local.1" {
+			return nil, fmt.Errorf("task %+v", task)
 		}
-		_, err := task.DB.Exec(ctx, `update numbers set is_odd = $2 where value = $1`, task.Key, task.Row["value"].(interface{ String() string }).String()[len(task.KeyText)-1]%2 == 1)
-		return err
-	}}
-	c.dispatcher(30 * time.Second)
-	c.worker(cfg)
-	c.waitFor("all rows to end", 60*time.Second, func() bool { return c.ended() == 20 })
-	if n := c.count(`select count(*) from numbers where odd_checking_success and is_odd = (value % 2 = 1)`); n != 19 {
-		t.Fatalf("%d rows done right by the handler, want 19", n)
+		switch task.Key {
+		case "13":
+			panic("unlucky")
+		case "7":
+			return nil, errors.New("seven is not welcome")
+		case "11":
+			return "bad", nil // the table's check refuses it
+		case "4":
+			return nil, nil // no output: result_sql gets null
+		}
+		v, err := task.Row["value"].(json.Number).Int64()
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			Key    string `json:"key"`
+			Square int64  `json:"square"`
+		}{task.Key, v * v}, nil
 	}
-	if n := c.count(`select count(*) from numbers where value = 13 and odd_checking_error_description like '%panicked: unlucky%'`); n != 1 {
-		t.Fatal("a panicking handler should fail its row with the panic")
+	c.dispatcher()
+	c.worker("local.1", func(cfg *worker.Config) { cfg.Handlers = map[string]worker.Handler{jobName: handler} })
+	c.waitEnded(20, 60*time.Second)
+	if n := c.count(`select count(*) from numbers where odd_checking_success
+  and (result::jsonb->>'square')::bigint = value * value and result::jsonb->>'key' = value::text`); n != 16 {
+		t.Fatalf("%d rows with the handler's value stored, want 16", n)
+	}
+	if n := c.count(`select count(*) from numbers where value = 4 and odd_checking_success and result is null`); n != 1 {
+		t.Fatal("a nil value should store null")
+	}
+	if n := c.count(`select count(*) from numbers where not odd_checking_success and result is null`); n != 3 {
+		t.Fatalf("%d failed rows without a result, want 3", n)
+	}
+	for key, want := range map[int]string{13: "panicked: unlucky", 7: "seven is not welcome", 11: "result_sql: "} {
+		var desc string
+		if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description from numbers where value = $1`, key).Scan(&desc); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(desc, want) {
+			t.Fatalf("row %d: error description %q, want %q", key, desc, want)
+		}
 	}
 	if attempts["1"] != 1 {
 		t.Fatalf("first attempt numbered %d, want 1", attempts["1"])
 	}
+	if n := c.count(`select count(*) from pampa_workers where id = 'local.1' and rows_done = 17 and rows_failed = 3`); n != 1 {
+		ws, _ := dispatcher.ListWorkers(context.Background(), c.pool)
+		t.Fatalf("worker counters %+v, want 17 done (row 11's result_sql failed it) and 3 failed", ws)
+	}
 }
 
-func TestGracefulStopFinishesRunningRowAndReleasesQueue(t *testing.T) {
+// A worker told to stop finishes its running row, gives its queue back
+// (no attempt spent), and leaves as stopped, promptly.
+func TestGracefulStopFinishesRunningRowAndGivesQueueBack(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, 10, func(j *dispatcher.Job) {
-		j.Step = dispatcher.Step{Command: []string{"sh", "-c", `touch "started.$PAMPA_TASK_ID"; sleep 1`}}
+	c := newCluster(t, 10, nil)
+	c.job.Step.Command = c.sh(`touch "started.$PAMPA_TASK_ID"; sleep 2; ` + appendRun)
+	c.dispatcher()
+	r := c.worker("local.1")
+	poll.Until(t, "a row to start", 30*time.Second, func() string {
+		if _, err := os.Stat(filepath.Join(r.cfg.WorkDir, "started.1")); err != nil {
+			return err.Error()
+		}
+		return ""
 	})
-	cfg := c.workerConfig("local.1")
-	c.dispatcher(30 * time.Second)
-	stop := c.worker(cfg)
-	c.waitFor("a row to start", 30*time.Second, func() bool {
-		_, err := os.Stat(filepath.Join(cfg.WorkDir, "started.1"))
-		return err == nil
-	})
-	if err := stop(); err != nil {
+	began := time.Now()
+	if err := r.stop(); err != nil {
 		t.Fatalf("graceful stop returned %v", err)
+	}
+	if took := time.Since(began); took > 8*time.Second {
+		t.Fatalf("stopping took %s", took)
 	}
 	if n := c.count(`select count(*) from numbers where value = 1 and odd_checking_success`); n != 1 {
 		t.Fatal("the running row did not finish during the grace period")
 	}
-	if n := c.count(`select count(*) from numbers where odd_checking_reservation_id = 'local.1' and odd_checking_end_time is null`); n != 0 {
-		t.Fatalf("the stopped worker still holds %d rows", n)
+	if n := c.count(`select count(*) from numbers where value > 1 and odd_checking_reservation_id is null
+  and odd_checking_start_time is null and odd_checking_end_time is null and coalesce(odd_checking_reservation_times, 0) = 0`); n != 9 {
+		t.Fatalf("%d of the 9 other rows available again with no attempt spent", n)
 	}
-	if n := c.count(`select count(*) from pampa_workers where id = 'local.1' and state = 'stopped' and job is null`); n != 1 {
-		t.Fatal("the stop is not recorded in the registry")
+	if runs := c.runsByKey(); len(runs) != 1 {
+		t.Fatalf("steps ran for %d rows, want only the one running at the stop", len(runs))
+	}
+	if n := r.w.Unacked(); n != 0 {
+		t.Fatalf("the worker left with %d outcomes unacknowledged", n)
+	}
+	poll.Until(t, "the stop to be recorded", 10*time.Second, func() string {
+		if n := c.count(`select count(*) from pampa_workers where id = 'local.1' and state = 'stopped' and job is null`); n != 1 {
+			return "not stopped"
+		}
+		return ""
+	})
+}
+
+// A worker with nothing to do stops at once, and is recorded as stopped.
+func TestIdleWorkerStopsAtOnce(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 0, nil)
+	c.job.Step.Command = c.sh(appendRun)
+	c.dispatcher()
+	r := c.worker("local.1")
+	poll.Until(t, "the worker to register", 10*time.Second, func() string {
+		if n := c.count(`select count(*) from pampa_workers where id = 'local.1' and state = 'alive'`); n != 1 {
+			return "not registered"
+		}
+		return ""
+	})
+	began := time.Now()
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("stopping an idle worker took %s", took)
+	}
+	poll.Until(t, "the stop to be recorded", 10*time.Second, func() string {
+		if n := c.count(`select count(*) from pampa_workers where id = 'local.1' and state = 'stopped'`); n != 1 {
+			return "not stopped"
+		}
+		return ""
+	})
+}
+
+// Fencing: the dispatcher relaunches an attempt that runs past its
+// max_job_duration while the worker, whose own limit is longer, still runs
+// it. The late outcome is refused (and acknowledged all the same); the
+// newer attempt is the row's, start mark included.
+func TestLateOutcomeIsRefused(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 1, func(j *dispatcher.Job) {
+		j.MaxJobDuration = 2 * time.Second
+		j.ResultSQL = `update numbers set result = $2 where value = $1::bigint`
+	})
+	c.job.Step.Command = c.sh(appendRun + `
+if [ "$PAMPA_ATTEMPT" = 1 ]; then sleep 5; else sleep 1; fi
+echo "attempt $PAMPA_ATTEMPT"`)
+	c.dispatcher()
+	r := c.worker("local.1", func(cfg *worker.Config) { cfg.Jobs[0].MaxJobDuration = time.Minute })
+	poll.Until(t, "the dispatcher to relaunch the late attempt", 30*time.Second, func() string {
+		if n := c.count(`select count(*) from numbers where odd_checking_reservation_times = 1
+  and odd_checking_start_time is null and odd_checking_error_description like '%max_job_duration%'`); n != 1 {
+			return "not relaunched"
+		}
+		return ""
+	})
+	poll.Until(t, "the second attempt to be marked running", 30*time.Second, func() string {
+		if n := c.count(`select count(*) from numbers where odd_checking_reservation_times = 2
+  and odd_checking_start_time is not null and odd_checking_end_time is null`); n != 1 {
+			return "not running"
+		}
+		return ""
+	})
+	c.waitEnded(1, 30*time.Second)
+	var result string
+	var times int
+	if err := c.pool.QueryRow(context.Background(), `select result, odd_checking_reservation_times from numbers
+where odd_checking_success`).Scan(&result, &times); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(result) != "attempt 2" || times != 2 {
+		t.Fatalf("row ended with result %q after %d attempts; want the second attempt's", result, times)
+	}
+	if l := c.runsByKey()["1"]; len(l) != 2 {
+		t.Fatalf("runs %q, want both attempts to have run", l)
+	}
+	if l := c.log.saw("late outcome refused", "attempt=1"); len(l) != 1 {
+		t.Fatalf("want the first attempt's outcome refused once, log says %q", l)
+	}
+	if n := c.count(`select rows_done from pampa_workers where id = 'local.1'`); n != 1 {
+		t.Fatalf("the worker counted %d rows done, want 1", n)
+	}
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.w.Unacked(); n != 0 {
+		t.Fatalf("the worker ended with %d outcomes unacknowledged", n)
 	}
 }
 
+// PostgreSQL restarts while rows flow: the dispatcher reconnects and the
+// workers' outcomes wait for it; every row succeeds, each step runs once.
+// The test has a server of its own, so it runs beside the others.
+func TestPostgresRestartMidRun(t *testing.T) {
+	t.Parallel()
+	if os.Getenv(pgtest.EnvDatabaseURL) != "" {
+		t.Skipf("%s is set: this test needs to restart a server of its own", pgtest.EnvDatabaseURL)
+	}
+	ctx := context.Background()
+	srv, err := pgserver.Start(ctx)
+	if errors.Is(err, pgserver.ErrNoBinaries) || errors.Is(err, pgserver.ErrNoUser) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pool, err := pgxpool.New(ctx, srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	const rows = 3000
+	c := setUp(t, pool, srv.URL(), rows, func(j *dispatcher.Job) { j.QueueSize = 20 })
+	c.job.Step.Command = c.sh(appendRun)
+	c.dispatcher()
+	for i := 1; i <= 4; i++ {
+		c.worker(fmt.Sprintf("local.%d", i))
+	}
+	poll.Until(t, "some rows to end", 60*time.Second, func() string {
+		if n, _ := c.ended(); n < rows/5 {
+			return fmt.Sprintf("%d ended", n)
+		}
+		return ""
+	})
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.waitEnded(rows, 60*time.Second)
+	c.onceEach(rows)
+	if n := c.count(`select count(*) from numbers where odd_checking_success and odd_checking_reservation_times = 1`); n != rows {
+		t.Fatalf("%d of %d rows succeeded at their first attempt", n, rows)
+	}
+	if n := c.count(`select count(*) from numbers where odd_checking_reservation_id is not null and odd_checking_end_time is null`); n != 0 {
+		t.Fatalf("%d rows still queued or running", n)
+	}
+	if l := c.log.saw("dispatcher cannot reach the database"); len(l) == 0 {
+		if l := c.log.saw("dispatcher step failed"); len(l) == 0 {
+			t.Fatal("the dispatcher never noticed the restart: the test tested nothing")
+		}
+	}
+}
+
+// The dispatcher restarts on the same address while the workers run: they
+// reconnect with what they hold and send their outcomes again; every row
+// succeeds, each step runs once.
+func TestDispatcherRestartMidRun(t *testing.T) {
+	t.Parallel()
+	const rows = 2000
+	c := newCluster(t, rows, func(j *dispatcher.Job) { j.QueueSize = 10 })
+	c.job.Step.Command = c.sh(appendRun)
+	first := c.dispatcher()
+	for i := 1; i <= 3; i++ {
+		c.worker(fmt.Sprintf("local.%d", i))
+	}
+	poll.Until(t, "some rows to end", 60*time.Second, func() string {
+		if n, _ := c.ended(); n < rows/5 {
+			return fmt.Sprintf("%d ended", n)
+		}
+		return ""
+	})
+	first.stop()
+	c.dispatcher()
+	c.waitEnded(rows, 60*time.Second)
+	c.onceEach(rows)
+	if n := c.count(`select count(*) from numbers where odd_checking_success and odd_checking_reservation_times = 1`); n != rows {
+		t.Fatalf("%d of %d rows succeeded at their first attempt", n, rows)
+	}
+	if n := c.count(`select count(*) from numbers where odd_checking_reservation_id is not null and odd_checking_end_time is null`); n != 0 {
+		t.Fatalf("%d rows still queued or running", n)
+	}
+	if n := c.count(`select sum(rows_done) from pampa_workers`); n != rows {
+		t.Fatalf("workers counted %d rows done, want %d", n, rows)
+	}
+}
+
+// A worker without the cluster's secret is refused for good: Run returns
+// an error wrapping protocol.ErrRefused that does not show the secret, and
+// no row is touched.
+func TestWrongSecretIsRefused(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 10, nil)
+	c.job.Step.Command = c.sh(appendRun)
+	c.dispatcher()
+	const wrong = "not-the-cluster-secret"
+	r := c.worker("local.1", func(cfg *worker.Config) { cfg.Secret = []byte(wrong) })
+	err, ok := r.wait(30 * time.Second)
+	if !ok {
+		t.Fatal("a refused worker keeps running")
+	}
+	if !errors.Is(err, protocol.ErrRefused) || strings.Contains(err.Error(), wrong) {
+		t.Fatalf("Run returned %v; want protocol.ErrRefused, without the secret", err)
+	}
+	if n := c.count(`select count(*) from numbers where odd_checking_reservation_id is not null or odd_checking_reservation_times is not null`); n != 0 {
+		t.Fatalf("%d rows touched", n)
+	}
+	if n := c.count(`select count(*) from pampa_workers`); n != 0 {
+		t.Fatal("the refused worker was registered")
+	}
+}
+
+// A second process under a worker id already connected is refused; the
+// first goes on.
+func TestSameWorkerIDTwiceIsRefused(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 20, nil)
+	c.job.Step.Command = c.sh(`if [ "$PAMPA_TASK_ID" = 1 ]; then sleep 1; fi; ` + appendRun)
+	c.dispatcher()
+	c.worker("local.1")
+	poll.Until(t, "the first worker to register", 10*time.Second, func() string {
+		if n := c.count(`select count(*) from pampa_workers where id = 'local.1'`); n != 1 {
+			return "not registered"
+		}
+		return ""
+	})
+	err, ok := c.worker("local.1").wait(30 * time.Second)
+	if !ok || !errors.Is(err, protocol.ErrRefused) {
+		t.Fatalf("second worker under the same id: %v (ended %v); want protocol.ErrRefused", err, ok)
+	}
+	c.waitEnded(20, 60*time.Second)
+	c.onceEach(20)
+}
+
 // TestKilledWorkerRowCompletesOnceElsewhere kills a worker process with
-// SIGKILL in the middle of a row: the row must be completed by another
-// worker, and its step's effects must land exactly once.
+// SIGKILL in the middle of a row: once its heartbeat timeout passes, the
+// row is relaunched (the killed attempt counts) and completed by another
+// worker, and the killed step never completes.
 func TestKilledWorkerRowCompletesOnceElsewhere(t *testing.T) {
 	t.Parallel()
-	// The first attempt of row 1 sleeps, so the kill lands mid-row.
-	step := `insert into hits (value) select $1::bigint from pg_sleep(case when
-  (select odd_checking_reservation_times from numbers where value = $1) = 1 and $1 = 1 then 4 else 0 end)`
-	c := newCluster(t, 3, func(j *dispatcher.Job) { j.Step.SQL = step; j.QueueSize = 1 })
+	c := newCluster(t, 3, func(j *dispatcher.Job) { j.QueueSize = 1 })
+	mid := filepath.Join(c.dir, "mid-row")
+	c.job.Step.Command = c.sh(`if [ "$PAMPA_TASK_ID" = 1 ] && [ "$PAMPA_ATTEMPT" = 1 ]; then touch '` + mid + `'; exec sleep 30; fi
+` + appendRun)
+	c.dispatcher(func(cfg *dispatcher.Config) { cfg.HeartbeatTimeout = time.Second })
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), asWorkerEnv+"=node1.1", "PAMPA_TEST_URL="+c.url, "PAMPA_TEST_SQL="+step)
+	cmd.Env = append(os.Environ(), asWorkerEnv+"=node1.1", "PAMPA_TEST_ADDR="+c.addr,
+		"PAMPA_TEST_SCRIPT="+c.job.Step.Command[2], "PAMPA_TEST_DIR="+t.TempDir())
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -333,54 +860,34 @@ func TestKilledWorkerRowCompletesOnceElsewhere(t *testing.T) {
 			_ = cmd.Wait()
 		}
 	}()
-	c.dispatcher(time.Second)
-	c.waitFor("the worker process to be in the middle of row 1", 30*time.Second, func() bool {
-		return c.count(`select count(*) from pg_stat_activity where state = 'active' and query like '%pg_sleep%' and pid <> pg_backend_pid()`) > 0 &&
-			c.count(`select count(*) from numbers where value = 1 and odd_checking_start_time is not null and odd_checking_end_time is null`) == 1
+	poll.Until(t, "the worker process to be in the middle of row 1", 30*time.Second, func() string {
+		if _, err := os.Stat(mid); err != nil {
+			return err.Error()
+		}
+		if n := c.count(`select count(*) from numbers where value = 1 and odd_checking_reservation_id = 'node1.1'
+  and odd_checking_start_time is not null and odd_checking_end_time is null`); n != 1 {
+			return "row 1 not marked running"
+		}
+		return ""
 	})
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
 	waited = true
-	c.worker(c.workerConfig("node2.1"))
-	c.waitFor("every row to end", 60*time.Second, func() bool { return c.ended() == 3 })
-	if n := c.count(`select count(*) from numbers where odd_checking_success`); n != 3 {
-		t.Fatalf("%d of 3 rows succeeded", n)
+	c.worker("node2.1")
+	c.waitEnded(3, 60*time.Second)
+	if n := c.count(`select count(*) from numbers where odd_checking_success and odd_checking_reservation_id = 'node2.1'`); n != 3 {
+		t.Fatalf("%d of 3 rows completed by the survivor", n)
 	}
-	if n := c.count(`select count(*) from hits where value = 1`); n != 1 {
-		t.Fatalf("row 1's step took effect %d times, want exactly once", n)
+	c.onceEach(3)
+	if l := c.runsByKey()["1"]; len(l) != 1 || l[0] != "1 2 node2.1" {
+		t.Fatalf("row 1 ran as %q, want once, as attempt 2 on node2.1", l)
 	}
 	if n := c.count(`select odd_checking_reservation_times from numbers where value = 1`); n != 2 {
 		t.Fatalf("row 1 took %d attempts, want 2 (the killed one counts)", n)
 	}
 	if n := c.count(`select count(*) from pampa_workers where id = 'node1.1' and state = 'dead'`); n != 1 {
 		t.Fatal("the killed worker is not marked dead")
-	}
-}
-
-// TestPostgresRestartMidRun restarts the server while rows flow; every row
-// must still complete exactly once. Not parallel: the restart breaks every
-// connection of the test binary.
-func TestPostgresRestartMidRun(t *testing.T) {
-	srv := pgtest.Server(t)
-	c := newCluster(t, 4000, func(j *dispatcher.Job) {
-		j.QueueSize = 20
-		j.Step.SQL = `with h as (insert into hits (value) values ($1))
-update numbers set is_odd = (value % 2 = 1) from pg_sleep(0.001) where value = $1`
-	})
-	c.dispatcher(30 * time.Second)
-	c.worker(c.workerConfig("local.1"))
-	c.worker(c.workerConfig("local.2"))
-	c.waitFor("some rows to end", 60*time.Second, func() bool { return c.ended() > 200 })
-	srv.Restart(t)
-	c.pool.Reset()
-	c.waitFor("every row to end after the restart", 120*time.Second, func() bool {
-		var n int64
-		err := c.pool.QueryRow(context.Background(), `select count(*) from numbers where odd_checking_success`).Scan(&n)
-		return err == nil && n == 4000
-	})
-	if n := c.count(`select count(*) from (select value from hits group by value having count(*) <> 1) d`); n != 0 {
-		t.Fatalf("%d rows whose step took effect other than exactly once", n)
 	}
 }
