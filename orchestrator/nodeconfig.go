@@ -88,4 +88,3 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
-

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-		"strconv"
+	"strconv"
 	"sync"
 	"time"
 

@@ -79,7 +79,7 @@ type nodeView struct {
 	Transport  string `json:"transport"`
 	MaxWorkers int    `json:"max_workers"`
 	WorkDir    string `json:"work_dir"`
-	Tunnel   bool   `json:"tunnel,omitempty"`
+	Tunnel     bool   `json:"tunnel,omitempty"`
 }
 
 func (e *env) nodesList(c *cli.Context) error {

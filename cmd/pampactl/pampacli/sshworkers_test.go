@@ -83,7 +83,9 @@ func TestWorkersOverSSH(t *testing.T) {
 			// The node is this machine, so its workers dial the listener directly.
 			dctx, stopDispatcher := context.WithCancel(t.Context())
 			dispatched := make(chan result, 1)
-			go func() { dispatched <- pampactl(dctx, t, nil, "--config", cfg, "dispatcher", "run", "--no-log-file", "--no-tunnels") }()
+			go func() {
+				dispatched <- pampactl(dctx, t, nil, "--config", cfg, "dispatcher", "run", "--no-log-file", "--no-tunnels")
+			}()
 			defer func() { stopDispatcher(); <-dispatched }()
 
 			start := time.Now()

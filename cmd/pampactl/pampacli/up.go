@@ -156,4 +156,3 @@ func (e *env) up(c *cli.Context) error {
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
 	return e.serveDispatcher(c, f.Config, d)
 }
-
