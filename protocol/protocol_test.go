@@ -18,6 +18,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -378,7 +379,7 @@ func (c *client) messages() []Message {
 
 // ---- raw HTTP/2 peers ----
 
-// rawPeer is an HTTP/2 (prior knowledge) client that is not a
+// rawPeer is an HTTP/2 (prior knowledge) or HTTP/1.1 client that is not a
 // protocol.Client, and that remembers the local address of its
 // connections, which is what the server sees as the peer's address.
 type rawPeer struct {
@@ -387,11 +388,12 @@ type rawPeer struct {
 	addrs []string
 }
 
-func newRawPeer(t *testing.T) *rawPeer {
+func newRawPeer(t *testing.T, http1 bool) *rawPeer {
 	p := &rawPeer{}
 	d := &net.Dialer{Timeout: wait}
 	protos := new(http.Protocols)
-	protos.SetUnencryptedHTTP2(true)
+	protos.SetUnencryptedHTTP2(!http1)
+	protos.SetHTTP1(http1)
 	tr := &http.Transport{
 		Protocols: protos,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -491,24 +493,27 @@ func TestRefusals(t *testing.T) {
 		body   string
 		status int
 		reason string
+		http1  bool
 	}{
-		{"no secret", "", helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "no worker secret"},
-		{"empty bearer", "Bearer ", helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "no worker secret"},
-		{"basic auth", "Basic " + testSecret, helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "no worker secret"},
-		{"wrong secret", "Bearer wrong-" + testSecret[:6], helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "wrong worker secret"},
-		{"secret with a suffix", bearer + "x", helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "wrong worker secret"},
-		{"not json", bearer, "hello\r\n\r\n", http.StatusBadRequest, "expected a hello"},
-		{"json, not a hello", bearer, line(t, Message{Kind: KindOutcomes, Outcomes: []Outcome{{Seq: 1}}}), http.StatusBadRequest, "expected a hello"},
-		{"hello kind without hello", bearer, `{"k":"hello"}` + "\n", http.StatusBadRequest, "expected a hello"},
-		{"nothing", bearer, "", http.StatusBadRequest, "got nothing"},
-		{"no worker id", bearer, helloLine(t, Hello{Instance: "i1"}), http.StatusBadRequest, "without a worker id"},
-		{"no instance", bearer, helloLine(t, Hello{ID: "node.1"}), http.StatusBadRequest, "without a worker id or instance"},
-		{"other version", bearer, line(t, Message{Kind: KindHello, Hello: &Hello{Version: Version + 1, ID: "node.1", Instance: "i1"}}), http.StatusBadRequest, "protocol version"},
+		{"no secret", "", helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "no worker secret", false},
+		{"empty bearer", "Bearer ", helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "no worker secret", false},
+		{"basic auth", "Basic " + testSecret, helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "no worker secret", false},
+		{"wrong secret", "Bearer wrong-" + testSecret[:6], helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "wrong worker secret", false},
+		{"secret with a suffix", bearer + "x", helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "wrong worker secret", false},
+		{"not json", bearer, "hello\r\n\r\n", http.StatusBadRequest, "expected a hello", false},
+		{"json, not a hello", bearer, line(t, Message{Kind: KindOutcomes, Outcomes: []Outcome{{Seq: 1}}}), http.StatusBadRequest, "expected a hello", false},
+		{"hello kind without hello", bearer, `{"k":"hello"}` + "\n", http.StatusBadRequest, "expected a hello", false},
+		{"nothing", bearer, "", http.StatusBadRequest, "got nothing", false},
+		{"no worker id", bearer, helloLine(t, Hello{Instance: "i1"}), http.StatusBadRequest, "without a worker id", false},
+		{"no instance", bearer, helloLine(t, Hello{ID: "node.1"}), http.StatusBadRequest, "without a worker id or instance", false},
+		{"other version", bearer, line(t, Message{Kind: KindHello, Hello: &Hello{Version: Version + 1, ID: "node.1", Instance: "i1"}}), http.StatusBadRequest, "protocol version", false},
+		{"HTTP/1.1", bearer, helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusHTTPVersionNotSupported, "needs HTTP/2", true},
+		{"HTTP/1.1 without secret", "", helloLine(t, Hello{ID: "node.1", Instance: "i1"}), http.StatusUnauthorized, "no worker secret", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			peer := newRawPeer(t)
+			peer := newRawPeer(t, tc.http1)
 			resp, err := peer.post(t.Context(), srv.addr, tc.auth, strings.NewReader(tc.body))
 			if err != nil {
 				t.Fatal(err)
@@ -518,8 +523,8 @@ func TestRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if resp.ProtoMajor != 2 {
-				t.Errorf("answered over %s, want HTTP/2", resp.Proto)
+			if want := map[bool]int{false: 2, true: 1}[tc.http1]; resp.ProtoMajor != want {
+				t.Errorf("answered over %s, want HTTP/%d", resp.Proto, want)
 			}
 			if resp.StatusCode != tc.status {
 				t.Errorf("status %d, want %d (body %q)", resp.StatusCode, tc.status, body)
@@ -612,6 +617,66 @@ func TestClientWrongSecret(t *testing.T) {
 	}
 }
 
+// The handler's Open refuses with a *Refusal's status; any other error is
+// a 503. The client gives up on the statuses retrying cannot cure and
+// retries the others.
+func TestOpenRefuses(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		err    error
+		status int
+		gaveUp bool
+	}{
+		{"conflict", &Refusal{Status: http.StatusConflict, Msg: "worker node.1 belongs to another cluster"}, http.StatusConflict, true},
+		{"not the leader", &Refusal{Status: http.StatusServiceUnavailable, Msg: "standing by"}, http.StatusServiceUnavailable, false},
+		{"plain error", errors.New("the database is down"), http.StatusServiceUnavailable, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			tries := 0
+			h := &handler{onOpen: func(*Session) error {
+				mu.Lock()
+				defer mu.Unlock()
+				tries++
+				return tc.err
+			}}
+			srv := startServer(t, "127.0.0.1:0", h, nil, nil)
+			c := startClient(t, ClientConfig{Addrs: []string{srv.addr}, Hello: hello("node.1", "i1")})
+			if tc.gaveUp {
+				err := c.result(t)
+				if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.err.Error()) {
+					t.Errorf("Run returned %v, want an ErrRefused saying %q", err, tc.err)
+				}
+			} else {
+				poll.Until(t, "the client retries", wait, func() string {
+					mu.Lock()
+					defer mu.Unlock()
+					if tries < 3 {
+						return fmt.Sprintf("%d tries", tries)
+					}
+					return ""
+				})
+				select {
+				case err := <-c.done:
+					t.Errorf("Run returned %v on a refusal it should retry", err)
+				default:
+				}
+				if !strings.Contains(c.log.String(), tc.err.Error()) {
+					t.Errorf("the client log does not say why:\n%s", c.log)
+				}
+			}
+			if len(srv.log.lines("level=WARN", "status="+strconv.Itoa(tc.status), tc.err.Error())) == 0 {
+				t.Errorf("no warning with status %d; log:\n%s", tc.status, srv.log)
+			}
+			if h.opens() != 0 {
+				t.Errorf("refused sessions were recorded: %v", h.log())
+			}
+		})
+	}
+}
+
 // One worker id, one live stream: another process with the id is refused,
 // the same process reconnecting replaces its old stream.
 func TestOneStreamPerWorkerID(t *testing.T) {
@@ -656,10 +721,11 @@ func TestOneStreamPerWorkerID(t *testing.T) {
 	// The same process again on a second connection, while its stream
 	// still looks alive (a cut the server has not noticed): it replaces
 	// the old stream, which is closed before the new one opens.
-	peer := newRawPeer(t)
+	peer := newRawPeer(t, false)
 	pr, pw := io.Pipe()
 	defer pw.Close()
-	go func() { _, _ = io.WriteString(pw, helloLine(t, hello("node.1", "first")())) }()
+	again := helloLine(t, hello("node.1", "first")())
+	go func() { _, _ = io.WriteString(pw, again) }()
 	resp, err := peer.post(t.Context(), srv.addr, "Bearer "+testSecret, pr)
 	if err != nil {
 		t.Fatal(err)
@@ -829,7 +895,7 @@ func TestOutcomesUntilAcked(t *testing.T) {
 		}
 		for _, m := range st.h.messages(st.s) {
 			for _, o := range m.Outcomes {
-				if want := sent[o.Seq]; fmt.Sprint(o) != fmt.Sprint(want) || *o.Output != *want.Output {
+				if want := sent[o.Seq]; !reflect.DeepEqual(o, want) {
 					t.Errorf("stream %d: got outcome %+v, reported %+v", i+1, o, want)
 				}
 			}
@@ -906,7 +972,7 @@ func TestTLS(t *testing.T) {
 	t.Run("untrusted", func(t *testing.T) {
 		c := startClient(t, ClientConfig{Addrs: []string{srv.addr}, Hello: hello("node.2", "i2"), TLS: &tls.Config{RootCAs: x509.NewCertPool()}})
 		poll.Until(t, "the client fails the handshake", wait, func() string {
-			if len(c.log.lines("no stream to the dispatcher", "certificate")) < 2 {
+			if len(c.log.lines("no stream to the dispatcher", "certificate signed by unknown authority")) < 2 {
 				return "client log:\n" + c.log.String()
 			}
 			return ""

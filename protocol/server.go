@@ -140,6 +140,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, http.StatusUnauthorized, "wrong worker secret: deploy the cluster's secret to this node (pampactl nodes deploy)")
 		return
 	}
+	if r.ProtoMajor < 2 {
+		// HTTP/1 would carry the welcome but not the worker's later
+		// messages: the stream needs both bodies open at once.
+		s.refuse(w, r, http.StatusHTTPVersionNotSupported, "the worker protocol needs HTTP/2")
+		return
+	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(3 * s.cfg.Ping))
 	sc := bufio.NewScanner(r.Body)

@@ -101,10 +101,11 @@ func isExecutable(path string) bool {
 
 // Server is a running private PostgreSQL server.
 type Server struct {
-	bin  string              // directory of initdb and postgres
-	dir  string              // temporary directory: data/, sock/, postgres.log
-	port int                 // TCP port on 127.0.0.1, kept across restarts
-	cred *syscall.Credential // run as this user; nil unless tests run as root
+	bin      string              // directory of initdb and postgres
+	dir      string              // temporary directory: data/, sock/, postgres.log
+	port     int                 // TCP port on 127.0.0.1, kept across restarts
+	cred     *syscall.Credential // run as this user; nil unless tests run as root
+	settings []string            // more -c options
 
 	mu   sync.Mutex // serialises Restart and close
 	cmd  *exec.Cmd
@@ -133,12 +134,15 @@ func (s *Server) Restart(ctx context.Context) error {
 
 // Start creates a cluster in a new temporary directory and runs a server on
 // it. Errors wrap ErrNoBinaries or ErrNoUser when a prerequisite is missing.
-func Start(ctx context.Context) (*Server, error) {
+//
+// settings are more "postgres -c" options, after (and so over) the defaults,
+// such as "max_connections=20".
+func Start(ctx context.Context, settings ...string) (*Server, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{bin: bin}
+	s := &Server{bin: bin, settings: settings}
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup(osUser)
 		if err != nil {
@@ -232,7 +236,7 @@ func (s *Server) launch(ctx context.Context) error {
 	defer logFile.Close() // the child has its own copy
 
 	args := []string{"-D", filepath.Join(s.dir, "data"), "-k", filepath.Join(s.dir, "sock"), "-p", strconv.Itoa(s.port)}
-	for _, c := range serverSettings {
+	for _, c := range append(slices.Clone(serverSettings), s.settings...) {
 		args = append(args, "-c", c)
 	}
 	cmd := exec.Command(filepath.Join(s.bin, "postgres"), args...)

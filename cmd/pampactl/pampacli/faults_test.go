@@ -66,7 +66,12 @@ command = ["sh", "-c", %q]
 
 func newRig(t *testing.T, rows, workers, dispatchers int, step string) *rig {
 	t.Helper()
-	url := pgtest.Schema(t)
+	return newRigAt(t, pgtest.Schema(t), rows, workers, dispatchers, step)
+}
+
+// newRigAt is newRig on the database at url.
+func newRigAt(t *testing.T, url string, rows, workers, dispatchers int, step string) *rig {
+	t.Helper()
 	ctx := t.Context()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
