@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"math"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +29,17 @@ type env struct {
 	rows    int
 	timeout time.Duration
 	pgstats io.Writer // when set, pg_stat_statements' top statements per Pampa scenario go here
+}
+
+// connectHarness connects as the harness (application_name pampabench), so
+// that the session counts of the fan-in scenario leave these sessions out.
+func connectHarness(ctx context.Context, url string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["application_name"] = harnessApp
+	return pgx.ConnectConfig(ctx, cfg)
 }
 
 // schemaURL returns the server URL with search_path set to schema, so that
@@ -63,24 +76,22 @@ func (e *env) dropSchema(schema string) {
 	_, _ = e.admin.Exec(ctx, "drop schema if exists "+pgx.Identifier{schema}.Sanitize()+" cascade")
 }
 
-// benchJob is the job every Pampa scenario runs: a no-op sql step over the
-// tasks table.
+// benchJob is the job every Pampa scenario runs over the tasks table: no
+// sql step and no command, so workers run the Go handler registered under
+// its name (the no-op step), with the seed's defaults but queue_size.
 func benchJob(queueSize int) dispatcher.Job {
 	return dispatcher.Job{
-		Name:               "bench",
-		Table:              "tasks",
-		Fields:             dispatcher.FieldsFor("bench", "id"),
-		MaxPendingTasks:    1,
-		MaxAssignedWorkers: 0,
-		QueueSize:          queueSize,
-		Step:               dispatcher.Step{SQL: "select $1::bigint"},
+		Name:      benchJobName,
+		Table:     "tasks",
+		Fields:    dispatcher.FieldsFor(benchJobName, "id"),
+		QueueSize: queueSize,
 	}.WithDefaults()
 }
 
 // prepareTasks creates the tasks table (with extra column definitions),
 // inserts rows 1..n, runs dispatcher.Setup for job and analyzes the table.
 func prepareTasks(ctx context.Context, dbURL string, extraCols string, n int, job dispatcher.Job) error {
-	conn, err := pgx.Connect(ctx, dbURL)
+	conn, err := connectHarness(ctx, dbURL)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
@@ -301,4 +312,15 @@ from public.pg_stat_statements where calls > 0 order by total_exec_time desc lim
 		fmt.Fprintf(e.pgstats, "    %8d %9.0f %8.3f %8d %6d  %s\n", calls, total, mean, blks, nrows, q)
 	}
 	return rows.Err()
+}
+
+// percentile returns the p-quantile of ds (nearest rank; p = 1 is the
+// maximum). ds is sorted in place.
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	i := int(math.Ceil(p*float64(len(ds)))) - 1
+	return ds[min(max(i, 0), len(ds)-1)]
 }

@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,32 +19,111 @@ import (
 	"github.com/pampa-go/pampa/worker"
 )
 
-// Poll periods of the in-process dispatcher and workers.
-const (
-	dispatcherDelay = 200 * time.Millisecond
-	workerDelay     = 200 * time.Millisecond
-)
+// dispatcherDelay is the dispatcher's idle poll period in every scenario.
+const dispatcherDelay = 200 * time.Millisecond
 
-// cluster is a dispatcher and local workers running as goroutines of this
-// process, each worker with its own pool, as `pampactl` would run them in
-// separate processes.
-type cluster struct {
-	url     string
-	job     dispatcher.Job
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	errs    chan error
-	workers int
+// benchJobName is the job of every Pampa scenario; the no-op Go handler of
+// the in-process workers and of benchctl is registered under it.
+const benchJobName = "bench"
+
+// noop is the no-op step.
+func noop(context.Context, *worker.Task) (any, error) { return nil, nil }
+
+// connCounter is a slog.Handler that counts the protocol server's
+// "worker connected" and "worker disconnected" records on their way to the
+// real handler: how the harness knows every worker stream is up while the
+// dispatcher itself is blocked (see lockTasks).
+type connCounter struct {
+	inner slog.Handler
+	n     *atomic.Int64
 }
 
-// startWorkers starts n workers and waits until all are registered.
-func startWorkers(ctx context.Context, dbURL string, job dispatcher.Job, n int, log *slog.Logger) (*cluster, error) {
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c := &cluster{url: dbURL, job: job, cancel: cancel, errs: make(chan error, n+1), workers: n}
+func newConnCounter(inner slog.Handler) connCounter {
+	return connCounter{inner: inner, n: new(atomic.Int64)}
+}
+
+func (h connCounter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || h.inner.Enabled(ctx, l)
+}
+
+func (h connCounter) Handle(ctx context.Context, r slog.Record) error {
+	switch r.Message {
+	case "worker connected":
+		h.n.Add(1)
+	case "worker disconnected":
+		h.n.Add(-1)
+	}
+	if h.inner.Enabled(ctx, r.Level) {
+		return h.inner.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h connCounter) WithAttrs(as []slog.Attr) slog.Handler {
+	return connCounter{inner: h.inner.WithAttrs(as), n: h.n}
+}
+
+func (h connCounter) WithGroup(g string) slog.Handler {
+	return connCounter{inner: h.inner.WithGroup(g), n: h.n}
+}
+
+// cluster is a dispatcher serving the worker protocol on a loopback port
+// and workers that connect to it over TCP, all goroutines of this process:
+// each worker has its own protocol client, HTTP/2 connection and stream,
+// as a `pampactl worker run` process would.
+type cluster struct {
+	addr      string
+	connected *atomic.Int64 // worker streams the dispatcher accepted
+	stopD     context.CancelFunc
+	dDone     chan error
+	stopW     context.CancelFunc
+	wg        sync.WaitGroup
+	errs      chan error
+	workDir   string
+	stopped   bool
+}
+
+// secret is the worker secret of the in-process clusters.
+func newSecret() []byte {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return []byte(hex.EncodeToString(b))
+}
+
+// startCluster starts the dispatcher on a free loopback port, then n
+// workers running handler for job.
+func startCluster(ctx context.Context, dbURL string, job dispatcher.Job, n int, handler worker.Handler, log *slog.Logger) (*cluster, error) {
+	counter := newConnCounter(log.Handler())
+	secret := newSecret()
+	d, err := dispatcher.New(dispatcher.Config{DatabaseURL: dbURL, Jobs: []dispatcher.Job{job},
+		Delay: dispatcherDelay, Holder: "bench", Secret: secret,
+		Logger: slog.New(counter).With("component", "dispatcher")})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "pampabench-workers-")
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	c := &cluster{addr: ln.Addr().String(), connected: counter.n, dDone: make(chan error, 1),
+		errs: make(chan error, n), workDir: dir}
+	dctx, stopD := context.WithCancel(context.WithoutCancel(ctx))
+	c.stopD = stopD
+	go func() { c.dDone <- d.Serve(dctx, ln, nil) }()
+
+	wctx, stopW := context.WithCancel(context.WithoutCancel(ctx))
+	c.stopW = stopW
 	for i := 1; i <= n; i++ {
 		w, err := worker.New(worker.Config{
-			ID: fmt.Sprintf("bench.%d", i), Node: "bench", DatabaseURL: dbURL,
-			Jobs: []dispatcher.Job{job}, Delay: workerDelay, GracePeriod: 5 * time.Second,
+			ID: fmt.Sprintf("local.%d", i), Node: "local", Dispatchers: []string{c.addr}, Secret: secret,
+			Jobs:        []worker.Job{{Name: job.Name, MaxJobDuration: job.MaxJobDuration}},
+			Handlers:    map[string]worker.Handler{job.Name: handler},
+			GracePeriod: 5 * time.Second, WorkDir: dir,
 			Logger: log.With("worker", i),
 		})
 		if err != nil {
@@ -49,59 +133,90 @@ func startWorkers(ctx context.Context, dbURL string, job dispatcher.Job, n int, 
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			if err := w.Run(runCtx); err != nil {
+			if err := w.Run(wctx); err != nil {
 				c.errs <- err
 			}
 		}()
 	}
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		c.stop()
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	defer wcancel()
-	err = waitFor(wctx, 20*time.Millisecond, func() (bool, error) {
-		select {
-		case err := <-c.errs:
-			return false, fmt.Errorf("worker: %w", err)
-		default:
-		}
-		var alive int
-		err := conn.QueryRow(wctx, `select count(*) from pampa_workers where state = 'alive'`).Scan(&alive)
-		return alive == n, err
-	})
-	if err != nil {
-		c.stop()
-		return nil, fmt.Errorf("wait for %d workers to register: %w", n, err)
-	}
 	return c, nil
 }
 
-// startDispatcher runs the dispatcher until the cluster stops.
-func (c *cluster) startDispatcher(log *slog.Logger) error {
-	d, err := dispatcher.New(dispatcher.Config{DatabaseURL: c.url, Jobs: []dispatcher.Job{c.job},
-		Delay: dispatcherDelay, Holder: "bench", Logger: log.With("component", "dispatcher")})
+// waitConnected waits until the dispatcher has accepted n worker streams.
+func (c *cluster) waitConnected(ctx context.Context, n int, limit time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	err := waitFor(wctx, 5*time.Millisecond, func() (bool, error) {
+		select {
+		case err := <-c.errs:
+			return false, fmt.Errorf("worker: %w", err)
+		case err := <-c.dDone:
+			return false, fmt.Errorf("dispatcher ended: %v", err)
+		default:
+		}
+		return c.connected.Load() >= int64(n), nil
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("wait for %d worker streams (%d up): %w", n, c.connected.Load(), err)
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	prev := c.cancel
-	c.cancel = func() { prev(); cancel() }
-	c.wg.Add(1)
-	go func() { defer c.wg.Done(); _ = d.Run(runCtx) }()
 	return nil
 }
 
-// stop ends the dispatcher and the workers and waits for them.
+// stop ends the workers first (they give their rows back and wait for the
+// dispatcher to let them go), then the dispatcher.
 func (c *cluster) stop() {
-	c.cancel()
+	if c.stopped {
+		return
+	}
+	c.stopped = true
+	c.stopW()
 	c.wg.Wait()
+	c.stopD()
+	select {
+	case <-c.dDone:
+	case <-time.After(30 * time.Second):
+	}
+	os.RemoveAll(c.workDir)
 }
 
-// rowsDone is the cheap progress counter: workers add to it in the
-// transaction that ends their rows.
+// lockTasks holds an EXCLUSIVE lock on the tasks table in a transaction of
+// its own: the dispatcher's first statement that writes the table (the
+// first cycle's relaunch) waits for it, while reads, the lease and the
+// worker streams go on. That is how a run starts with every worker
+// connected and every row available at once: release lifts it.
+type tableLock struct {
+	conn *pgx.Conn
+	tx   pgx.Tx
+}
+
+func lockTasks(ctx context.Context, dbURL string) (*tableLock, error) {
+	conn, err := connectHarness(ctx, dbURL)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := conn.Begin(ctx)
+	if err == nil {
+		_, err = tx.Exec(ctx, "lock table tasks in exclusive mode")
+	}
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("lock the tasks table: %w", err)
+	}
+	return &tableLock{conn: conn, tx: tx}, nil
+}
+
+// release lifts the lock; it may be called more than once.
+func (l *tableLock) release(ctx context.Context) error {
+	if l.tx == nil {
+		return nil
+	}
+	err := l.tx.Rollback(ctx)
+	l.tx = nil
+	l.conn.Close(context.WithoutCancel(ctx))
+	return err
+}
+
+// rowsDone is the cheap progress counter: the dispatcher adds to it in the
+// transaction that writes the rows' end marks.
 func rowsDone(ctx context.Context, conn *pgx.Conn) (int64, error) {
 	var n int64
 	err := conn.QueryRow(ctx, `select coalesce(sum(rows_done), 0)::bigint from pampa_workers`).Scan(&n)
@@ -117,11 +232,13 @@ func (s pampaScenario) name() string {
 	return fmt.Sprintf("Pampa %d worker(s), queue_size %d", s.workers, s.queueSize)
 }
 
-// runPampa measures rows per second from reserved to ended: workers start
-// and register first; the clock runs from the dispatcher's start until the
-// workers have ended all rows. When the scenario's timeout comes first, the
-// rate over the rows ended so far is reported and marked partial.
-func runPampa(ctx context.Context, e *env, s pampaScenario, log *slog.Logger) (result, error) {
+// runPampa measures rows per second from available to ended. The tasks
+// table is locked (lockTasks) while the dispatcher starts and every worker
+// connects; the clock starts as the lock is lifted and stops when the
+// dispatcher has written the end marks of all rows. When the scenario's
+// timeout comes first, the rate over the rows ended so far is reported and
+// marked partial.
+func runPampa(ctx context.Context, e *env, s pampaScenario, rows int, log *slog.Logger) (result, error) {
 	res := result{Kind: kindPampa, Name: s.name(), Workers: s.workers, QueueSize: s.queueSize}
 	schema := fmt.Sprintf("bench_w%d_q%d", s.workers, s.queueSize)
 	dbURL, err := e.freshSchema(ctx, schema)
@@ -130,20 +247,28 @@ func runPampa(ctx context.Context, e *env, s pampaScenario, log *slog.Logger) (r
 	}
 	defer e.dropSchema(schema)
 	job := benchJob(s.queueSize)
-	if err := prepareTasks(ctx, dbURL, "", e.rows, job); err != nil {
+	if err := prepareTasks(ctx, dbURL, "", rows, job); err != nil {
 		return res, err
 	}
-	conn, err := pgx.Connect(ctx, dbURL)
+	conn, err := connectHarness(ctx, dbURL)
 	if err != nil {
 		return res, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
-	c, err := startWorkers(ctx, dbURL, job, s.workers, log)
+	lock, err := lockTasks(ctx, dbURL)
+	if err != nil {
+		return res, err
+	}
+	defer lock.release(context.WithoutCancel(ctx))
+	c, err := startCluster(ctx, dbURL, job, s.workers, noop, log)
 	if err != nil {
 		return res, err
 	}
 	defer c.stop()
+	if err := c.waitConnected(ctx, s.workers, time.Minute); err != nil {
+		return res, err
+	}
 
 	tctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
@@ -151,49 +276,52 @@ func runPampa(ctx context.Context, e *env, s pampaScenario, log *slog.Logger) (r
 		return res, err
 	}
 	cpu0 := readCPU()
-	start := time.Now()
-	if err := c.startDispatcher(log); err != nil {
+	if err := lock.release(ctx); err != nil {
 		return res, err
 	}
+	start := time.Now()
 	var done int64
 	var samples []sample
-	err = waitFor(tctx, 20*time.Millisecond, func() (bool, error) {
+	err = waitFor(tctx, 10*time.Millisecond, func() (bool, error) {
 		n, err := rowsDone(tctx, conn)
 		done = n
 		samples = append(samples, sample{time.Since(start), n})
-		return n >= int64(e.rows), err
+		return n >= int64(rows), err
 	})
 	res.Elapsed = time.Since(start)
+	res.CPU = readCPU().since(cpu0)
+	res.Rows = done
 	if err := e.printPGStats(ctx, s.name()); err != nil {
 		return res, err
 	}
-	res.Note = rateSpread(samples, int64(e.rows))
-	res.CPU = readCPU().since(cpu0)
-	res.Rows = done
+	res.Note = rateSpread(samples, int64(rows))
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		res.Partial = true
 		n, _ := rowsDone(ctx, conn)
 		res.Rows = n
-		res.Note = fmt.Sprintf("timed out after %s with %d of %d rows ended; %s", e.timeout, n, e.rows, res.Note)
+		res.Note = fmt.Sprintf("timed out after %s with %d of %d rows ended; %s", e.timeout, n, rows, res.Note)
 		return res, nil
 	}
 	if err != nil {
 		return res, fmt.Errorf("wait for the rows to end: %w", err)
 	}
+	res.RSSKB, _ = vmRSS("self")
 	c.stop()
-	rssKB, _ := vmRSS("self")
-	res.RSSKB = rssKB
 	// Report is the authority; rows_done was the cheap trigger.
 	st, err := dispatcher.Report(ctx, conn, []dispatcher.Job{job})
 	if err != nil {
 		return res, err
 	}
-	if st[0].Completed != int64(e.rows) {
-		return res, fmt.Errorf("report says %d of %d rows completed (%+v)", st[0].Completed, e.rows, st[0])
+	if st[0].Completed != int64(rows) {
+		return res, fmt.Errorf("report says %d of %d rows completed (%+v)", st[0].Completed, rows, st[0])
 	}
-	var retried int64
-	if err := conn.QueryRow(ctx, `select count(*) from tasks where bench_reservation_times <> 1`).Scan(&retried); err != nil {
+	var retried, busy int64
+	if err := conn.QueryRow(ctx, `select count(*) filter (where bench_reservation_times <> 1),
+  count(distinct bench_reservation_id) from tasks`).Scan(&retried, &busy); err != nil {
 		return res, err
+	}
+	if busy != int64(s.workers) {
+		res.Note += fmt.Sprintf("; rows ended by %d of the %d workers", busy, s.workers)
 	}
 	if retried > 0 {
 		res.Note += fmt.Sprintf("; %d rows took more than one attempt", retried)
@@ -204,15 +332,21 @@ func runPampa(ctx context.Context, e *env, s pampaScenario, log *slog.Logger) (r
 // latencyResult is the insert-to-start latency of rows inserted one by one
 // while workers idle.
 type latencyResult struct {
-	Inserts          int
+	Inserts, Workers int
+	// Median, P99 and Max: from the row's insert (clock_timestamp() in the
+	// inserting statement) to the start of its Go handler on a worker.
 	Median, P99, Max time.Duration
-	Note             string
+	// MarkMedian, MarkP99: to the start mark the dispatcher writes
+	// (now() of the flush transaction that records the worker's "starts").
+	MarkMedian, MarkP99 time.Duration
 }
 
-// runLatency inserts rows one at a time, spaced, with 2 idle workers and
-// queue_size 5, and measures start_time - inserted_at in the database.
-func runLatency(ctx context.Context, e *env, inserts int, spacing time.Duration, log *slog.Logger) (latencyResult, error) {
-	res := latencyResult{Inserts: inserts}
+// runLatency inserts rows one at a time, spaced, with idle workers
+// connected and queue_size 5, and measures from each insert to the start of
+// the handler that runs the row. Both clocks are the host's realtime clock
+// (the database's clock_timestamp() and Go's time.Now()).
+func runLatency(ctx context.Context, e *env, inserts, workers int, spacing time.Duration, log *slog.Logger) (latencyResult, error) {
+	res := latencyResult{Inserts: inserts, Workers: workers}
 	const schema = "bench_latency"
 	dbURL, err := e.freshSchema(ctx, schema)
 	if err != nil {
@@ -223,18 +357,35 @@ func runLatency(ctx context.Context, e *env, inserts int, spacing time.Duration,
 	if err := prepareTasks(ctx, dbURL, ", inserted_at timestamptz not null default clock_timestamp()", 0, job); err != nil {
 		return res, err
 	}
-	conn, err := pgx.Connect(ctx, dbURL)
+	conn, err := connectHarness(ctx, dbURL)
 	if err != nil {
 		return res, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	c, err := startWorkers(ctx, dbURL, job, 2, log)
+	var started sync.Map // key → time.Time
+	handler := func(_ context.Context, t *worker.Task) (any, error) {
+		started.LoadOrStore(t.Key, time.Now())
+		return nil, nil
+	}
+	c, err := startCluster(ctx, dbURL, job, workers, handler, log)
 	if err != nil {
 		return res, err
 	}
 	defer c.stop()
-	if err := c.startDispatcher(log); err != nil {
+	if err := c.waitConnected(ctx, workers, time.Minute); err != nil {
 		return res, err
+	}
+	// Registered: the dispatcher has written them and reconciled their
+	// (empty) hands, so no statement of a first flush lands in the
+	// measurement.
+	rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer rcancel()
+	if err := waitFor(rctx, 10*time.Millisecond, func() (bool, error) {
+		var n int
+		err := conn.QueryRow(rctx, `select count(*) from pampa_workers where state = 'alive'`).Scan(&n)
+		return n == workers, err
+	}); err != nil {
+		return res, fmt.Errorf("wait for %d workers to register: %w", workers, err)
 	}
 
 	tctx, cancel := context.WithTimeout(ctx, e.timeout)
@@ -249,7 +400,9 @@ func runLatency(ctx context.Context, e *env, inserts int, spacing time.Duration,
 		if err := insert(-i); err != nil {
 			return res, fmt.Errorf("insert: %w", err)
 		}
-		time.Sleep(spacing)
+		if err := sleep(tctx, spacing); err != nil {
+			return res, err
+		}
 	}
 	t := time.NewTicker(spacing)
 	defer t.Stop()
@@ -263,25 +416,39 @@ func runLatency(ctx context.Context, e *env, inserts int, spacing time.Duration,
 		case <-t.C:
 		}
 	}
-	err = waitFor(tctx, 20*time.Millisecond, func() (bool, error) {
+	err = waitFor(tctx, 10*time.Millisecond, func() (bool, error) {
 		n, err := rowsDone(tctx, conn)
 		return n >= int64(inserts+warmup), err
 	})
 	if err != nil {
 		return res, fmt.Errorf("wait for the inserted rows to end: %w", err)
 	}
-	var median, p99, maxMS float64
-	err = conn.QueryRow(ctx, `select
-  percentile_cont(0.5) within group (order by ms),
-  percentile_cont(0.99) within group (order by ms),
-  max(ms)
-from (select extract(epoch from bench_start_time - inserted_at) * 1000 as ms from tasks where id > 0) s`).
-		Scan(&median, &p99, &maxMS)
+	rows, err := conn.Query(ctx, `select id::text, inserted_at, bench_start_time from tasks where id > 0`)
 	if err != nil {
-		return res, fmt.Errorf("compute latency: %w", err)
+		return res, err
 	}
-	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
-	res.Median, res.P99, res.Max = ms(median), ms(p99), ms(maxMS)
+	var toStep, toMark []time.Duration
+	for rows.Next() {
+		var key string
+		var ins, mark time.Time
+		if err := rows.Scan(&key, &ins, &mark); err != nil {
+			return res, err
+		}
+		v, ok := started.Load(key)
+		if !ok {
+			return res, fmt.Errorf("row %s ended but no handler ran it", key)
+		}
+		toStep = append(toStep, v.(time.Time).Sub(ins))
+		toMark = append(toMark, mark.Sub(ins))
+	}
+	if err := rows.Err(); err != nil {
+		return res, err
+	}
+	if len(toStep) != inserts {
+		return res, fmt.Errorf("%d rows measured, want %d", len(toStep), inserts)
+	}
+	res.Median, res.P99, res.Max = percentile(toStep, 0.5), percentile(toStep, 0.99), percentile(toStep, 1)
+	res.MarkMedian, res.MarkP99 = percentile(toMark, 0.5), percentile(toMark, 0.99)
 	return res, nil
 }
 
@@ -295,17 +462,9 @@ type sample struct {
 // rows: a rate that falls as rows are processed points at per-cycle costs
 // that grow with the rows already done (dead index entries, say).
 func rateSpread(samples []sample, total int64) string {
-	at := func(n int64) (time.Duration, bool) {
-		for _, s := range samples {
-			if s.done >= n {
-				return s.at, true
-			}
-		}
-		return 0, false
-	}
-	q1, ok1 := at(total / 4)
-	q3, ok3 := at(total * 3 / 4)
-	end, ok4 := at(total)
+	q1, ok1 := reached(samples, total/4)
+	q3, ok3 := reached(samples, total*3/4)
+	end, ok4 := reached(samples, total)
 	if !ok1 || q1 <= 0 {
 		return ""
 	}
@@ -314,4 +473,34 @@ func rateSpread(samples []sample, total int64) string {
 		return first
 	}
 	return fmt.Sprintf("%s, last quarter %.0f rows/s", first, float64(total-total*3/4)/(end-q3).Seconds())
+}
+
+// reached is when the progress first reached n.
+func reached(samples []sample, n int64) (time.Duration, bool) {
+	for _, s := range samples {
+		if s.done >= n {
+			return s.at, true
+		}
+	}
+	return 0, false
+}
+
+// steadyRate is the rate between 10% and 90% of total: the start (workers
+// registered, first reservations) and the tail left out.
+func steadyRate(samples []sample, total int64) float64 {
+	a, ok1 := reached(samples, total/10)
+	b, ok2 := reached(samples, total*9/10)
+	if !ok1 || !ok2 || b <= a {
+		return 0
+	}
+	var na, nb int64
+	for _, s := range samples {
+		if s.at == a {
+			na = s.done
+		}
+		if s.at == b {
+			nb = s.done
+		}
+	}
+	return float64(nb-na) / (b - a).Seconds()
 }

@@ -34,7 +34,7 @@ type ClientConfig struct {
 	// Connected, if set, is told whenever the stream comes up or goes down.
 	Connected func(up bool)
 
-	Logger    *slog.Logger
+	Logger *slog.Logger
 	// MinBackoff and MaxBackoff space reconnects (jittered); default 100ms
 	// and 5s.
 	MinBackoff, MaxBackoff time.Duration

@@ -53,7 +53,9 @@ type Ref struct {
 	Attempt int    `json:"attempt"` // 1 on the first try
 }
 
-func (r Ref) String() string { return fmt.Sprintf("row %s of job %q, attempt %d", r.Key, r.Job, r.Attempt) }
+func (r Ref) String() string {
+	return fmt.Sprintf("row %s of job %q, attempt %d", r.Key, r.Job, r.Attempt)
+}
 
 // Row is a row handed to a worker: its key, attempt and user columns.
 type Row struct {

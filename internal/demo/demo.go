@@ -203,7 +203,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		close(allExited)
 	}()
 	status, err := watch(ctx, conn, cfg.Jobs, o, allExited)
-	if err != nil {
+	if errors.Is(err, errWorkersExited) {
 		err = fmt.Errorf("%w; their logs:\n%s", err, logTails(dir))
 	}
 	stop()

@@ -92,6 +92,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 
 func (e *env) exitCode(ctx context.Context, err error) int {
 	if err == nil {
+		if ctx.Err() != nil {
+			return ExitInterrupted // stopped by a signal, as a shell expects
+		}
 		return ExitOK
 	}
 	fmt.Fprintln(e.stderr, "pampactl:", err)

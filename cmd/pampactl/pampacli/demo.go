@@ -20,6 +20,7 @@ func (e *env) demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "rows", Value: 100_000, Usage: "how many numbers"},
 			&cli.IntFlag{Name: "workers", Value: 2, Usage: "local worker processes"},
 			&cli.IntFlag{Name: "queue-size", Value: 500, Usage: "rows reserved per worker at a time"},
+			&cli.BoolFlag{Name: "verbose", Usage: "log what the dispatcher does"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.Int("rows") < 1 || c.Int("workers") < 1 || c.Int("queue-size") < 1 {
@@ -34,7 +35,7 @@ func (e *env) demoCommand() *cli.Command {
 				return err
 			}
 			defer closeLog()
-			if e.getenv("PAMPA_DEMO_LOG") == "" {
+			if !c.Bool("verbose") {
 				log = nil
 			}
 			res, err := demo.Run(c.Context, demo.Options{

@@ -11,15 +11,16 @@ import (
 )
 
 // Workers started with `workers start` on a tunnel node reach the
-// database through the tunnel `dispatcher run` keeps open; a node that
-// cannot be reached when the dispatcher starts gets its tunnel once it can.
+// dispatcher through the tunnel `dispatcher run` keeps open, their only
+// way to it; a node that cannot be reached when the dispatcher starts gets
+// its tunnel once it can. The tunnel closes with the dispatcher.
 func TestDispatcherKeepsTunnelsOpen(t *testing.T) {
 	t.Parallel()
 	const rows = 200
 	bin := pampactlBinary(t)
 	srv := sshtest.StartSSHD(t)
-	direct := pgtest.Schema(t)
-	createItems(t, direct, rows)
+	dbURL := pgtest.Schema(t)
+	createItems(t, dbURL, rows)
 
 	// The node is reached through a link that can go down.
 	link := sshtest.NewLink(t, srv.Addr)
@@ -27,27 +28,37 @@ func TestDispatcherKeepsTunnelsOpen(t *testing.T) {
 	viaLink := *srv
 	viaLink.Addr, viaLink.Host = link.Addr, host
 	viaLink.Port, _ = strconv.Atoi(port)
-	n := sshNode(t, "w1", srv)
+	n := tunnelNode{sshNode(t, "w1", srv), unusedPort(t)}
 	sshtest.WriteKnownHosts(t, n.knownHosts, link.Addr, srv.HostKey)
-	cli, conn := tunnelCluster(t, &viaLink, direct, tunnelNode{n, unusedPort(t)})
+	c := newCluster(t, &viaLink, dbURL, n)
 
-	for _, args := range [][]string{{"nodes", "deploy", "--binary", bin}, {"workers", "start"}} {
-		if r := cli(t.Context(), args...); r.code != 0 {
-			t.Fatalf("%s:\n%s", strings.Join(args, " "), r)
+	// Deployed and started before any dispatcher runs: the workers dial
+	// the tunnel's end, where nothing listens yet, and keep trying.
+	c.must("nodes", "deploy", "--binary", bin)
+	c.checkNodeConfig(n.node, n.tunnelAddr())
+	r := c.must("workers", "start")
+	for _, id := range []string{"w1.1", "w1.2"} {
+		if !strings.Contains(r.stdout, id+"\tstarted") {
+			t.Fatalf("workers start did not start %s:\n%s", id, r)
 		}
 	}
+	pids := map[string]int{"w1.1": pidOf(t, n.workDir, "w1.1"), "w1.2": pidOf(t, n.workDir, "w1.2")}
+
 	link.SetDown(true)
-	d := startBackground(t, cli, "dispatcher", "run", "--ssh-timeout", "2s")
+	d := startBackground(t, c.cli, "dispatcher", "run", "--ssh-timeout", "2s")
 	poll(t, "the dispatcher tries the node while its link is down", func() string {
+		d.running()
 		if link.Refused() == 0 {
 			return "no connection attempt yet"
 		}
 		return ""
 	})
 	link.SetDown(false)
-	waitRowsDoneBy(t, conn, rows, "w1", d)
-	r := d.stop()
+	waitRowsDoneBy(t, c.conn, rows, n.node, d)
+	waitOnlyThroughTunnel(t, n.port, pids)
+	r = d.stop()
 	if !strings.Contains(r.stderr, `node "w1"`) || !strings.Contains(r.stderr, "retrying in the background") {
 		t.Errorf("dispatcher run does not say w1's tunnel failed and is retried:\n%s", r)
 	}
+	waitTunnelClosed(t, "the tunnel closes with the dispatcher", n.port)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
 	"github.com/pampa-go/pampa/internal/netnstest"
 	"github.com/pampa-go/pampa/internal/pgtest"
 )
@@ -138,7 +139,7 @@ max_workers = %d
 	go func() { dispatcherDone <- runTo(dctx, &dlog, "--config", cfg, "dispatcher", "run") }()
 	t.Cleanup(func() {
 		stopDispatcher()
-		if code := <-dispatcherDone; code != 0 && !t.Failed() {
+		if code := <-dispatcherDone; code != pampacli.ExitInterrupted && !t.Failed() {
 			t.Errorf("dispatcher run exited %d:\n%s", code, dlog.String())
 		}
 		if t.Failed() {

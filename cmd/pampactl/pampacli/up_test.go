@@ -1,14 +1,18 @@
 package pampacli_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -22,10 +26,17 @@ import (
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgtest"
 	"github.com/pampa-go/pampa/internal/sshtest"
+	"github.com/pampa-go/pampa/orchestrator"
 )
 
-// upJob is the job of these tests: an sql step over the items table.
+// upJob is the job of these tests: a command step over the items table,
+// run by the nodes' workers. The step appends its key and its worker's id
+// to steps.log in the work dir it runs in (the node's); result_sql marks
+// the row done in the transaction that records the step's success.
 const upJob = "tick"
+
+// stepsLog is the file the step appends to, in the node's work dir.
+const stepsLog = "steps.log"
 
 // createItems makes the items table with rows 1..n.
 func createItems(t *testing.T, dbURL string, n int) {
@@ -43,31 +54,32 @@ insert into items (id) select generate_series(1, %d)`, n)); err != nil {
 }
 
 // tunnelNode is a node of clusterConfig; with port > 0 its workers reach
-// the database through a db tunnel there.
+// the dispatcher through a tunnel listening there on the node.
 type tunnelNode struct {
 	node
 	port int
 }
 
-// clusterConfig is a cluster file with SSH nodes on srv and the items job.
-// When a node has a db tunnel, the URL may be overridden by
-// $PAMPA_DATABASE_URL: on the control host only, as the node's SSH
-// sessions do not have it.
-func clusterConfig(dbURL string, srv *sshtest.Server, nodes ...tunnelNode) string {
+// tunnelAddr is where the workers of a tunnel node dial the dispatcher.
+func (n tunnelNode) tunnelAddr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port))
+}
+
+// clusterConfig is a cluster file with SSH nodes on srv and the items job;
+// the dispatcher listens on listen. [dispatcher] addresses is left unset,
+// so it defaults to listen: the node is this machine, so a node without a
+// tunnel reaches the dispatcher there, and a config that handed that
+// address to a tunnel node would let its workers bypass the tunnel.
+func clusterConfig(dbURL, listen string, srv *sshtest.Server, nodes ...tunnelNode) string {
 	var b strings.Builder
-	urlEnv := ""
-	for _, n := range nodes {
-		if n.port > 0 {
-			urlEnv = "PAMPA_DATABASE_URL"
-		}
-	}
 	fmt.Fprintf(&b, `[database]
 url = %q
-url_env = %q
+url_env = ""
 
 [dispatcher]
 delay = "100ms"
 log_file = ""
+listen = %q
 
 [worker]
 delay = "100ms"
@@ -78,8 +90,9 @@ grace_period = "1s"
 name = %q
 table = "items"
 queue_size = 20
-sql = "update items set done = true where id = $1"
-`, dbURL, urlEnv, upJob)
+command = ["sh", "-c", "echo $PAMPA_TASK_ID $PAMPA_WORKER_ID >> %s"]
+result_sql = "update items set done = true where id = $1::int"
+`, dbURL, listen, upJob, stepsLog)
 	for _, n := range nodes {
 		fmt.Fprintf(&b, `
 [[nodes]]
@@ -116,17 +129,6 @@ func unusedPort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// withPort is dbURL with its host replaced by 127.0.0.1:port.
-func withPort(t *testing.T, dbURL string, port int) string {
-	t.Helper()
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	return u.String()
 }
 
 // alive says whether pid is a process that has not exited (a zombie
@@ -184,54 +186,179 @@ func workerRows(t *testing.T, dbURL string) map[string]dispatcher.WorkerStatus {
 	return out
 }
 
-// tunnelCluster writes a cluster file whose workers can reach the
-// database only through their nodes' db tunnels: it names a port nothing
-// listens on, and only the control host has the real URL (direct), in
-// $PAMPA_DATABASE_URL, which the nodes' SSH sessions do not get. It sets
-// the database up and returns the CLI on that cluster (workers are
-// stopped at the end of the test) and a connection to the database.
-func tunnelCluster(t *testing.T, srv *sshtest.Server, direct string, nodes ...tunnelNode) (func(ctx context.Context, args ...string) result, *pgx.Conn) {
+// cluster is a cluster file of clusterConfig, its database set up.
+type cluster struct {
+	t      *testing.T
+	path   string // cluster.toml; pampa.secret is beside it
+	text   string // what path holds
+	dbURL  string
+	listen string // [dispatcher] listen, a free port of this test's
+	conn   *pgx.Conn
+}
+
+// newCluster writes the cluster file for the nodes, on the database at
+// dbURL, runs db setup, and stops the nodes' workers when the test ends.
+func newCluster(t *testing.T, srv *sshtest.Server, dbURL string, nodes ...tunnelNode) *cluster {
 	t.Helper()
 	for _, n := range nodes {
 		dumpLogs(t, n.workDir)
 	}
-	cfg := filepath.Join(t.TempDir(), "cluster.toml")
-	writeFile(t, cfg, clusterConfig(withPort(t, direct, unusedPort(t)), srv, nodes...))
-	env := map[string]string{"PAMPA_DATABASE_URL": direct}
-	cli := func(ctx context.Context, args ...string) result {
-		t.Helper()
-		return pampactl(ctx, t, env, append([]string{"--config", cfg}, args...)...)
-	}
-	if r := cli(t.Context(), "db", "setup"); r.code != 0 {
+	c := &cluster{t: t, path: filepath.Join(t.TempDir(), "cluster.toml"), dbURL: dbURL, listen: freeAddr(t)}
+	c.write(clusterConfig(dbURL, c.listen, srv, nodes...))
+	if r := c.cli(t.Context(), "db", "setup"); r.code != 0 {
 		t.Fatalf("db setup:\n%s", r)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		cli(ctx, "down")
+		c.cli(ctx, "down")
 	})
-	conn, err := pgx.Connect(t.Context(), direct)
+	conn, err := pgx.Connect(t.Context(), dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	return cli, conn
+	c.conn = conn
+	return c
+}
+
+func (c *cluster) write(text string) {
+	c.t.Helper()
+	c.text = text
+	writeFile(c.t, c.path, text)
+}
+
+// cli runs pampactl on the cluster file, with an empty environment.
+func (c *cluster) cli(ctx context.Context, args ...string) result {
+	c.t.Helper()
+	return pampactl(ctx, c.t, nil, append([]string{"--config", c.path}, args...)...)
+}
+
+// must runs pampactl and fails the test unless it exits 0.
+func (c *cluster) must(args ...string) result {
+	c.t.Helper()
+	r := c.cli(c.t.Context(), args...)
+	if r.code != 0 {
+		c.t.Fatalf("pampactl %s:\n%s", strings.Join(args, " "), r)
+	}
+	return r
+}
+
+// secret is the cluster's worker secret, which must be in pampa.secret
+// beside cluster.toml, mode 0600.
+func (c *cluster) secret() string {
+	c.t.Helper()
+	path := filepath.Join(filepath.Dir(c.path), "pampa.secret")
+	fi, err := os.Stat(path)
+	if err != nil {
+		c.t.Fatalf("the worker secret: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		c.t.Errorf("%s has mode %04o; want 0600", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// checkNodeConfig checks the config deploy pushed to node n (its work
+// dir's cluster.toml): mode 0600, the cluster's worker secret, no
+// database URL nor anything of it, and dispatchers exactly [want]. Unless
+// want is the dispatcher's listen address, that address is nowhere in it:
+// the node's workers have no way to the dispatcher but want.
+func (c *cluster) checkNodeConfig(n node, want string) {
+	t := c.t
+	t.Helper()
+	path := filepath.Join(n.workDir, "cluster.toml")
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("node %s: its config: %v", n.name, err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("node %s: %s has mode %04o; want 0600 (it holds the worker secret)", n.name, path, fi.Mode().Perm())
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	if bytes.Equal(data, []byte(c.text)) {
+		t.Fatalf("node %s got cluster.toml as is, not a config of its own:\n%s", n.name, text)
+	}
+	u, err := url.Parse(c.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaks := []string{c.dbURL, "postgres://", "postgresql://", "[database]", u.Host}
+	if p, ok := u.User.Password(); ok && p != "" {
+		leaks = append(leaks, p)
+	}
+	if want != c.listen {
+		_, port, _ := net.SplitHostPort(c.listen)
+		leaks = append(leaks, ":"+port)
+	}
+	for _, s := range leaks {
+		if s != "" && strings.Contains(text, s) {
+			t.Errorf("node %s: its config holds %q:\n%s", n.name, s, text)
+		}
+	}
+	cfg, err := orchestrator.Parse(path, data)
+	if err != nil {
+		t.Fatalf("node %s: its config does not parse: %v\n%s", n.name, err, text)
+	}
+	if cfg.Database.URL != "" {
+		t.Errorf("node %s: its config has a database URL", n.name)
+	}
+	if len(cfg.Nodes) != 1 || cfg.Nodes[0].Name != n.name {
+		t.Fatalf("node %s: its config has nodes %+v; want itself alone", n.name, cfg.Nodes)
+	}
+	if got := cfg.WorkerDispatchers(cfg.Nodes[0]); !slices.Equal(got, []string{want}) || !slices.Equal(cfg.Worker.Dispatchers, []string{want}) {
+		t.Errorf("node %s: its workers dial %v ([worker] dispatchers %v); want [%s] alone", n.name, got, cfg.Worker.Dispatchers, want)
+	}
+	if cfg.Worker.Secret != c.secret() {
+		t.Errorf("node %s: its config does not hold the cluster's worker secret", n.name)
+	}
+	if _, ok := cfg.Job(upJob); !ok {
+		t.Errorf("node %s: its config lacks the job %s its workers run:\n%s", n.name, upJob, text)
+	}
 }
 
 // background is a pampactl command that runs until cancelled (up,
-// dispatcher run).
+// dispatcher run). It is cancelled, and waited for, when the test ends.
 type background struct {
 	t      *testing.T
 	name   string
 	cancel context.CancelFunc
-	done   chan result
+	done   chan struct{} // closed once it returned, res set
+	res    result
 }
 
 func startBackground(t *testing.T, cli func(ctx context.Context, args ...string) result, args ...string) *background {
-	ctx, cancel := context.WithCancel(t.Context())
-	b := &background{t: t, name: strings.Join(args[:min(2, len(args))], " "), cancel: cancel, done: make(chan result, 1)}
-	t.Cleanup(cancel)
-	go func() { b.done <- cli(ctx, args...) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &background{t: t, name: strings.Join(args[:min(2, len(args))], " "), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(b.done)
+		b.res = cli(ctx, args...)
+	}()
+	// Before the workers are stopped and the schema dropped (cleanups run
+	// last first), so that it does not run on without them.
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-b.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s did not return within 30s of being cancelled", b.name)
+		}
+		if t.Failed() {
+			select {
+			case <-b.done:
+				t.Logf("%s:\n%s", b.name, b.res)
+			default:
+			}
+		}
+	})
 	return b
 }
 
@@ -239,8 +366,8 @@ func startBackground(t *testing.T, cli func(ctx context.Context, args ...string)
 func (b *background) running() {
 	b.t.Helper()
 	select {
-	case r := <-b.done:
-		b.t.Fatalf("%s returned before it was cancelled:\n%s", b.name, r)
+	case <-b.done:
+		b.t.Fatalf("%s returned before it was cancelled:\n%s", b.name, b.res)
 	default:
 	}
 }
@@ -250,63 +377,178 @@ func (b *background) running() {
 func (b *background) stop() result {
 	b.t.Helper()
 	b.cancel()
-	var r result
 	select {
-	case r = <-b.done:
+	case <-b.done:
 	case <-time.After(30 * time.Second):
 		b.t.Fatalf("%s did not return within 30s of being cancelled", b.name)
 	}
+	r := b.res
 	if r.code != 0 && r.code != pampacli.ExitInterrupted {
 		b.t.Fatalf("%s after cancel: want exit 0 or %d\n%s", b.name, pampacli.ExitInterrupted, r)
 	}
 	return r
 }
 
-// waitRowsDoneBy waits until the step ran on every one of the rows of
-// items and each ended successfully, all by workers of the node, while b
-// runs.
-func waitRowsDoneBy(t *testing.T, conn *pgx.Conn, rows int, node string, b *background) {
+// waitRowsDoneBy waits until every one of the rows of items ended with
+// success, all reserved by workers of node n, while b runs; then checks
+// that the step ran in n's work dir for each row, by n's workers.
+func waitRowsDoneBy(t *testing.T, conn *pgx.Conn, rows int, n node, b *background) {
 	t.Helper()
 	count := fmt.Sprintf(`select count(*) filter (where done), count(*) filter (where %[1]s_success and %[1]s_end_time is not null),
   count(*) filter (where %[1]s_reservation_id like $1) from items`, upJob)
-	poll(t, node+"'s workers process every row", func() string {
+	poll(t, n.name+"'s workers process every row", func() string {
 		b.running()
 		var nDone, nOK, nByNode int
-		if err := conn.QueryRow(t.Context(), count, node+".%").Scan(&nDone, &nOK, &nByNode); err != nil {
+		if err := conn.QueryRow(t.Context(), count, n.name+".%").Scan(&nDone, &nOK, &nByNode); err != nil {
 			t.Fatal(err)
 		}
 		if nDone != rows || nOK != rows || nByNode != rows {
-			return fmt.Sprintf("%d of %d rows done, %d ended with success, %d by %s's workers", nDone, rows, nOK, nByNode, node)
+			return fmt.Sprintf("%d of %d rows done (result_sql), %d ended with success, %d by %s's workers", nDone, rows, nOK, nByNode, n.name)
 		}
 		return ""
 	})
+	// The step writes before it reports: every row is in the log by now.
+	data, err := os.ReadFile(filepath.Join(n.workDir, stepsLog))
+	if err != nil {
+		t.Fatalf("the step's log in %s's work dir: %v", n.name, err)
+	}
+	ran := map[int]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		key, worker, _ := strings.Cut(line, " ")
+		k, err := strconv.Atoi(key)
+		if err != nil || !strings.HasPrefix(worker, n.name+".") {
+			t.Fatalf("%s's %s: line %q; want a key and a worker of %s", n.name, stepsLog, line, n.name)
+		}
+		ran[k] = true
+	}
+	for k := 1; k <= rows; k++ {
+		if !ran[k] {
+			t.Fatalf("the step of row %d did not run in %s's work dir (%d of %d rows did)", k, n.name, len(ran), rows)
+		}
+	}
+}
+
+// waitOnlyThroughTunnel waits until each worker holds a connection to
+// the tunnel's end on the node, 127.0.0.1:port, and to nothing else (not
+// the dispatcher's listener, not the database): the tunnel is their way
+// to the dispatcher.
+func waitOnlyThroughTunnel(t *testing.T, port int, pids map[string]int) {
+	t.Helper()
+	want := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	for id, pid := range pids {
+		poll(t, "worker "+id+" is connected through the tunnel alone", func() string {
+			peers, err := tcpPeers(pid)
+			if err != nil {
+				t.Fatalf("worker %s (pid %d): %v", id, pid, err)
+			}
+			if len(peers) == 0 || slices.ContainsFunc(peers, func(p string) bool { return p != want }) {
+				return fmt.Sprintf("pid %d's TCP peers are %v; want %s alone", pid, peers, want)
+			}
+			return ""
+		})
+	}
+}
+
+// waitTunnelClosed waits until nothing accepts connections on the
+// node's end of a tunnel.
+func waitTunnelClosed(t *testing.T, what string, port int) {
+	t.Helper()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	poll(t, what, func() string {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return ""
+		}
+		c.Close()
+		return addr + " still accepts connections"
+	})
+}
+
+// tcpPeers lists the remote addresses of pid's established TCP
+// connections, IPv4 and IPv6, from /proc.
+func tcpPeers(pid int) ([]string, error) {
+	inodes := map[string]bool{}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil, fmt.Errorf("list fds: %w", err)
+	}
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	var peers []string
+	for _, table := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if errors.Is(err, fs.ErrNotExist) && table == "tcp6" {
+			continue // no IPv6
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s table: %w", table, err)
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			if len(f) < 10 || !inodes[f[9]] || f[3] != "01" { // 01: ESTABLISHED
+				continue
+			}
+			addr, err := procAddr(f[2])
+			if err != nil {
+				return nil, fmt.Errorf("%s table line %q: %w", table, line, err)
+			}
+			peers = append(peers, addr)
+		}
+	}
+	return peers, nil
+}
+
+// procAddr decodes an address of /proc/net/tcp{,6}: hex 32-bit words in
+// host (here little-endian) order, a colon, the port in hex.
+func procAddr(s string) (string, error) {
+	hexIP, hexPort, ok := strings.Cut(s, ":")
+	if !ok {
+		return "", fmt.Errorf("address %q: no port", s)
+	}
+	ip, err := hex.DecodeString(hexIP)
+	if err != nil || (len(ip) != net.IPv4len && len(ip) != net.IPv6len) {
+		return "", fmt.Errorf("address %q: bad IP", s)
+	}
+	for i := 0; i < len(ip); i += 4 {
+		ip[i], ip[i+1], ip[i+2], ip[i+3] = ip[i+3], ip[i+2], ip[i+1], ip[i]
+	}
+	port, err := strconv.ParseUint(hexPort, 16, 16)
+	if err != nil {
+		return "", fmt.Errorf("address %q: bad port", s)
+	}
+	return net.JoinHostPort(net.IP(ip).String(), strconv.Itoa(int(port))), nil
 }
 
 // TestUp runs `pampactl up` against a node whose workers can reach the
-// database only through the db tunnel: the URL in cluster.toml names a port
-// nothing listens on, and only the control host has the real URL (in
-// $PAMPA_DATABASE_URL, which the node's SSH sessions do not get). Every row
-// completing proves the workers went through 127.0.0.1:tunnel_port on
-// the node. Cancelling up stops the dispatcher and closes the tunnel; the
-// workers keep running, as documented, until `pampactl down`.
+// dispatcher only through the tunnel: the config deployed to the node
+// names 127.0.0.1:tunnel_port alone, holds no database URL, and the
+// workers' only TCP connections go there. Every row completing, its step
+// run in the node's work dir by the node's workers, proves the tunnel
+// carried the worker protocol. Cancelling up stops the dispatcher and
+// closes the tunnel; the workers keep running, as documented, until
+// `pampactl down`.
 func TestUp(t *testing.T) {
 	t.Parallel()
 	const rows = 300
 	bin := pampactlBinary(t)
 	srv := sshtest.StartSSHD(t)
-	direct := pgtest.Schema(t)
-	createItems(t, direct, rows)
+	dbURL := pgtest.Schema(t)
+	createItems(t, dbURL, rows)
 
-	tunnelPort := unusedPort(t)
-	n := sshNode(t, "w1", srv)
-	cli, conn := tunnelCluster(t, srv, direct, tunnelNode{n, tunnelPort})
-	up := startBackground(t, cli, "up", "--binary", bin)
-	waitRowsDoneBy(t, conn, rows, "w1", up)
+	n := tunnelNode{sshNode(t, "w1", srv), unusedPort(t)}
+	c := newCluster(t, srv, dbURL, n)
+	up := startBackground(t, c.cli, "up", "--binary", bin)
+	waitRowsDoneBy(t, c.conn, rows, n.node, up)
 
 	// The workers that did it are the ones up started on the node, and they
 	// are registered under the pids of their pid files.
 	pids := map[string]int{}
-	reg := workerRows(t, direct)
+	reg := workerRows(t, dbURL)
 	for _, id := range []string{"w1.1", "w1.2"} {
 		pids[id] = pidOf(t, n.workDir, id)
 		if !alive(pids[id]) {
@@ -316,11 +558,12 @@ func TestUp(t *testing.T) {
 			t.Errorf("registry has %s as %+v; want alive with pid %d", id, w, pids[id])
 		}
 	}
-	// Nothing on the node but the tunnel leads to the database, and the
-	// workers hold their connections to it.
-	if err := tunnelClients(tunnelPort, pids); err != nil {
-		t.Error(err)
-	}
+	// up created the worker secret and deployed the node a config of its
+	// own: the tunnel is the one way to the dispatcher it names, and it
+	// holds nothing of the database. The workers hold their stream through
+	// the tunnel, and no other connection.
+	c.checkNodeConfig(n.node, n.tunnelAddr())
+	waitOnlyThroughTunnel(t, n.port, pids)
 
 	r := up.stop()
 	for _, want := range []string{"w1\t", "w1.1\tstarted", "w1.2\tstarted"} {
@@ -333,17 +576,10 @@ func TestUp(t *testing.T) {
 	}
 
 	// The tunnel closes with up...
-	poll(t, "the tunnel closes with up", func() string {
-		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(tunnelPort)))
-		if err != nil {
-			return ""
-		}
-		c.Close()
-		return "127.0.0.1:" + strconv.Itoa(tunnelPort) + " still accepts connections"
-	})
+	waitTunnelClosed(t, "the tunnel closes with up", n.port)
 	// ...and the workers keep running (usage: "workers keep running when it
 	// stops: pampactl down stops them").
-	st := cli(t.Context(), "workers", "status", "--json")
+	st := c.cli(t.Context(), "workers", "status", "--json")
 	var ws []struct {
 		ID      string `json:"id"`
 		PID     int    `json:"pid"`
@@ -358,7 +594,7 @@ func TestUp(t *testing.T) {
 		}
 	}
 
-	down := cli(t.Context(), "down")
+	down := c.cli(t.Context(), "down")
 	if down.code != 0 {
 		t.Fatalf("down:\n%s", down)
 	}
@@ -375,18 +611,18 @@ func TestUp(t *testing.T) {
 	}
 }
 
-// TestUpTunnelPortTaken: one node's db tunnel cannot open, as something
-// else holds its port on the node. up warns, naming that node, starts no
-// worker there (a worker would hand the database credentials to whatever
-// holds the port), keeps the other node's tunnel open, and that node's
-// workers process every row.
+// TestUpTunnelPortTaken: one node's tunnel cannot open, as something else
+// holds its port on the node. up warns, naming that node, starts no worker
+// there (a worker would hand the worker secret to whatever holds the
+// port), keeps the other node's tunnel open, and that node's workers
+// process every row.
 func TestUpTunnelPortTaken(t *testing.T) {
 	t.Parallel()
 	const rows = 200
 	bin := pampactlBinary(t)
 	srv := sshtest.StartSSHD(t)
-	direct := pgtest.Schema(t)
-	createItems(t, direct, rows)
+	dbURL := pgtest.Schema(t)
+	createItems(t, dbURL, rows)
 
 	squatter, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -404,11 +640,13 @@ func TestUpTunnelPortTaken(t *testing.T) {
 			c.Close()
 		}
 	}()
-	w1, w2 := sshNode(t, "w1", srv), sshNode(t, "w2", srv)
-	cli, conn := tunnelCluster(t, srv, direct,
-		tunnelNode{w1, unusedPort(t)}, tunnelNode{w2, squatter.Addr().(*net.TCPAddr).Port})
-	up := startBackground(t, cli, "up", "--binary", bin)
-	waitRowsDoneBy(t, conn, rows, "w1", up)
+	w1 := tunnelNode{sshNode(t, "w1", srv), unusedPort(t)}
+	w2 := tunnelNode{sshNode(t, "w2", srv), squatter.Addr().(*net.TCPAddr).Port}
+	c := newCluster(t, srv, dbURL, w1, w2)
+	up := startBackground(t, c.cli, "up", "--binary", bin)
+	waitRowsDoneBy(t, c.conn, rows, w1.node, up)
+	pids := map[string]int{"w1.1": pidOf(t, w1.workDir, "w1.1"), "w1.2": pidOf(t, w1.workDir, "w1.2")}
+	waitOnlyThroughTunnel(t, w1.port, pids)
 	r := up.stop()
 	if !strings.Contains(r.stderr, `node "w2"`) || !strings.Contains(r.stderr, "tunnel_port") || !strings.Contains(r.stderr, "going on with w1 only") {
 		t.Errorf("up does not explain that w2's tunnel failed and it went on with w1:\n%s", r)
@@ -421,75 +659,26 @@ func TestUpTunnelPortTaken(t *testing.T) {
 			t.Errorf("%s has a pid file: %v", id, err)
 		}
 	}
+	if reg := workerRows(t, dbURL); len(reg) != 2 || reg["w1.1"].ID == "" || reg["w1.2"].ID == "" {
+		t.Errorf("registry %+v; want w1.1 and w1.2 alone", reg)
+	}
 	if n := squatted.Load(); n != 0 {
 		t.Errorf("%d connections reached what holds w2's tunnel port", n)
 	}
-	pids := map[string]int{"w1.1": pidOf(t, w1.workDir, "w1.1"), "w1.2": pidOf(t, w1.workDir, "w1.2")}
-	if down := cli(t.Context(), "down"); down.code != 0 {
+	if down := c.cli(t.Context(), "down"); down.code != 0 {
 		t.Fatalf("down:\n%s", down)
 	}
 	waitGone(t, "down", pids)
 }
 
-// tunnelClients checks that each worker process holds a connection to the
-// tunnel's port on the node.
-func tunnelClients(tunnelPort int, pids map[string]int) error {
-	for id, pid := range pids {
-		ports, err := remotePorts(pid)
-		if err != nil {
-			return fmt.Errorf("worker %s: %w", id, err)
-		}
-		if !ports[tunnelPort] {
-			return fmt.Errorf("worker %s (pid %d) has no connection to the tunnel port %d; its TCP peers' ports: %v", id, pid, tunnelPort, ports)
-		}
-	}
-	return nil
-}
-
-// remotePorts lists the peer ports of pid's established TCP connections
-// to 127.0.0.1, from /proc.
-func remotePorts(pid int) (map[int]bool, error) {
-	inodes := map[string]bool{}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		return nil, fmt.Errorf("list fds: %w", err)
-	}
-	for _, fd := range fds {
-		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
-		if err == nil && strings.HasPrefix(l, "socket:[") {
-			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
-		}
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
-	if err != nil {
-		return nil, fmt.Errorf("read tcp table: %w", err)
-	}
-	ports := map[int]bool{}
-	for _, line := range strings.Split(string(data), "\n")[1:] {
-		f := strings.Fields(line)
-		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-		if len(f) < 10 || !inodes[f[9]] || f[3] != "01" { // 01: ESTABLISHED
-			continue
-		}
-		host, port, ok := strings.Cut(f[2], ":")
-		if !ok || host != "0100007F" { // 127.0.0.1
-			continue
-		}
-		p, err := strconv.ParseInt(port, 16, 32)
-		if err != nil {
-			return nil, fmt.Errorf("tcp table line %q: %w", line, err)
-		}
-		ports[int(p)] = true
-	}
-	return ports, nil
-}
-
 // TestDeployRestart: `nodes deploy` of a changed config and binary leaves
 // running workers alone, and `workers status` calls them stale; a later
 // `nodes deploy --restart` with nothing to upload restarts exactly the
-// stale ones (new pids, which register and heart-beat); with --restart a
-// change restarts every running worker; with --restart, nothing changed
-// and nothing stale, it restarts nothing.
+// stale ones (new pids, which register with the dispatcher and
+// heart-beat); with --restart a change restarts every running worker;
+// with --restart, nothing changed and nothing stale, it restarts nothing.
+// The node has no tunnel: its workers dial [dispatcher] addresses, by
+// default the listen address, which works as the node is this machine.
 func TestDeployRestart(t *testing.T) {
 	t.Parallel()
 	bin := pampactlBinary(t)
@@ -497,18 +686,7 @@ func TestDeployRestart(t *testing.T) {
 	dbURL := pgtest.Schema(t)
 	createItems(t, dbURL, 10)
 	n := sshNode(t, "w1", srv)
-	dumpLogs(t, n.workDir)
-	cfg := filepath.Join(t.TempDir(), "cluster.toml")
-	text := clusterConfig(dbURL, srv, tunnelNode{node: n})
-	writeFile(t, cfg, text)
-	must := func(args ...string) result {
-		t.Helper()
-		r := pampactl(t.Context(), t, nil, append([]string{"--config", cfg}, args...)...)
-		if r.code != 0 {
-			t.Fatalf("pampactl %s:\n%s", strings.Join(args, " "), r)
-		}
-		return r
-	}
+	c := newCluster(t, srv, dbURL, tunnelNode{node: n})
 	type deployed struct {
 		Node           string `json:"node"`
 		BinaryUploaded bool   `json:"binary_uploaded"`
@@ -521,12 +699,25 @@ func TestDeployRestart(t *testing.T) {
 	}
 	deploy := func(args ...string) deployed {
 		t.Helper()
-		r := must(append([]string{"nodes", "deploy", "--json"}, args...)...)
+		r := c.must(append([]string{"nodes", "deploy", "--json"}, args...)...)
 		var d []deployed
 		if err := json.Unmarshal([]byte(r.stdout), &d); err != nil || len(d) != 1 {
 			t.Fatalf("nodes deploy --json: %v\n%s", err, r)
 		}
 		return d[0]
+	}
+	// change edits what the node's config is made of: the grace period,
+	// which is in it.
+	grace := 1
+	change := func() {
+		t.Helper()
+		old := fmt.Sprintf("grace_period = %q", strconv.Itoa(grace)+"s")
+		grace++
+		text := strings.Replace(c.text, old, fmt.Sprintf("grace_period = %q", strconv.Itoa(grace)+"s"), 1)
+		if text == c.text {
+			t.Fatalf("no %s in the cluster file", old)
+		}
+		c.write(text)
 	}
 	ids := []string{"w1.1", "w1.2"}
 	pidFiles := func() map[string]int {
@@ -537,21 +728,18 @@ func TestDeployRestart(t *testing.T) {
 		}
 		return out
 	}
-	// registered waits until the registry has each worker alive under the
-	// given pid and heart-beating since it registered.
+	var disp *background
+	// registered waits until the dispatcher has each worker alive in the
+	// registry under the given pid and heart-beating since it registered.
 	registered := func(what string, pids map[string]int) {
 		t.Helper()
-		conn, err := pgx.Connect(t.Context(), dbURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(context.Background())
 		poll(t, what, func() string {
+			disp.running()
 			for _, id := range ids {
 				var pid int
 				var state string
 				var beat bool
-				err := conn.QueryRow(t.Context(), `select pid, state, heartbeat_at > started_at from pampa_workers where id = $1`, id).Scan(&pid, &state, &beat)
+				err := c.conn.QueryRow(t.Context(), `select pid, state, heartbeat_at > started_at from pampa_workers where id = $1`, id).Scan(&pid, &state, &beat)
 				if errors.Is(err, pgx.ErrNoRows) {
 					return id + " not registered"
 				}
@@ -575,16 +763,12 @@ func TestDeployRestart(t *testing.T) {
 	}
 	remoteBin := filepath.Join(n.workDir, "bin", "pampactl")
 
-	must("db", "setup")
 	if d := deploy("--binary", bin); !d.BinaryUploaded || !d.ConfigUploaded || len(d.Restarted) != 0 {
 		t.Fatalf("first deploy: %+v", d)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		pampactl(ctx, t, nil, "--config", cfg, "workers", "stop")
-	})
-	must("workers", "start")
+	c.checkNodeConfig(n, c.listen)
+	disp = startBackground(t, c.cli, "dispatcher", "run")
+	c.must("workers", "start")
 	first := pidFiles()
 	registered("workers register", first)
 
@@ -600,8 +784,7 @@ func TestDeployRestart(t *testing.T) {
 	if err := os.Chmod(bin2, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	text += "\n# revision 2\n"
-	writeFile(t, cfg, text)
+	change()
 	if d := deploy("--binary", bin2); !d.BinaryUploaded || !d.ConfigUploaded || len(d.Restarted) != 0 {
 		t.Fatalf("deploy of a change without --restart: %+v", d)
 	}
@@ -634,7 +817,7 @@ func TestDeployRestart(t *testing.T) {
 	}
 	status := func() map[string]statusRow {
 		t.Helper()
-		r := must("workers", "status", "--json")
+		r := c.must("workers", "status", "--json")
 		var rows []struct {
 			ID string `json:"id"`
 			statusRow
@@ -653,7 +836,7 @@ func TestDeployRestart(t *testing.T) {
 			t.Errorf("workers status --json after deploy without --restart: %s is %+v; want running, stale, pid %d", id, w, first[id])
 		}
 	}
-	r := must("workers", "status")
+	r := c.must("workers", "status")
 	for _, line := range strings.Split(r.stdout, "\n") {
 		if f := strings.Fields(line); len(f) > 3 && strings.HasPrefix(f[0], "w1.") && (f[2] != "running" || f[3] != "yes") {
 			t.Errorf("workers status after deploy without --restart: want running and STALE yes:\n%s", r)
@@ -669,7 +852,7 @@ func TestDeployRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, "TERM", map[string]int{"w1.2": first["w1.2"]})
-	must("workers", "start")
+	c.must("workers", "start")
 	fresh := pidFiles()
 	if fresh["w1.1"] != first["w1.1"] || fresh["w1.2"] == first["w1.2"] {
 		t.Fatalf("workers start after w1.2 died: pids %v, before %v", fresh, first)
@@ -707,8 +890,7 @@ func TestDeployRestart(t *testing.T) {
 	}
 
 	// Another change, with --restart: every running worker restarts.
-	text += "# revision 3\n"
-	writeFile(t, cfg, text)
+	change()
 	d = deploy("--binary", bin2, "--restart")
 	if d.BinaryUploaded || !d.ConfigUploaded || len(d.Restarted) != 2 {
 		t.Fatalf("deploy --restart of a changed config: %+v", d)
@@ -729,4 +911,7 @@ func TestDeployRestart(t *testing.T) {
 	if got := pidFiles(); got["w1.1"] != third["w1.1"] || got["w1.2"] != third["w1.2"] {
 		t.Fatalf("deploy --restart of unchanged files changed the pids: %v, before %v", got, third)
 	}
+	// The workers did their work through the dispatcher all along.
+	waitRowsDoneBy(t, c.conn, 10, n, disp)
+	disp.stop()
 }
