@@ -5,12 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
-	"math"
 	"strconv"
 	"strings"
 	"syscall"
@@ -323,4 +323,15 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	slices.Sort(ds)
 	i := int(math.Ceil(p*float64(len(ds)))) - 1
 	return ds[min(max(i, 0), len(ds)-1)]
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

@@ -40,17 +40,33 @@ func (r faninResult) rate() float64 {
 	return float64(r.Rows) / r.Elapsed.Seconds()
 }
 
-// workerArgs runs worker local.i of cc.
-func workerArgs(cc *childCluster, i int) []string {
-	return []string{"--config", cc.config, "worker", "run", "--id", fmt.Sprintf("local.%d", i), "--no-log-file"}
+// Worker binaries.
+const (
+	binBenchctl    = "benchctl"     // CGO_ENABLED=0, as make dist builds for nodes deploy
+	binBenchctlCgo = "benchctl-cgo" // go build's defaults, as make build
+	binLean        = "leanworker"
+)
+
+// worker returns the binary and the arguments that run worker local.i
+// of cc.
+func (b *benchctl) worker(bin string, cc *childCluster, i int) (string, []string) {
+	id := fmt.Sprintf("local.%d", i)
+	switch bin {
+	case binLean:
+		return b.leanBin, []string{cc.config, id}
+	case binBenchctlCgo:
+		return b.cgoBin, []string{"--config", cc.config, "worker", "run", "--id", id, "--no-log-file"}
+	}
+	return b.bin, []string{"--config", cc.config, "worker", "run", "--id", id, "--no-log-file"}
 }
 
-// startWorkers starts worker processes local.from .. local.to with env,
-// their logs appended to one file.
-func (b *benchctl) startWorkers(cc *childCluster, from, to int, env []string, logFile *os.File) ([]*child, error) {
+// startWorkers starts worker processes local.from .. local.to of binary
+// bin with env, their logs appended to one file.
+func (b *benchctl) startWorkers(bin string, cc *childCluster, from, to int, env []string, logFile *os.File) ([]*child, error) {
 	var cs []*child
 	for i := from; i <= to; i++ {
-		c, err := startChild(b.bin, workerArgs(cc, i), env, logFile)
+		path, args := b.worker(bin, cc, i)
+		c, err := startChild(path, args, env, logFile)
 		if err != nil {
 			stopAll(cs, 10*time.Second)
 			return nil, fmt.Errorf("start worker local.%d: %w", i, err)
@@ -120,7 +136,7 @@ func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv s
 		return res, err
 	}
 	defer d.stop(30 * time.Second)
-	if err := waitListening(ctx, cc.addr, d, 30*time.Second); err != nil {
+	if err := waitLeading(ctx, d, 30*time.Second); err != nil {
 		return res, err
 	}
 	logPath := filepath.Join(cc.dir, "workers.log")
@@ -130,7 +146,7 @@ func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv s
 	}
 	defer logFile.Close()
 	began := time.Now()
-	workers, err := b.startWorkers(cc, 1, n, childEnv(strings.Fields(workerEnv)...), logFile)
+	workers, err := b.startWorkers(binBenchctl, cc, 1, n, childEnv(strings.Fields(workerEnv)...), logFile)
 	if err != nil {
 		return res, err
 	}
@@ -213,22 +229,28 @@ func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv s
 	return res, nil
 }
 
-// idleVariant is a Go runtime setting tried on idle worker processes.
+// idleVariant is a worker binary and a Go runtime setting tried on idle
+// worker processes.
 type idleVariant struct {
-	Env  string // "" for Go's defaults
-	Mem  procMem
-	CPU  time.Duration // mean per worker over the window
-	Note string
+	Binary string
+	Env    string // "" for Go's defaults
+	Mem    procMem
+	CPU    time.Duration // mean per worker over the window
 }
 
-// idleVariants are the environments tried: Go's defaults, and the knobs
-// that trade GC work for a smaller heap or fewer per-P caches and threads.
-var idleVariants = []string{
-	"",
-	"GOGC=50",
-	"GOMEMLIMIT=4MiB",
-	"GOMAXPROCS=1",
-	"GOMAXPROCS=1 GOGC=50 GOMEMLIMIT=4MiB",
+// idleVariants are the binaries and environments tried: the deployed
+// build with Go's defaults and with the knobs that trade GC work for a
+// smaller heap or fewer per-P caches and threads; the cgo build; and a
+// worker-only binary.
+var idleVariants = []idleVariant{
+	{Binary: binBenchctl},
+	{Binary: binBenchctl, Env: "GOGC=50"},
+	{Binary: binBenchctl, Env: "GOMEMLIMIT=4MiB"},
+	{Binary: binBenchctl, Env: "GOMAXPROCS=1"},
+	{Binary: binBenchctl, Env: "GOMAXPROCS=1 GOGC=50 GOMEMLIMIT=4MiB"},
+	{Binary: binBenchctlCgo},
+	{Binary: binLean},
+	{Binary: binLean, Env: "GOMAXPROCS=1"},
 }
 
 // idleResult is the footprint of idle worker processes.
@@ -261,7 +283,7 @@ func runIdle(ctx context.Context, e *env, b *benchctl, k int, settle, window tim
 		return res, err
 	}
 	defer d.stop(30 * time.Second)
-	if err := waitListening(ctx, cc.addr, d, 30*time.Second); err != nil {
+	if err := waitLeading(ctx, d, 30*time.Second); err != nil {
 		return res, err
 	}
 	logPath := filepath.Join(cc.dir, "workers.log")
@@ -272,7 +294,7 @@ func runIdle(ctx context.Context, e *env, b *benchctl, k int, settle, window tim
 	defer logFile.Close()
 	for vi, v := range idleVariants {
 		from := vi*k + 1
-		ws, err := b.startWorkers(cc, from, from+k-1, childEnv(strings.Fields(v)...), logFile)
+		ws, err := b.startWorkers(v.Binary, cc, from, from+k-1, childEnv(strings.Fields(v.Env)...), logFile)
 		if err != nil {
 			return res, err
 		}
@@ -301,11 +323,12 @@ func runIdle(ctx context.Context, e *env, b *benchctl, k int, settle, window tim
 			if err != nil {
 				return err
 			}
-			res.Variants = append(res.Variants, idleVariant{Env: v, Mem: m, CPU: (cpu1 - cpu0) / time.Duration(k)})
+			v.Mem, v.CPU = m, (cpu1-cpu0)/time.Duration(k)
+			res.Variants = append(res.Variants, v)
 			return nil
 		}()
 		if err != nil {
-			return res, fmt.Errorf("variant %q: %w", v, err)
+			return res, fmt.Errorf("%s %s: %w", v.Binary, envName(v.Env), err)
 		}
 		// Their streams end as they stop: wait so the next count starts at 0.
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -18,10 +18,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/internal/pgserver"
 )
@@ -33,7 +32,7 @@ func main() {
 	os.Exit(code)
 }
 
-var allScenarios = []string{"pampa", "latency", "river", "ceiling", "idle", "fleet"}
+var allScenarios = []string{"pampa", "ceiling", "river", "latency", "idle", "fanin", "load", "fleet"}
 
 type options struct {
 	rows           int
@@ -41,14 +40,30 @@ type options struct {
 	out            string
 	timeout        time.Duration
 	workers        []int
+	queueSizes     []int
 	cpuProfile     string
 	moduleDir      string
 	verbose        bool
 	latencyInserts int
 	latencySpacing time.Duration
+	latencyWorkers int
 	pgstats        bool
 	repeat         int
 	fleetRuns      int
+	faninWorkers   int
+	faninRows      int
+	workerEnv      string
+	idleWorkers    int
+	loadClients    []int
+	loadRows       int
+	maxConnections int
+	quick          bool
+}
+
+// quickDefaults are the settings -quick changes, unless given explicitly.
+var quickDefaults = map[string]string{
+	"rows": "20000", "repeat": "1", "timeout": "1m", "latency-inserts": "50", "fleet-runs": "1",
+	"fanin-workers": "100", "fanin-rows": "10000", "idle-workers": "4", "load-clients": "200,400", "load-rows": "20000",
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -59,26 +74,53 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	only := fs.String("only", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ","))
 	fs.StringVar(&o.out, "out", "", "rewrite the results section of this markdown file (BENCHMARKS.md)")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "limit per scenario; the rate over the finished part is reported")
-	workers := fs.String("workers", "1,2,8", "worker counts of the queue_size 1000 Pampa scenarios")
-	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the Pampa throughput scenarios to this file")
-	fs.StringVar(&o.moduleDir, "module", "..", "directory of the main module (to build cmd/pampactl)")
+	workers := fs.String("workers", "1,8,64", "worker counts of the Pampa throughput scenarios")
+	queueSizes := fs.String("queue-sizes", "5,1000", "queue_size values of the Pampa throughput scenarios")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the in-process Pampa scenarios (throughput, latency) to this file")
+	fs.StringVar(&o.moduleDir, "module", "..", "directory of the main module (for the fleet benchmarks)")
 	fs.BoolVar(&o.verbose, "v", false, "log dispatcher, worker and River messages")
 	fs.IntVar(&o.latencyInserts, "latency-inserts", 300, "rows inserted one by one for the latency scenario")
 	fs.DurationVar(&o.latencySpacing, "latency-spacing", 15*time.Millisecond, "time between two latency inserts")
-	fs.IntVar(&o.repeat, "repeat", 3, "runs of each short scenario (Pampa at queue_size 1000, raw SQL); the best counts")
+	fs.IntVar(&o.latencyWorkers, "latency-workers", 64, "idle workers connected in the latency scenario")
+	fs.IntVar(&o.repeat, "repeat", 3, "runs of each short scenario (Pampa throughput, raw SQL); the best counts")
 	fs.IntVar(&o.fleetRuns, "fleet-runs", 3, "runs of each fleet benchmark; the mean counts")
+	fs.IntVar(&o.faninWorkers, "fanin-workers", 1000, "worker processes of the fan-in scenario")
+	fs.IntVar(&o.faninRows, "fanin-rows", 100_000, "rows of the fan-in scenario")
+	fs.StringVar(&o.workerEnv, "worker-env", "", "environment of the fan-in worker processes, such as \"GOMAXPROCS=1 GOGC=50\"")
+	fs.IntVar(&o.idleWorkers, "idle-workers", 20, "worker processes per runtime setting of the idle scenario")
+	loadClients := fs.String("load-clients", "1000,2000,4000", "simulated workers of each load generator run")
+	fs.IntVar(&o.loadRows, "load-rows", 100_000, "rows of each load generator run")
+	fs.IntVar(&o.maxConnections, "max-connections", 100, "max_connections of the PostgreSQL server (100 is its default)")
 	fs.BoolVar(&o.pgstats, "pgstats", false, "load pg_stat_statements and print the costliest statements of each Pampa scenario")
+	fs.BoolVar(&o.quick, "quick", false, "a quick run: "+quickText())
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	if o.quick {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		for name, v := range quickDefaults {
+			if !set[name] {
+				if err := fs.Set(name, v); err != nil {
+					return o, err
+				}
+			}
+		}
+	}
 	if o.repeat < 1 {
 		return o, errors.New("-repeat must be at least 1")
 	}
-	if o.rows < 1 {
-		return o, errors.New("-rows must be at least 1")
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"rows", o.rows}, {"fanin-workers", o.faninWorkers}, {"fanin-rows", o.faninRows}, {"idle-workers", o.idleWorkers},
+		{"load-rows", o.loadRows}, {"latency-workers", o.latencyWorkers}, {"latency-inserts", o.latencyInserts}} {
+		if n.v < 1 {
+			return o, fmt.Errorf("-%s must be at least 1", n.name)
+		}
 	}
 	for s := range strings.SplitSeq(*only, ",") {
 		s = strings.TrimSpace(s)
@@ -87,14 +129,38 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 		o.only = append(o.only, s)
 	}
-	for s := range strings.SplitSeq(*workers, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			return o, fmt.Errorf("-workers: %q is not a positive number", s)
-		}
-		o.workers = append(o.workers, n)
+	var err error
+	if o.workers, err = positiveList("workers", *workers); err != nil {
+		return o, err
+	}
+	if o.queueSizes, err = positiveList("queue-sizes", *queueSizes); err != nil {
+		return o, err
+	}
+	if o.loadClients, err = positiveList("load-clients", *loadClients); err != nil {
+		return o, err
 	}
 	return o, nil
+}
+
+func quickText() string {
+	var parts []string
+	for k, v := range quickDefaults {
+		parts = append(parts, "-"+k+" "+v)
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ", ")
+}
+
+func positiveList(name, s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-%s: %q is not a positive number", name, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -125,13 +191,13 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	progress := func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }
 
-	progress("starting a throwaway PostgreSQL server...")
-	srv, err := pgserver.Start(ctx)
+	progress("starting a throwaway PostgreSQL server (max_connections %d)...", o.maxConnections)
+	srv, err := pgserver.Start(ctx, fmt.Sprintf("max_connections=%d", o.maxConnections))
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	admin, err := pgx.Connect(ctx, srv.URL())
+	admin, err := connectHarness(ctx, srv.URL())
 	if err != nil {
 		return err
 	}
@@ -141,7 +207,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 			return err
 		}
 		admin.Close(ctx) // broken by the restart
-		if admin, err = pgx.Connect(ctx, srv.URL()); err != nil {
+		if admin, err = connectHarness(ctx, srv.URL()); err != nil {
 			return err
 		}
 		if _, err := admin.Exec(ctx, "create extension pg_stat_statements schema public"); err != nil {
@@ -152,8 +218,11 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	defer admin.Close(context.WithoutCancel(ctx))
 	e := &env{baseURL: srv.URL(), admin: admin, rows: o.rows, timeout: o.timeout, pgstats: pgstats}
 
-	rp := &report{Machine: describeMachine(ctx, admin), Rows: o.rows, RiverBest: -1,
-		Flags: fmt.Sprintf("-rows %d -timeout %s -repeat %d", o.rows, o.timeout, o.repeat)}
+	flags := fmt.Sprintf("-rows %d -timeout %s -repeat %d", o.rows, o.timeout, o.repeat)
+	if o.quick {
+		flags = "-quick " + flags
+	}
+	rp := &report{Machine: describeMachine(ctx, admin), Rows: o.rows, RiverBest: -1, Flags: flags, MaxConnections: o.maxConnections}
 	want := func(s string) bool { return slices.Contains(o.only, s) }
 	failed := func(name string, err error) {
 		progress("  %s: FAILED: %v", name, err)
@@ -163,41 +232,28 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		progress("  %s: %d rows in %.2fs = %.0f rows/s (CPU harness %.1fs, PostgreSQL %.1fs) %s",
 			r.Name, r.Rows, r.Elapsed.Seconds(), r.rate(), r.CPU.self.Seconds(), r.CPU.pg.Seconds(), r.Note)
 	}
+	stopProfile, err := startProfile(o.cpuProfile)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 
 	if want("pampa") {
-		progress("Pampa throughput, %d rows per scenario:", o.rows)
-		stopProfile, err := startProfile(o.cpuProfile)
-		if err != nil {
-			return err
-		}
-		maxWorkers := 0
-		var scenarios []pampaScenario
-		for _, n := range o.workers {
-			scenarios = append(scenarios, pampaScenario{workers: n, queueSize: 1000})
-		}
-		scenarios = append(scenarios, pampaScenario{workers: 2, queueSize: 5})
-		for _, s := range scenarios {
-			runs := o.repeat
-			if s.queueSize < 100 {
-				runs = 1 // long; its rate is not noise-bound
-			}
-			r, err := bestOf(ctx, runs, done, func() (result, error) { return runPampa(ctx, e, s, log) })
-			if ctx.Err() != nil {
-				stopProfile()
-				return ctx.Err()
-			}
-			if err != nil {
-				failed(s.name(), err)
-				continue
-			}
-			rp.Results = append(rp.Results, r)
-			if s.workers > maxWorkers {
-				maxWorkers = s.workers
-				rp.InProcRSS = r.RSSKB
-				rp.InProcDesc = fmt.Sprintf("dispatcher and %d in-process workers, after %s", s.workers, s.name())
+		progress("Pampa throughput, %d rows per scenario, no-op Go step on in-process workers over loopback:", o.rows)
+		for _, q := range o.queueSizes {
+			for _, n := range o.workers {
+				s := pampaScenario{workers: n, queueSize: q}
+				r, err := bestOf(ctx, o.repeat, done, func() (result, error) { return runPampa(ctx, e, s, o.rows, log) })
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err != nil {
+					failed(s.name(), err)
+					continue
+				}
+				rp.Results = append(rp.Results, r)
 			}
 		}
-		stopProfile()
 	}
 	if want("ceiling") {
 		progress("Raw-SQL ceiling:")
@@ -232,29 +288,77 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		rp.Results = append(rp.Results, rs...)
 	}
 	if want("latency") {
-		progress("Insert-to-start latency, %d inserts:", o.latencyInserts)
-		l, err := runLatency(ctx, e, o.latencyInserts, o.latencySpacing, log)
+		progress("Insert-to-start latency, %d inserts, %d idle workers:", o.latencyInserts, o.latencyWorkers)
+		l, err := runLatency(ctx, e, o.latencyInserts, o.latencyWorkers, o.latencySpacing, log)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
 			failed("latency", err)
 		} else {
-			progress("  median %.1f ms, p99 %.1f ms, max %.1f ms", ms(l.Median), ms(l.P99), ms(l.Max))
+			progress("  to the handler: median %.2f ms, p99 %.2f ms, max %.2f ms; to the start mark: median %.2f ms, p99 %.2f ms",
+				ms(l.Median), ms(l.P99), ms(l.Max), ms(l.MarkMedian), ms(l.MarkP99))
 			rp.Latency = &l
 		}
 	}
+	stopProfile()
+
+	var bc *benchctl
+	if want("idle") || want("fanin") || want("load") {
+		progress("building bench/benchctl (pampactl with a no-op Go handler) and bench/leanworker...")
+		if bc, err = buildBenchctl(ctx); err != nil {
+			return err
+		}
+		defer bc.close()
+	}
 	if want("idle") {
-		progress("Idle worker process:")
-		i, err := runIdle(ctx, e, o.moduleDir, 5*time.Second, 5*time.Second)
+		progress("Idle worker processes, %d per runtime setting:", o.idleWorkers)
+		i, err := runIdle(ctx, e, bc, o.idleWorkers, 5*time.Second, 5*time.Second)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		for _, v := range i.Variants {
+			progress("  %-12s %-40s VmRSS %.1f MiB (anon %.1f, file %.1f), PSS %.1f MiB, CPU %s",
+				v.Binary, envName(v.Env), mib(v.Mem.RSS), mib(v.Mem.Anon), mib(v.Mem.File), mib(v.Mem.Pss), cpuText(v.CPU, i.Window))
+		}
+		if err != nil {
+			failed("idle workers", err)
+		}
+		if len(i.Variants) > 0 {
+			rp.Idle = &i
+		}
+	}
+	if want("fanin") {
+		progress("Fan-in: %d worker processes, %d rows, env %q:", o.faninWorkers, o.faninRows, o.workerEnv)
+		f, err := runFanin(ctx, e, bc, o.faninWorkers, o.faninRows, o.workerEnv)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
-			failed("idle worker", err)
+			failed("fan-in", err)
 		} else {
-			progress("  VmRSS %d KiB, CPU %s over %s", i.RSSKB, i.CPU, i.Window)
-			rp.Idle = &i
+			progress("  %d streams up in %s; %d rows in %.2fs = %.0f rows/s (steady %.0f); peak sessions %d; "+
+				"dispatcher CPU %.1fs, VmHWM %.1f MiB; idle worker VmRSS %.1f MiB (after the rows %.1f)",
+				f.Connected, f.StartUp.Round(time.Millisecond), f.Rows, f.Elapsed.Seconds(), f.rate(), f.Steady, f.PeakSessions,
+				f.DispatcherCPU.Seconds(), mib(f.DispatcherEnd.HWM), mib(f.IdleBefore.RSS), mib(f.IdleAfter.RSS))
+			rp.Fanin = &f
+		}
+	}
+	if want("load") {
+		progress("Load generator: simulated workers in this process, %d rows per run:", o.loadRows)
+		for _, n := range o.loadClients {
+			l, err := runLoad(ctx, e, bc, n, o.loadRows, 2*time.Minute, log)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err != nil {
+				failed(fmt.Sprintf("load generator, %d clients", n), err)
+				continue
+			}
+			progress("  %d clients: %d up in %s; %d rows in %.2fs = %.0f rows/s (steady %.0f); dispatcher CPU %.1fs, VmHWM %.1f MiB %s",
+				n, l.Connected, l.ConnectTime.Round(time.Millisecond), l.Rows, l.Elapsed.Seconds(), l.rate(), l.Steady,
+				l.DispatcherCPU.Seconds(), mib(l.DispatcherMem.HWM), l.Note)
+			rp.Load = append(rp.Load, l)
 		}
 	}
 	if want("fleet") {
@@ -321,5 +425,6 @@ func startProfile(path string) (func(), error) {
 		f.Close()
 		return nil, fmt.Errorf("cpu profile: %w", err)
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	var once sync.Once
+	return func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }, nil
 }

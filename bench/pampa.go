@@ -34,13 +34,22 @@ func noop(context.Context, *worker.Task) (any, error) { return nil, nil }
 // real handler: how the harness knows every worker stream is up while the
 // dispatcher itself is blocked (see lockTasks).
 type connCounter struct {
-	inner slog.Handler
-	n     *atomic.Int64
+	inner  slog.Handler
+	n      *atomic.Int64
+	leader *atomic.Bool // the dispatcher took the lease and accepts workers
 }
 
 func newConnCounter(inner slog.Handler) connCounter {
-	return connCounter{inner: inner, n: new(atomic.Int64)}
+	return connCounter{inner: inner, n: new(atomic.Int64), leader: new(atomic.Bool)}
 }
+
+// Messages of the dispatcher and of the protocol server the harness
+// watches for.
+const (
+	msgConnected    = "worker connected"
+	msgDisconnected = "worker disconnected"
+	msgLeader       = "dispatcher is the leader; serving workers"
+)
 
 func (h connCounter) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= slog.LevelInfo || h.inner.Enabled(ctx, l)
@@ -48,10 +57,12 @@ func (h connCounter) Enabled(ctx context.Context, l slog.Level) bool {
 
 func (h connCounter) Handle(ctx context.Context, r slog.Record) error {
 	switch r.Message {
-	case "worker connected":
+	case msgConnected:
 		h.n.Add(1)
-	case "worker disconnected":
+	case msgDisconnected:
 		h.n.Add(-1)
+	case msgLeader:
+		h.leader.Store(true)
 	}
 	if h.inner.Enabled(ctx, r.Level) {
 		return h.inner.Handle(ctx, r)
@@ -60,11 +71,11 @@ func (h connCounter) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h connCounter) WithAttrs(as []slog.Attr) slog.Handler {
-	return connCounter{inner: h.inner.WithAttrs(as), n: h.n}
+	return connCounter{inner: h.inner.WithAttrs(as), n: h.n, leader: h.leader}
 }
 
 func (h connCounter) WithGroup(g string) slog.Handler {
-	return connCounter{inner: h.inner.WithGroup(g), n: h.n}
+	return connCounter{inner: h.inner.WithGroup(g), n: h.n, leader: h.leader}
 }
 
 // cluster is a dispatcher serving the worker protocol on a loopback port
@@ -110,11 +121,34 @@ func startCluster(ctx context.Context, dbURL string, job dispatcher.Job, n int, 
 		ln.Close()
 		return nil, err
 	}
+	// A worker that stops logs, as its stream closes, that it reconnects:
+	// only errors of the workers are worth the harness's output.
+	wlog := log
+	if !log.Enabled(ctx, slog.LevelInfo) {
+		wlog = slog.New(levelAtLeast{log.Handler(), slog.LevelError})
+	}
 	c := &cluster{addr: ln.Addr().String(), connected: counter.n, dDone: make(chan error, 1),
 		errs: make(chan error, n), workDir: dir}
 	dctx, stopD := context.WithCancel(context.WithoutCancel(ctx))
 	c.stopD = stopD
 	go func() { c.dDone <- d.Serve(dctx, ln, nil) }()
+	// Workers that came before the dispatcher took the lease would be
+	// refused and back off: start them once it serves.
+	lctx, lcancel := context.WithTimeout(ctx, 30*time.Second)
+	err = waitFor(lctx, time.Millisecond, func() (bool, error) {
+		select {
+		case err := <-c.dDone:
+			return false, fmt.Errorf("dispatcher ended: %v", err)
+		default:
+		}
+		return counter.leader.Load(), nil
+	})
+	lcancel()
+	if err != nil {
+		stopD()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("wait for the dispatcher to lead: %w", err)
+	}
 
 	wctx, stopW := context.WithCancel(context.WithoutCancel(ctx))
 	c.stopW = stopW
@@ -124,7 +158,7 @@ func startCluster(ctx context.Context, dbURL string, job dispatcher.Job, n int, 
 			Jobs:        []worker.Job{{Name: job.Name, MaxJobDuration: job.MaxJobDuration}},
 			Handlers:    map[string]worker.Handler{job.Name: handler},
 			GracePeriod: 5 * time.Second, WorkDir: dir,
-			Logger: log.With("worker", i),
+			Logger: wlog,
 		})
 		if err != nil {
 			c.stop()
@@ -503,4 +537,22 @@ func steadyRate(samples []sample, total int64) float64 {
 		}
 	}
 	return float64(nb-na) / (b - a).Seconds()
+}
+
+// levelAtLeast drops records below min.
+type levelAtLeast struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h levelAtLeast) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h levelAtLeast) WithAttrs(as []slog.Attr) slog.Handler {
+	return levelAtLeast{h.Handler.WithAttrs(as), h.min}
+}
+
+func (h levelAtLeast) WithGroup(g string) slog.Handler {
+	return levelAtLeast{h.Handler.WithGroup(g), h.min}
 }

@@ -22,25 +22,45 @@ import (
 
 // benchctl is the pampactl build of bench/benchctl: pampacli.Main with the
 // no-op handler registered for the bench job. The fan-in, load and idle
-// scenarios run it as the dispatcher and as worker processes.
+// scenarios run it as the dispatcher and as worker processes. It is built
+// as `make dist` builds what `nodes deploy` pushes (CGO_ENABLED=0,
+// -trimpath); the idle scenario also runs a default (cgo) build, as `make
+// build` makes bin/pampactl, and bench/leanworker, a worker and nothing
+// else.
 type benchctl struct {
-	bin string
-	dir string // temporary directory of the build, the configs and the secrets
+	bin     string // CGO_ENABLED=0 -trimpath, as make dist
+	cgoBin  string // go build's defaults, as make build
+	leanBin string // bench/leanworker, CGO_ENABLED=0 -trimpath
+	dir     string // temporary directory of the builds, the configs and the secrets
 }
 
-// buildBenchctl builds bench/benchctl into a temporary directory.
+// buildBenchctl builds bench/benchctl and bench/leanworker into a
+// temporary directory.
 func buildBenchctl(ctx context.Context) (*benchctl, error) {
 	dir, err := os.MkdirTemp("", "pampabench-")
 	if err != nil {
 		return nil, err
 	}
-	bin := filepath.Join(dir, "benchctl")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./benchctl")
-	if out, err := build.CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("go build ./benchctl: %w\n%s", err, out)
+	b := &benchctl{bin: filepath.Join(dir, "benchctl"), cgoBin: filepath.Join(dir, "benchctl-cgo"),
+		leanBin: filepath.Join(dir, "leanworker"), dir: dir}
+	for _, t := range []struct {
+		out, pkg string
+		static   bool
+	}{{b.bin, "./benchctl", true}, {b.cgoBin, "./benchctl", false}, {b.leanBin, "./leanworker", true}} {
+		args := []string{"build", "-o", t.out}
+		if t.static {
+			args = append(args, "-trimpath")
+		}
+		build := exec.CommandContext(ctx, "go", append(args, t.pkg)...)
+		if t.static {
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		}
+		if out, err := build.CombinedOutput(); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("go %s: %w\n%s", strings.Join(build.Args[1:], " "), err, out)
+		}
 	}
-	return &benchctl{bin: bin, dir: dir}, nil
+	return b, nil
 }
 
 func (b *benchctl) close() { os.RemoveAll(b.dir) }
@@ -197,6 +217,7 @@ func stopAll(cs []*child, grace time.Duration) {
 type dispatcherChild struct {
 	*child
 	connected atomic.Int64
+	leader    atomic.Bool
 	mu        sync.Mutex
 	tail      []string // last lines of its log
 	done      chan struct{}
@@ -222,10 +243,12 @@ func (b *benchctl) startDispatcher(cc *childCluster, env []string) (*dispatcherC
 		for sc.Scan() {
 			line := sc.Text()
 			switch {
-			case strings.Contains(line, `msg="worker connected"`):
+			case strings.Contains(line, `msg="`+msgConnected+`"`):
 				d.connected.Add(1)
-			case strings.Contains(line, `msg="worker disconnected"`):
+			case strings.Contains(line, `msg="`+msgDisconnected+`"`):
 				d.connected.Add(-1)
+			case strings.Contains(line, `msg="`+msgLeader+`"`):
+				d.leader.Store(true)
 			}
 			d.mu.Lock()
 			d.tail = append(d.tail, line)
@@ -244,23 +267,20 @@ func (d *dispatcherChild) log() string {
 	return strings.Join(d.tail, "\n")
 }
 
-// waitListening waits until the dispatcher accepts TCP connections.
-func waitListening(ctx context.Context, addr string, d *dispatcherChild, limit time.Duration) error {
+// waitLeading waits until the dispatcher has taken the lease and accepts
+// workers (its log says so): workers that came earlier would be refused and
+// back off.
+func waitLeading(ctx context.Context, d *dispatcherChild, limit time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	err := waitFor(wctx, 10*time.Millisecond, func() (bool, error) {
+	err := waitFor(wctx, 5*time.Millisecond, func() (bool, error) {
 		if !d.alive() {
 			return false, fmt.Errorf("dispatcher exited: %v\n%s", d.err, d.log())
 		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return true, nil
-		}
-		return false, nil
+		return d.leader.Load(), nil
 	})
 	if err != nil {
-		return fmt.Errorf("wait for the dispatcher to listen on %s: %w", addr, err)
+		return fmt.Errorf("wait for the dispatcher to lead: %w\n%s", err, d.log())
 	}
 	return nil
 }

@@ -38,26 +38,32 @@ func (r result) rate() float64 {
 
 // Targets.
 const (
-	targetVsRiver   = 1.5
-	targetVsCeiling = 0.60
-	targetMedian    = 5 * time.Millisecond
-	targetP99       = 50 * time.Millisecond
+	targetVsRiver    = 1.5  // Pampa, 8 workers at the default queue_size 5, against River's best setting
+	targetVsCeiling  = 0.90 // Pampa's best scenario against the raw-SQL ceiling
+	targetMedian     = 2 * time.Millisecond
+	targetP99        = 20 * time.Millisecond
+	targetSessions   = 10        // client sessions at peak with 1,000 worker processes
+	targetIdleRSSKB  = 10 * 1024 // VmRSS of an idle worker process
+	targetFaninCount = 1000      // worker processes of the fan-in target
+	riverTargetQueue = 5         // the seed's default queue_size
+	riverTargetW     = 8         // workers of the River target
 )
 
 // report is everything one run measured.
 type report struct {
-	Machine    machine
-	Rows       int
-	Flags      string
-	Results    []result
-	RiverBest  int // index into Results, -1 if none
-	Latency    *latencyResult
-	Idle       *idleResult
-	Fleet      *fleetResult
-	Errors     []string
-	WallClock  time.Duration
-	InProcRSS  int64
-	InProcDesc string
+	Machine        machine
+	Rows           int
+	Flags          string
+	MaxConnections int
+	Results        []result
+	RiverBest      int // index into Results, -1 if none
+	Latency        *latencyResult
+	Idle           *idleResult
+	Fanin          *faninResult
+	Load           []loadStep
+	Fleet          *fleetResult
+	Errors         []string
+	WallClock      time.Duration
 }
 
 func (rp *report) best(k kind) (result, bool) {
@@ -80,6 +86,13 @@ func (rp *report) ceiling() (result, bool) {
 	return result{}, false
 }
 
+func (rp *report) river() (result, bool) {
+	if rp.RiverBest < 0 {
+		return result{}, false
+	}
+	return rp.Results[rp.RiverBest], true
+}
+
 func verdict(ok bool) string {
 	if ok {
 		return "met"
@@ -87,67 +100,173 @@ func verdict(ok bool) string {
 	return "**missed**"
 }
 
+func mib(kb int64) float64 { return float64(kb) / 1024 }
+
+func envName(env string) string {
+	if env == "" {
+		return "Go defaults"
+	}
+	return "`" + env + "`"
+}
+
+func binaryName(bin string) string {
+	switch bin {
+	case binBenchctl:
+		return "benchctl (CGO_ENABLED=0, as make dist)"
+	case binBenchctlCgo:
+		return "benchctl (cgo, as make build)"
+	case binLean:
+		return "leanworker (worker only, CGO_ENABLED=0)"
+	}
+	return bin
+}
+
+// per100k scales a figure measured over rows to 100,000 rows.
+func per100k(d time.Duration, rows int64) float64 {
+	if rows <= 0 {
+		return 0
+	}
+	return d.Seconds() * 100_000 / float64(rows)
+}
+
 // markdown renders the results section.
 func (rp *report) markdown() string {
 	var b strings.Builder
 	m := rp.Machine
 	fmt.Fprintf(&b, "Run %s, %s. Machine: %d CPUs (%s), %s RAM, load average %s at the start; "+
-		"PostgreSQL %s (throwaway server, fsync off); %s; River %s.\n\n",
-		m.Date, rp.Flags, m.NumCPU, m.CPU, m.Memory, m.Load, m.Postgres, m.Go, m.River)
-	fmt.Fprintf(&b, "Pampa's dispatcher and workers run as goroutines of the harness, each worker with its own "+
-		"connection pool and notification connection (as separate `pampactl worker run` processes would have); "+
-		"dispatcher delay %s, worker delay %s. Everything, PostgreSQL included, shares the same %d CPUs.\n\n",
-		dispatcherDelay, workerDelay, m.NumCPU)
+		"PostgreSQL %s (throwaway server, fsync off, max_connections %d); %s; River %s.\n\n",
+		m.Date, rp.Flags, m.NumCPU, m.CPU, m.Memory, m.Load, m.Postgres, rp.MaxConnections, m.Go, m.River)
 
-	b.WriteString("| Scenario | Rows | Seconds | Rows/s | Harness CPU s | PostgreSQL CPU s | Note |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---|\n")
-	for i, r := range rp.Results {
-		note := r.Note
-		if r.Kind == kindRiver && i == rp.RiverBest {
-			note = strings.TrimPrefix(note+"; best River setting", "; ")
-		}
-		rate := fmt.Sprintf("%.0f", r.rate())
-		if r.Partial {
-			rate += " (partial)"
-		}
-		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %.1f | %.1f | %s |\n", r.Name, r.Rows, r.Elapsed.Seconds(), rate,
-			r.CPU.self.Seconds(), r.CPU.pg.Seconds(), note)
-	}
-	b.WriteString("\n")
-
-	b.WriteString("| Ratio | Value | Target | Verdict |\n|---|---:|---:|---|\n")
-	pampa, okP := rp.best(kindPampa)
-	if okP && rp.RiverBest >= 0 {
-		river := rp.Results[rp.RiverBest]
-		x := pampa.rate() / river.rate()
-		fmt.Fprintf(&b, "| Pampa best (%s) / River best | %.2f× | ≥ %.1f× | %s |\n", pampa.Name, x, targetVsRiver, verdict(x >= targetVsRiver))
-	}
-	if c, ok := rp.ceiling(); ok && okP {
-		x := pampa.rate() / c.rate()
-		fmt.Fprintf(&b, "| Pampa best (%s) / raw-SQL ceiling | %.0f%% | ≥ %.0f%% | %s |\n", pampa.Name, 100*x, 100*targetVsCeiling, verdict(x >= targetVsCeiling))
-		for _, r := range rp.Results {
-			if r.Kind == kindPampa && r.Name != pampa.Name {
-				fmt.Fprintf(&b, "| %s / raw-SQL ceiling | %.0f%% | | for reference |\n", r.Name, 100*r.rate()/c.rate())
+	river, okR := rp.river()
+	ceil, okC := rp.ceiling()
+	if len(rp.Results) > 0 {
+		fmt.Fprintf(&b, "Throughput. Pampa: the dispatcher and the workers are goroutines of the harness; each worker has its "+
+			"own protocol client, TCP connection and HTTP/2 stream to the dispatcher on 127.0.0.1, and runs the no-op Go "+
+			"step; dispatcher delay %s. Everything, PostgreSQL included, shares the same %d CPUs. "+
+			"Ratios are against River's best setting and the raw-SQL ceiling of this run.\n\n", dispatcherDelay, m.NumCPU)
+		b.WriteString("| Scenario | Rows | Seconds | Rows/s | × River best | × ceiling | Harness CPU s | PostgreSQL CPU s | Note |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		for i, r := range rp.Results {
+			note := r.Note
+			if r.Kind == kindRiver && i == rp.RiverBest {
+				note = strings.TrimPrefix(note+"; best River setting", "; ")
 			}
+			rate := fmt.Sprintf("%.0f", r.rate())
+			if r.Partial {
+				rate += " (partial)"
+			}
+			vsR, vsC := "", ""
+			if okR && river.rate() > 0 {
+				vsR = fmt.Sprintf("%.2f×", r.rate()/river.rate())
+			}
+			if okC && ceil.rate() > 0 {
+				vsC = fmt.Sprintf("%.0f%%", 100*r.rate()/ceil.rate())
+			}
+			fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %.1f | %.1f | %s |\n", r.Name, r.Rows, r.Elapsed.Seconds(), rate,
+				vsR, vsC, r.CPU.self.Seconds(), r.CPU.pg.Seconds(), note)
 		}
+		b.WriteString("\n")
+	}
+
+	b.WriteString("| Target | Measured | Target | Verdict |\n|---|---:|---:|---|\n")
+	var target result
+	okT := false
+	for _, r := range rp.Results {
+		if r.Kind == kindPampa && r.Workers == riverTargetW && r.QueueSize == riverTargetQueue {
+			target, okT = r, true
+		}
+	}
+	if okT && okR {
+		x := target.rate() / river.rate()
+		fmt.Fprintf(&b, "| %s / River best (%s) | %.2f× | ≥ %.1f× | %s |\n", target.Name, strings.TrimPrefix(river.Name, "River, "),
+			x, targetVsRiver, verdict(x >= targetVsRiver && !target.Partial))
+	}
+	if pampa, ok := rp.best(kindPampa); ok && okC {
+		x := pampa.rate() / ceil.rate()
+		fmt.Fprintf(&b, "| Pampa best (%s) / raw-SQL ceiling | %.0f%% | ≥ %.0f%% | %s |\n", pampa.Name, 100*x, 100*targetVsCeiling,
+			verdict(x >= targetVsCeiling))
 	}
 	if l := rp.Latency; l != nil {
-		fmt.Fprintf(&b, "| Insert-to-start latency, median (%d inserts) | %.1f ms | < %d ms | %s |\n",
-			l.Inserts, ms(l.Median), targetMedian.Milliseconds(), verdict(l.Median < targetMedian))
-		fmt.Fprintf(&b, "| Insert-to-start latency, p99 (max %.1f ms) | %.1f ms | < %d ms | %s |\n",
+		fmt.Fprintf(&b, "| Insert-to-start latency, median (%d inserts, %d idle workers) | %.2f ms | < %d ms | %s |\n",
+			l.Inserts, l.Workers, ms(l.Median), targetMedian.Milliseconds(), verdict(l.Median < targetMedian))
+		fmt.Fprintf(&b, "| Insert-to-start latency, p99 (max %.1f ms) | %.2f ms | < %d ms | %s |\n",
 			ms(l.Max), ms(l.P99), targetP99.Milliseconds(), verdict(l.P99 < targetP99))
+	}
+	if f := rp.Fanin; f != nil {
+		all := f.Rows == f.Total && !f.Partial && f.Connected == f.Workers
+		fmt.Fprintf(&b, "| Fan-in: %d worker processes end every row | %d of %d rows, by %d workers | %d workers, every row | %s |\n",
+			f.Workers, f.Rows, f.Total, f.WorkersWithRows, targetFaninCount, verdict(all && f.Workers >= targetFaninCount))
+		fmt.Fprintf(&b, "| Fan-in: PostgreSQL client sessions at peak | %d | ≤ %d | %s |\n", f.PeakSessions, targetSessions,
+			verdict(f.PeakSessions <= targetSessions))
+		fmt.Fprintf(&b, "| Fan-in: idle worker VmRSS (%s, mean of %d) | %.1f MiB | < %d MiB | %s |\n", envName(f.WorkerEnv),
+			f.Connected, mib(f.IdleBefore.RSS), targetIdleRSSKB/1024, verdict(f.IdleBefore.RSS < targetIdleRSSKB))
+	}
+	if i := rp.Idle; i != nil {
+		bestV := i.Variants[0]
+		for _, v := range i.Variants {
+			if v.Mem.RSS < bestV.Mem.RSS {
+				bestV = v
+			}
+		}
+		fmt.Fprintf(&b, "| Idle worker VmRSS, best binary and setting (%s, %s, mean of %d) | %.1f MiB | < %d MiB | %s |\n",
+			binaryName(bestV.Binary), envName(bestV.Env), i.Workers, mib(bestV.Mem.RSS), targetIdleRSSKB/1024, verdict(bestV.Mem.RSS < targetIdleRSSKB))
 	}
 	b.WriteString("\n")
 
-	if rp.Idle != nil || rp.InProcRSS > 0 {
-		b.WriteString("Idle worker footprint:\n\n")
-		if i := rp.Idle; i != nil {
-			fmt.Fprintf(&b, "- one `pampactl worker run` process, idle (no job assigned, no dispatcher, worker delay 1s, heartbeat 5s): "+
-				"VmRSS %.1f MiB; CPU %s over %s\n", float64(i.RSSKB)/1024, cpuText(i.CPU, i.Window), i.Window)
+	if f := rp.Fanin; f != nil {
+		fmt.Fprintf(&b, "Fan-in: one `benchctl dispatcher run` process and %d `benchctl worker run --id local.N` processes "+
+			"(bench/benchctl: pampactl with the no-op Go handler; worker env %s), queue_size %d, %d rows:\n\n",
+			f.Workers, envName(f.WorkerEnv), 5, f.Total)
+		b.WriteString("| Fan-in figure | Value |\n|---|---:|\n")
+		rate := fmt.Sprintf("%.0f", f.rate())
+		if f.Partial {
+			rate += " (partial)"
 		}
-		if rp.InProcRSS > 0 {
-			fmt.Fprintf(&b, "- the harness process itself (%s): VmRSS %.1f MiB; not a per-worker figure\n",
-				rp.InProcDesc, float64(rp.InProcRSS)/1024)
+		fmt.Fprintf(&b, "| worker streams up (start of the first process to the last stream) | %d in %.1f s |\n", f.Connected, f.StartUp.Seconds())
+		fmt.Fprintf(&b, "| rows ended / seconds / rows/s | %d / %.2f / %s |\n", f.Rows, f.Elapsed.Seconds(), rate)
+		fmt.Fprintf(&b, "| steady rows/s (10%% to 90%% of the rows) | %.0f |\n", f.Steady)
+		fmt.Fprintf(&b, "| workers that ended rows | %d |\n", f.WorkersWithRows)
+		fmt.Fprintf(&b, "| PostgreSQL client sessions at peak (the harness's own left out) | %d |\n", f.PeakSessions)
+		fmt.Fprintf(&b, "| dispatcher CPU per 100,000 rows | %.2f s |\n", per100k(f.DispatcherCPU, f.Rows))
+		fmt.Fprintf(&b, "| PostgreSQL CPU per 100,000 rows | %.2f s |\n", per100k(f.PGCPU, f.Rows))
+		fmt.Fprintf(&b, "| dispatcher VmRSS, all workers connected and idle | %.1f MiB |\n", mib(f.DispatcherIdle.RSS))
+		fmt.Fprintf(&b, "| dispatcher VmHWM (peak) / VmRSS after the %d rows | %.1f / %.1f MiB |\n", f.Total,
+			mib(f.DispatcherEnd.HWM), mib(f.DispatcherEnd.RSS))
+		fmt.Fprintf(&b, "| idle worker, mean VmRSS (anon + file) / PSS, before any row | %.1f (%.1f + %.1f) / %.1f MiB |\n",
+			mib(f.IdleBefore.RSS), mib(f.IdleBefore.Anon), mib(f.IdleBefore.File), mib(f.IdleBefore.Pss))
+		fmt.Fprintf(&b, "| idle worker, mean VmRSS (anon + file) / PSS, after the rows | %.1f (%.1f + %.1f) / %.1f MiB |\n",
+			mib(f.IdleAfter.RSS), mib(f.IdleAfter.Anon), mib(f.IdleAfter.File), mib(f.IdleAfter.Pss))
+		if f.Note != "" {
+			fmt.Fprintf(&b, "| note | %s |\n", f.Note)
+		}
+		b.WriteString("\n")
+	}
+	if i := rp.Idle; i != nil {
+		fmt.Fprintf(&b, "Idle worker processes by Go runtime setting: %d `benchctl worker run` processes each, connected to a "+
+			"dispatcher process with no row to give; means per process after 5 s of settling, CPU over the next %s.\n\n",
+			i.Workers, i.Window)
+		b.WriteString("| Worker binary | Env | VmRSS MiB | RssAnon MiB | RssFile MiB | PSS MiB | CPU |\n|---|---|---:|---:|---:|---:|---|\n")
+		for _, v := range i.Variants {
+			fmt.Fprintf(&b, "| %s | %s | %.1f | %.1f | %.1f | %.1f | %s |\n", binaryName(v.Binary), envName(v.Env), mib(v.Mem.RSS), mib(v.Mem.Anon),
+				mib(v.Mem.File), mib(v.Mem.Pss), cpuText(v.CPU, i.Window))
+		}
+		b.WriteString("\n")
+	}
+	if len(rp.Load) > 0 {
+		b.WriteString("Load generator: simulated workers (protocol.Client, each its own TCP connection) in the harness process, " +
+			"each reporting every row as done the moment it arrives, against one `benchctl dispatcher run` process; " +
+			"queue_size 5. The streams come up a few hundred at a time while the table is locked; then the clock runs.\n\n")
+		b.WriteString("| Clients | Streams up | Connect s | Rows | Seconds | Rows/s | Steady rows/s | Dispatcher CPU s / 100k rows | " +
+			"Harness CPU s | PostgreSQL CPU s | Dispatcher VmHWM MiB | Note |\n")
+		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		for _, l := range rp.Load {
+			rate := fmt.Sprintf("%.0f", l.rate())
+			if l.Partial {
+				rate += " (partial)"
+			}
+			fmt.Fprintf(&b, "| %d | %d | %.1f | %d | %.2f | %s | %.0f | %.2f | %.1f | %.1f | %.1f | %s |\n", l.Clients, l.Connected,
+				l.ConnectTime.Seconds(), l.Rows, l.Elapsed.Seconds(), rate, l.Steady, per100k(l.DispatcherCPU, l.Rows),
+				l.HarnessCPU.Seconds(), l.PGCPU.Seconds(), mib(l.DispatcherMem.HWM), l.Note)
 		}
 		b.WriteString("\n")
 	}

@@ -78,6 +78,9 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// ErrBadSQL means SQL of the config (result_sql) does not run as written.
+var ErrBadSQL = errors.New("bad SQL in the config")
+
 // Dispatcher is the database's one client for the whole fleet. One loop
 // owns one session: it reserves rows and pushes them to workers over the
 // worker protocol, writes their start and end marks in set-based batches,
@@ -151,8 +154,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
 		if err := d.connect(ctx); err != nil {
-			if errors.Is(err, ErrNotSetUp) {
-				return err // retrying cannot fix the schema
+			if errors.Is(err, ErrNotSetUp) || errors.Is(err, ErrBadSQL) {
+				return err // retrying cannot fix the schema or the config
 			}
 			d.log.Error("dispatcher cannot reach the database; retrying", "err", err, "in", bo.Peek())
 			d.applyInbox() // keep the fleet's state current meanwhile
@@ -214,6 +217,18 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 				return fail(err)
 			}
 			q := NewQueries(j, kt)
+			if j.ResultSQL != "" {
+				// Checked now, not at the first row: a statement that does
+				// not prepare would stop every flush.
+				sd, err := conn.Prepare(ctx, "", j.ResultSQL)
+				if err != nil {
+					return fail(fmt.Errorf("%w: job %q: result_sql: %w", ErrBadSQL, j.Name, err))
+				}
+				if q.resultArgs = len(sd.ParamOIDs); q.resultArgs > 2 {
+					return fail(fmt.Errorf("%w: job %q: result_sql takes %d parameters; it gets two, $1 the key and $2 the output",
+						ErrBadSQL, j.Name, q.resultArgs))
+				}
+			}
 			d.queries = append(d.queries, q)
 			d.byJob[j.Name] = q
 		}

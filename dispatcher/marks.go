@@ -244,7 +244,7 @@ where id = any($1)`, d.marks.stopped)
 			ok := m.OK
 			if m.OK && q.job.ResultSQL != "" {
 				if !careful {
-					b.Queue(q.job.ResultSQL, m.Key, m.Output)
+					b.Queue(q.job.ResultSQL, q.resultParams(m)...)
 				} else {
 					failed, err := d.resultCarefully(ctx, tx, q, m)
 					if err != nil {
@@ -285,7 +285,7 @@ func (d *Dispatcher) resultCarefully(ctx context.Context, tx pgx.Tx, q *Queries,
 	if _, err := tx.Exec(ctx, "savepoint pampa_result"); err != nil {
 		return false, err
 	}
-	_, err = tx.Exec(ctx, q.job.ResultSQL, m.Key, m.Output)
+	_, err = tx.Exec(ctx, q.job.ResultSQL, q.resultParams(m)...)
 	if err == nil {
 		_, err = tx.Exec(ctx, "release savepoint pampa_result")
 		return false, err
@@ -300,4 +300,9 @@ func (d *Dispatcher) resultCarefully(ctx context.Context, tx pgx.Tx, q *Queries,
 	desc := errorText("result_sql: " + err.Error())
 	_, err = tx.Exec(ctx, q.FailResult, m.Key, desc)
 	return true, err
+}
+
+// resultParams are the key and the output, as many as result_sql takes.
+func (q *Queries) resultParams(m mark) []any {
+	return []any{m.Key, m.Output}[:q.resultArgs]
 }

@@ -35,8 +35,9 @@ type DB interface {
 // keys cast them back to the key's own type, so that the primary key's index
 // is used.
 type Queries struct {
-	job     Job
-	keyType string // SQL type of the primary key, for casts from text
+	job        Job
+	keyType    string // SQL type of the primary key, for casts from text
+	resultArgs int    // how many of $1 (key) and $2 (output) result_sql takes
 
 	// Reserve: $1 how many, $2 worker id, $3 max tries → (key, key text,
 	// attempt, row). ReserveAfter only takes keys above $4: a cursor that

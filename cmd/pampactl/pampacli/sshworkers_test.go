@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgtest"
 	polling "github.com/pampa-go/pampa/internal/poll"
@@ -211,8 +212,8 @@ func testLogsTail(t *testing.T, srv *sshtest.Server) {
 		return ""
 	})
 	cancel()
-	if code := <-done; code != 0 {
-		t.Fatalf("logs tail -f ended with %d:\n%s", code, out.String())
+	if code := <-done; code != pampacli.ExitInterrupted {
+		t.Fatalf("logs tail -f ended with %d, want %d (interrupted):\n%s", code, pampacli.ExitInterrupted, out.String())
 	}
 	// Lines of different workers interleave as they come; each worker's
 	// own lines are in order, each once.

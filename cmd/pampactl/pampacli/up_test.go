@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,8 +32,9 @@ import (
 
 // upJob is the job of these tests: a command step over the items table,
 // run by the nodes' workers. The step appends its key and its worker's id
-// to steps.log in the work dir it runs in (the node's); result_sql marks
-// the row done in the transaction that records the step's success.
+// to steps.log in the work dir it runs in (the node's) and prints its
+// worker's id; result_sql, in the transaction that records the step's
+// success, marks the row done and stores that output in ran_by.
 const upJob = "tick"
 
 // stepsLog is the file the step appends to, in the node's work dir.
@@ -47,7 +49,7 @@ func createItems(t *testing.T, dbURL string, n int) {
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(t.Context(), fmt.Sprintf(`
-create table items (id int primary key, done boolean not null default false);
+create table items (id int primary key, done boolean not null default false, ran_by text);
 insert into items (id) select generate_series(1, %d)`, n)); err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +92,8 @@ grace_period = "1s"
 name = %q
 table = "items"
 queue_size = 20
-command = ["sh", "-c", "echo $PAMPA_TASK_ID $PAMPA_WORKER_ID >> %s"]
-result_sql = "update items set done = true where id = $1::int"
+command = ["sh", "-c", "echo $PAMPA_TASK_ID $PAMPA_WORKER_ID >> %s; printf %%s $PAMPA_WORKER_ID"]
+result_sql = "update items set done = true, ran_by = $2 where id = $1::int"
 `, dbURL, listen, upJob, stepsLog)
 	for _, n := range nodes {
 		fmt.Fprintf(&b, `
@@ -295,13 +297,15 @@ func (c *cluster) checkNodeConfig(n node, want string) {
 	if p, ok := u.User.Password(); ok && p != "" {
 		leaks = append(leaks, p)
 	}
-	if want != c.listen {
-		_, port, _ := net.SplitHostPort(c.listen)
-		leaks = append(leaks, ":"+port)
-	}
 	for _, s := range leaks {
 		if s != "" && strings.Contains(text, s) {
 			t.Errorf("node %s: its config holds %q:\n%s", n.name, s, text)
+		}
+	}
+	if want != c.listen {
+		_, port, _ := net.SplitHostPort(c.listen)
+		if regexp.MustCompile(`:` + port + `\b`).MatchString(text) {
+			t.Errorf("node %s: its config names the dispatcher's listen port %s:\n%s", n.name, port, text)
 		}
 	}
 	cfg, err := orchestrator.Parse(path, data)
@@ -390,11 +394,13 @@ func (b *background) stop() result {
 }
 
 // waitRowsDoneBy waits until every one of the rows of items ended with
-// success, all reserved by workers of node n, while b runs; then checks
-// that the step ran in n's work dir for each row, by n's workers.
+// success, all reserved by workers of node n and their output (result_sql)
+// naming one, while b runs; then checks that the step ran in n's work dir
+// for each row, by n's workers.
 func waitRowsDoneBy(t *testing.T, conn *pgx.Conn, rows int, n node, b *background) {
 	t.Helper()
-	count := fmt.Sprintf(`select count(*) filter (where done), count(*) filter (where %[1]s_success and %[1]s_end_time is not null),
+	count := fmt.Sprintf(`select count(*) filter (where done and ran_by like $1),
+  count(*) filter (where %[1]s_success and %[1]s_end_time is not null),
   count(*) filter (where %[1]s_reservation_id like $1) from items`, upJob)
 	poll(t, n.name+"'s workers process every row", func() string {
 		b.running()
@@ -403,7 +409,8 @@ func waitRowsDoneBy(t *testing.T, conn *pgx.Conn, rows int, n node, b *backgroun
 			t.Fatal(err)
 		}
 		if nDone != rows || nOK != rows || nByNode != rows {
-			return fmt.Sprintf("%d of %d rows done (result_sql), %d ended with success, %d by %s's workers", nDone, rows, nOK, nByNode, n.name)
+			return fmt.Sprintf("of %d rows, %d done by %s's workers (their output stored by result_sql), %d ended with success, %d reserved by %s's workers",
+				rows, nDone, n.name, nOK, nByNode, n.name)
 		}
 		return ""
 	})

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/protocol"
+)
+
+// loadStep is one run of the load generator: clients simulated workers in
+// this process against one dispatcher process.
+type loadStep struct {
+	Clients, Connected int
+	ConnectTime        time.Duration // until every stream was up (or the limit)
+	Rows, Total        int64
+	Elapsed            time.Duration
+	Partial            bool
+	Steady             float64 // rows/s between 10% and 90% of the rows
+	DispatcherCPU      time.Duration
+	HarnessCPU, PGCPU  time.Duration
+	DispatcherMem      procMem // after the rows; HWM is the peak
+	Note               string
+}
+
+func (r loadStep) rate() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Rows) / r.Elapsed.Seconds()
+}
+
+// simWorker is a simulated worker: a protocol client that reports every
+// row it receives as done at once, without a start message.
+type simWorker struct {
+	c *protocol.Client
+}
+
+func newSimWorker(addr string, secret []byte, id int, up *atomic.Int64, log *slog.Logger) (*simWorker, error) {
+	inst := make([]byte, 8)
+	_, _ = rand.Read(inst)
+	host, _ := os.Hostname()
+	s := &simWorker{}
+	c, err := protocol.NewClient(protocol.ClientConfig{
+		Addrs: []string{addr}, Secret: secret, Logger: log,
+		Hello: func() protocol.Hello {
+			h := protocol.Hello{ID: fmt.Sprintf("local.%d", id), Node: "local", Hostname: host, PID: os.Getpid(),
+				Instance: hex.EncodeToString(inst), Jobs: []string{benchJobName}, Slots: 1}
+			// Unacknowledged outcomes are rows in hand, as a worker says.
+			for _, o := range s.c.Unacked() {
+				h.InHand = append(h.InHand, protocol.Held{Ref: o.Ref, Started: true})
+			}
+			return h
+		},
+		Deliver: func(m protocol.Message) {
+			if m.Kind != protocol.KindRows {
+				return
+			}
+			for _, r := range m.Rows {
+				s.c.Report(protocol.Outcome{Ref: r.Ref, OK: true})
+			}
+		},
+		Connected: func(on bool) {
+			if on {
+				up.Add(1)
+			} else {
+				up.Add(-1)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.c = c
+	return s, nil
+}
+
+// runLoad connects clients simulated workers (a few hundred at a time) to
+// a dispatcher process while the table of rows rows is locked, then lifts
+// the lock and times the rows.
+func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connectLimit time.Duration, log *slog.Logger) (loadStep, error) {
+	res := loadStep{Clients: clients, Total: int64(rows)}
+	schema := fmt.Sprintf("bench_load_%d", clients)
+	dbURL, err := e.freshSchema(ctx, schema)
+	if err != nil {
+		return res, err
+	}
+	defer e.dropSchema(schema)
+	job := benchJob(dispatcher.DefaultQueueSize)
+	if err := prepareTasks(ctx, dbURL, "", rows, job); err != nil {
+		return res, err
+	}
+	cc, err := b.writeChildCluster(schema, dbURL, clients, dispatcher.DefaultQueueSize)
+	if err != nil {
+		return res, err
+	}
+	conn, err := connectHarness(ctx, dbURL)
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	lock, err := lockTasks(ctx, dbURL)
+	if err != nil {
+		return res, err
+	}
+	defer lock.release(context.WithoutCancel(ctx))
+	d, err := b.startDispatcher(cc, childEnv())
+	if err != nil {
+		return res, err
+	}
+	defer d.stop(30 * time.Second)
+	if err := waitLeading(ctx, d, 30*time.Second); err != nil {
+		return res, err
+	}
+
+	cctx, stopClients := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	defer func() { stopClients(); wg.Wait() }()
+	var up atomic.Int64
+	began := time.Now()
+	const wave = 250
+	for i := 1; i <= clients; i++ {
+		s, err := newSimWorker(cc.addr, cc.secret, i, &up, log)
+		if err != nil {
+			return res, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.c.Run(cctx); err != nil {
+				log.Warn("simulated worker refused", "err", err)
+			}
+		}()
+		if i%wave == 0 {
+			if err := sleep(ctx, 50*time.Millisecond); err != nil {
+				return res, err
+			}
+		}
+	}
+	err = d.waitStreams(ctx, clients, connectLimit, nil)
+	res.ConnectTime = time.Since(began)
+	res.Connected = int(d.connected.Load())
+	if err != nil && ctx.Err() != nil {
+		return res, err
+	}
+	if err != nil {
+		res.Note = fmt.Sprintf("%d of %d streams up after %s; ", res.Connected, clients, connectLimit.Round(time.Second))
+	}
+	if res.Connected == 0 {
+		return res, errors.New("no stream came up")
+	}
+
+	tctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	dcpu0, err := procCPU(d.pid())
+	if err != nil {
+		return res, err
+	}
+	cpu0 := readCPU()
+	if err := lock.release(ctx); err != nil {
+		return res, err
+	}
+	start := time.Now()
+	var samples []sample
+	err = waitFor(tctx, 20*time.Millisecond, func() (bool, error) {
+		if !d.alive() {
+			return false, fmt.Errorf("dispatcher exited: %v\n%s", d.err, d.log())
+		}
+		n, err := rowsDone(tctx, conn)
+		res.Rows = n
+		samples = append(samples, sample{time.Since(start), n})
+		return n >= int64(rows), err
+	})
+	res.Elapsed = time.Since(start)
+	dcpu1, _ := procCPU(d.pid())
+	res.DispatcherCPU = dcpu1 - dcpu0
+	cpu := readCPU().since(cpu0)
+	res.HarnessCPU, res.PGCPU = cpu.self, cpu.pg
+	res.DispatcherMem, _ = readProcMem(d.pid())
+	if os.Getenv("BENCH_DEBUG") != "" {
+		fmt.Fprintln(os.Stderr, d.log())
+	}
+	res.Steady = steadyRate(samples, int64(rows))
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		res.Partial = true
+		res.Rows, _ = rowsDone(ctx, conn)
+		res.Note += fmt.Sprintf("timed out after %s with %d of %d rows ended", e.timeout, res.Rows, rows)
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("wait for the rows to end: %w", err)
+	}
+	return res, nil
+}
