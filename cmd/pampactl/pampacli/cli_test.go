@@ -235,7 +235,7 @@ func TestLocalWorkflow(t *testing.T) {
 		return ""
 	})
 	stopDispatcher()
-	if r := <-done; r.code != 0 && r.code != ExitInterrupted {
+	if r := <-done; r.code != ExitInterrupted {
 		t.Fatalf("dispatcher run: exit %d, %s", r.code, r.stderr)
 	}
 }
