@@ -238,7 +238,7 @@ func (c *Client) stream(ctx context.Context, addr string) (served bool, err erro
 		<-writeErr
 		msg := strings.TrimSpace(string(body))
 		switch resp.StatusCode {
-		case http.StatusUnauthorized, http.StatusConflict, http.StatusBadRequest:
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusConflict, http.StatusBadRequest:
 			return false, fmt.Errorf("dispatcher %s: %w: %s", addr, ErrRefused, msg)
 		}
 		return false, fmt.Errorf("dispatcher %s: %s: %s", addr, resp.Status, msg)

@@ -238,6 +238,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			readerDone = true
 			sess.Close()
 		case <-sess.done:
+			// What was queued before the close (acks, say) still goes out.
+			for _, m := range sess.take() {
+				if enc.Encode(m) != nil {
+					break
+				}
+			}
+			_ = rc.Flush()
 			err = errors.New("closed by the dispatcher")
 		case <-r.Context().Done():
 			err = r.Context().Err()

@@ -128,9 +128,11 @@ type Worker struct {
 	queue       []protocol.Row
 	running     *protocol.Ref
 	interrupted []protocol.Ref // stopped past the grace period: given back
+	leaving     bool           // the queue is given back: rows that come now go back too
 	downSince   time.Time      // zero while a dispatcher serves us
 	wake        chan struct{}
 	streamDown  chan struct{}
+	stopClient  context.CancelFunc // set by Run
 
 	dbOnce sync.Once
 	db     *pgxpool.Pool
@@ -194,6 +196,17 @@ func (w *Worker) deliver(m protocol.Message) {
 	switch m.Kind {
 	case protocol.KindRows:
 		w.mu.Lock()
+		if w.leaving {
+			w.mu.Unlock()
+			// Sent before the dispatcher heard that this worker leaves:
+			// back at once, or they would wait for the heartbeat timeout.
+			refs := make([]protocol.Ref, len(m.Rows))
+			for i, r := range m.Rows {
+				refs[i] = r.Ref
+			}
+			w.client.Send(protocol.Message{Kind: protocol.KindRelease, Refs: refs})
+			return
+		}
 		w.queue = append(w.queue, m.Rows...)
 		w.mu.Unlock()
 		w.poke()
@@ -215,7 +228,18 @@ func (w *Worker) connected(up bool) {
 		}
 		w.queue = nil
 	}
+	leaving, stop := w.leaving, w.stopClient
 	w.mu.Unlock()
+	switch {
+	case up && leaving:
+		// A new stream, maybe to another dispatcher: say again that this
+		// worker leaves, so that it is let go rather than given rows.
+		w.client.Send(protocol.Message{Kind: protocol.KindRelease})
+	case !up && leaving && stop != nil && len(w.client.Unacked()) == 0:
+		// Let go with nothing left to deliver: do not reconnect, which
+		// would sign the worker up again before it exits.
+		stop()
+	}
 	if !up {
 		select {
 		case w.streamDown <- struct{}{}:
@@ -263,6 +287,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	cctx, stopClient := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopClient()
+	w.mu.Lock()
+	w.stopClient = stopClient
+	w.mu.Unlock()
 	clientDone := make(chan error, 1)
 	go func() { clientDone <- w.client.Run(cctx) }()
 	w.log.Info("worker started", "pid", os.Getpid(), "jobs", len(w.jobs), "dispatchers", w.cfg.Dispatchers)
@@ -410,7 +437,7 @@ func (w *Worker) leave(ctx context.Context) {
 		back = append(back, r.Ref)
 	}
 	back = append(back, w.interrupted...)
-	w.queue, w.interrupted = nil, nil
+	w.queue, w.interrupted, w.leaving = nil, nil, true
 	up := w.downSince.IsZero()
 	w.mu.Unlock()
 	wait := time.NewTimer(10 * time.Second)

@@ -610,6 +610,38 @@ func TestGracefulStopFinishesRunningRowAndGivesQueueBack(t *testing.T) {
 	})
 }
 
+// A worker stopped while rows flow fast (a refill is usually on its way)
+// gives back everything it was sent, promptly, and leaves as stopped.
+func TestStopWhileRowsFlow(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 20000, nil)
+	c.dispatcher()
+	quick := func(ctx context.Context, task *worker.Task) (any, error) { return nil, nil }
+	r := c.worker("local.1", func(cfg *worker.Config) { cfg.Handlers = map[string]worker.Handler{jobName: quick} })
+	poll.Until(t, "rows to flow", 30*time.Second, func() string {
+		if n, _ := c.ended(); n < 200 {
+			return fmt.Sprintf("%d ended", n)
+		}
+		return ""
+	})
+	began := time.Now()
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("stopping took %s", took)
+	}
+	if n := c.count(`select count(*) from numbers where odd_checking_reservation_id = 'local.1' and odd_checking_end_time is null`); n != 0 {
+		t.Fatalf("the stopped worker still holds %d rows", n)
+	}
+	poll.Until(t, "the stop to be recorded", 10*time.Second, func() string {
+		if n := c.count(`select count(*) from pampa_workers where id = 'local.1' and state = 'stopped'`); n != 1 {
+			return "not stopped"
+		}
+		return ""
+	})
+}
+
 // A worker with nothing to do stops at once, and is recorded as stopped.
 func TestIdleWorkerStopsAtOnce(t *testing.T) {
 	t.Parallel()
