@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"regexp"
 	"slices"
@@ -20,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pampa-go/pampa/internal/leaktest"
+	"github.com/pampa-go/pampa/internal/nettest"
 	"github.com/pampa-go/pampa/internal/pgtest"
 	"github.com/pampa-go/pampa/internal/poll"
 	"github.com/pampa-go/pampa/protocol"
@@ -116,7 +116,7 @@ func (e *env) dispatcher(edit ...func(*Config)) *Dispatcher {
 	if err := d.connect(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t, "127.0.0.1:0")
+	ln := nettest.Listen(t, "127.0.0.1:0")
 	sctx, stop := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() { served <- protocol.Serve(sctx, ln, d.Handler(), nil, nil) }()
@@ -126,7 +126,7 @@ func (e *env) dispatcher(edit ...func(*Config)) *Dispatcher {
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		ln.waitClosed(t)
+		ln.WaitClosed(t)
 		d.close()
 	})
 	e.addrs[d] = ln.Addr().String()
@@ -142,58 +142,6 @@ func (e *env) dispatcher(edit ...func(*Config)) *Dispatcher {
 		e.pending = nil
 	}
 	return d
-}
-
-// listener is a loopback listener that knows which of the connections it
-// accepted are still open. protocol.Serve returns before the HTTP server
-// has let go of its HTTP/2 connections (a client that went away mid-stream
-// may leave one for the server's shutdown to close, a second later), so a
-// test waits for them before leaktest looks.
-type listener struct {
-	net.Listener
-	open sync.WaitGroup
-}
-
-func listen(t testing.TB, addr string) *listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &listener{Listener: ln}
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.open.Add(1)
-	return &conn{Conn: c, closed: l.open.Done}, nil
-}
-
-// waitClosed waits, once the server has stopped accepting, until it has
-// closed every connection.
-func (l *listener) waitClosed(t testing.TB) {
-	done := make(chan struct{})
-	go func() { l.open.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("the server kept connections open 10s after it stopped")
-	}
-}
-
-type conn struct {
-	net.Conn
-	once   sync.Once
-	closed func()
-}
-
-func (c *conn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.closed)
-	return err
 }
 
 // register adds workers to the fleet: they connect to the next dispatcher
@@ -1136,7 +1084,7 @@ func (e *env) runDispatcher(edit ...func(*Config)) *Dispatcher {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ln := listen(e.t, "127.0.0.1:0")
+	ln := nettest.Listen(e.t, "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -1147,7 +1095,7 @@ func (e *env) runDispatcher(edit ...func(*Config)) *Dispatcher {
 			e.t.Errorf("dispatcher: %v", err)
 		}
 	}()
-	e.t.Cleanup(func() { cancel(); wg.Wait(); ln.waitClosed(e.t) })
+	e.t.Cleanup(func() { cancel(); wg.Wait(); ln.WaitClosed(e.t) })
 	return d
 }
 

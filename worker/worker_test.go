@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/leaktest"
+	"github.com/pampa-go/pampa/internal/nettest"
 	"github.com/pampa-go/pampa/internal/pgserver"
 	"github.com/pampa-go/pampa/internal/pgtest"
 	"github.com/pampa-go/pampa/internal/poll"
@@ -219,7 +219,7 @@ func (c *cluster) dispatcher(edit ...func(*dispatcher.Config)) *disp {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	ln := listen(c.t, addr)
+	ln := nettest.Listen(c.t, addr)
 	c.addr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -237,7 +237,7 @@ func (c *cluster) dispatcher(edit ...func(*dispatcher.Config)) *disp {
 		}
 	}()
 	var once sync.Once
-	stop := func() { once.Do(func() { cancel(); wg.Wait(); ln.waitClosed(c.t) }) }
+	stop := func() { once.Do(func() { cancel(); wg.Wait(); ln.WaitClosed(c.t) }) }
 	c.t.Cleanup(stop)
 	return &disp{d: d, stop: stop}
 }
@@ -334,54 +334,6 @@ func (l *testLog) saw(parts ...string) []string {
 		}
 	}
 	return out
-}
-
-// listener is a loopback listener that knows which of the connections it
-// accepted are still open: protocol.Serve returns before the HTTP server
-// has closed its HTTP/2 connections, and leaktest must not see them.
-type listener struct {
-	net.Listener
-	open sync.WaitGroup
-}
-
-func listen(t testing.TB, addr string) *listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &listener{Listener: ln}
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	l.open.Add(1)
-	return &conn{Conn: c, closed: l.open.Done}, nil
-}
-
-func (l *listener) waitClosed(t testing.TB) {
-	done := make(chan struct{})
-	go func() { l.open.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("the server kept connections open 10s after it stopped")
-	}
-}
-
-type conn struct {
-	net.Conn
-	once   sync.Once
-	closed func()
-}
-
-func (c *conn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.closed)
-	return err
 }
 
 // Every row is processed exactly once by several workers running a

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/internal/nettest"
 	"github.com/pampa-go/pampa/internal/pgtest"
 	"github.com/pampa-go/pampa/internal/poll"
 )
@@ -241,15 +241,7 @@ func TestLocalWorkflow(t *testing.T) {
 }
 
 // freeAddr is a loopback address nothing listens on, for a dispatcher.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t testing.TB) string { return nettest.FreeAddr(t) }
 
 func logs(dir string) string {
 	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
+	"github.com/pampa-go/pampa/internal/nettest"
 	"github.com/pampa-go/pampa/internal/sshtest"
 )
 
@@ -89,15 +89,7 @@ func sshNode(t testing.TB, name string, srv *sshtest.Server) node {
 }
 
 // freeAddr is a loopback address nothing listens on, for a dispatcher.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t testing.TB) string { return nettest.FreeAddr(t) }
 
 // writeConfig writes cluster.toml for the nodes and returns its path.
 func writeConfig(t testing.TB, dbURL string, nodes ...node) string {
