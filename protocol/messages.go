@@ -28,7 +28,6 @@ const (
 	KindWelcome Kind = "welcome" // the stream is accepted
 	KindRows    Kind = "rows"    // rows for the worker's queue
 	KindAcks    Kind = "acks"    // outcomes committed (or refused as late): drop them
-	KindDrain   Kind = "drain"   // take no more rows; finish and leave
 )
 
 // KindPing keeps a quiet stream alive, both ways.
@@ -43,7 +42,6 @@ type Message struct {
 	Refs     []Ref     `json:"refs,omitempty"` // starts, release
 	Outcomes []Outcome `json:"outcomes,omitempty"`
 	Acks     []uint64  `json:"acks,omitempty"`
-	Reason   string    `json:"reason,omitempty"` // drain
 }
 
 // Ref names one attempt of one row.

@@ -922,7 +922,7 @@ func TestMessagesInOrder(t *testing.T) {
 		s.Send(Message{Kind: KindRows, Rows: rows})
 		c.Send(Message{Kind: KindStarts, Refs: []Ref{rows[0].Ref}})
 	}
-	s.Send(Message{Kind: KindDrain, Reason: "done"})
+	s.Send(Message{Kind: KindRows, Rows: []Row{{Ref: Ref{Job: "j", Key: "last"}}}})
 	poll.Until(t, "the rows reach the client", wait, func() string {
 		if got := c.messages(); len(got) < n+2 {
 			return fmt.Sprintf("%d of %d messages", len(got), n+2)
@@ -938,7 +938,7 @@ func TestMessagesInOrder(t *testing.T) {
 			t.Fatalf("message %d is %+v, want row %d", i+1, m, i)
 		}
 	}
-	if last := got[n+1]; last.Kind != KindDrain || last.Reason != "done" || len(got) != n+2 {
+	if last := got[n+1]; last.Kind != KindRows || len(last.Rows) != 1 || last.Rows[0].Key != "last" || len(got) != n+2 {
 		t.Errorf("after the rows: %+v", got[n+1:])
 	}
 	poll.Until(t, "the starts reach the server", wait, func() string {
