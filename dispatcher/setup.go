@@ -194,15 +194,22 @@ func Check(ctx context.Context, db DB, jobs []Job) error {
 			errs = append(errs, fmt.Errorf("job %q: %w", j.Name, err))
 			continue
 		}
+		var missing []string
 		for _, c := range j.columns() {
-			if _, ok := cols[c.name]; !ok {
-				hint := "run: pampactl db setup"
-				if c.key == "field_primary_key" {
-					hint = "set field_primary_key to a column of the table"
-				}
-				errs = append(errs, fmt.Errorf("%w: job %q: %s = %q is not a column of table %s; %s",
-					ErrNotSetUp, j.Name, c.key, c.name, j.Table, hint))
+			if _, ok := cols[c.name]; ok {
+				continue
 			}
+			if c.key == "field_primary_key" {
+				errs = append(errs, fmt.Errorf("%w: job %q: field_primary_key = %q is not a column of table %s; set it to a column of the table",
+					ErrNotSetUp, j.Name, c.name, j.Table))
+				continue
+			}
+			missing = append(missing, fmt.Sprintf("%s = %q", c.key, c.name))
+		}
+		if len(missing) > 0 {
+			// One hint per job, however many columns it lacks.
+			errs = append(errs, fmt.Errorf("%w: job %q: table %s lacks its bookkeeping columns (%s); run: pampactl db setup",
+				ErrNotSetUp, j.Name, j.Table, strings.Join(missing, ", ")))
 		}
 		if typ, ok := cols[j.Fields.ID]; ok && typ != "text" && typ != "character varying" {
 			errs = append(errs, fmt.Errorf("%w: job %q: column %s is %s; worker ids like node1.3 need text or varchar",

@@ -28,6 +28,10 @@ func (e *env) jobsCommand() *cli.Command {
 					return err
 				}
 				defer conn.Close(c.Context)
+				// Missing columns get the db setup hint, not an SQL error.
+				if err := dispatcher.Check(c.Context, conn, cfg.Jobs); err != nil {
+					return err
+				}
 				st, err := dispatcher.Report(c.Context, conn, cfg.Jobs)
 				if err != nil {
 					return err

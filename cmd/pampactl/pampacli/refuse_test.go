@@ -2,13 +2,17 @@ package pampacli_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
+	"github.com/pampa-go/pampa/internal/pgtest"
 )
 
 // A worker the cluster does not have, or one that could not run its jobs,
@@ -69,5 +73,44 @@ func TestWorkerWithWrongSecretIsRefused(t *testing.T) {
 	}
 	if n := r.count(`select count(*) from tasks where work_reservation_id is not null`); n != 0 {
 		t.Errorf("%d rows were reserved for a refused worker", n)
+	}
+}
+
+// jobs status before db setup says what to run, once, with exit 2, rather
+// than an SQL error.
+func TestJobsStatusBeforeSetup(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(t.Context(), `create table tasks (id bigint primary key)`); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cluster.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[database]\nurl = %q\nurl_env = \"\"\n[[jobs]]\nname = \"work\"\ntable = \"tasks\"\ncommand = [\"true\"]\n", url)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := pampactl(t.Context(), t, nil, "--config", cfg, "jobs", "status")
+	if res.code != pampacli.ExitUsage || strings.Count(res.stderr, "pampactl db setup") != 1 || strings.Contains(res.stderr, "SQLSTATE") {
+		t.Errorf("jobs status before db setup: exit %d, want %d with the db setup hint once and no SQLSTATE:\n%s", res.code, pampacli.ExitUsage, res)
+	}
+	// Pampa's tables there (another job's setup), the job's columns not.
+	if _, err := conn.Exec(t.Context(), `create table other (id int primary key)`); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other.toml")
+	if err := os.WriteFile(other, []byte(fmt.Sprintf("[database]\nurl = %q\nurl_env = \"\"\n[[jobs]]\nname = \"o\"\ntable = \"other\"\ncommand = [\"true\"]\n", url)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := pampactl(t.Context(), t, nil, "--config", other, "db", "setup"); r.code != 0 {
+		t.Fatalf("db setup: %s", r)
+	}
+	res = pampactl(t.Context(), t, nil, "--config", cfg, "jobs", "status")
+	if res.code != pampacli.ExitUsage || strings.Count(res.stderr, "pampactl db setup") != 1 || strings.Contains(res.stderr, "SQLSTATE") {
+		t.Errorf("jobs status before db setup: exit %d, want %d with the db setup hint once and no SQLSTATE:\n%s", res.code, pampacli.ExitUsage, res)
 	}
 }
