@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"math"
 	"net/url"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -194,22 +192,6 @@ func postgresCPU() time.Duration {
 		}
 	}
 	return ticks(total)
-}
-
-// vmRSS reads VmRSS of a process in KiB ("self" for this process).
-func vmRSS(pid string) (int64, error) {
-	f, err := os.Open(filepath.Join("/proc", pid, "status"))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("/proc/%s/status: no VmRSS", pid)
 }
 
 // machine describes where the benchmark ran.

@@ -175,6 +175,9 @@ func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv s
 		return res, err
 	}
 	pg0 := postgresCPU()
+	if err := e.resetPGStats(ctx); err != nil {
+		return res, err
+	}
 	if err := lock.release(ctx); err != nil {
 		return res, err
 	}
@@ -195,6 +198,10 @@ func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv s
 	res.PGCPU = postgresCPU() - pg0
 	res.DispatcherEnd, _ = readProcMem(d.pid())
 	res.Steady = steadyRate(samples, int64(rows))
+	d.heapProfile(b)
+	if err := e.printPGStats(ctx, fmt.Sprintf("fan-in, %d workers", n)); err != nil {
+		return res, err
+	}
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		res.Partial = true
 		res.Rows, _ = rowsDone(ctx, conn)

@@ -30,7 +30,7 @@ type fleetResult struct {
 
 func runFleet(ctx context.Context, moduleDir string, runs int) (fleetResult, error) {
 	res := fleetResult{Metrics: map[string]map[string]float64{}, Skipped: map[string]string{}, Runs: runs, User: fleetUser()}
-	cmd := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", "^BenchmarkFleet",
+	cmd := exec.CommandContext(ctx, "go", "test", "-v", "-run", "^$", "-bench", "^BenchmarkFleet",
 		"-benchtime", fmt.Sprintf("%dx", runs), "-count", "1", "-timeout", "20m", fleetPackage)
 	cmd.Dir = moduleDir
 	cmd.WaitDelay = 10 * time.Second

@@ -165,6 +165,9 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connec
 		return res, err
 	}
 	cpu0 := readCPU()
+	if err := e.resetPGStats(ctx); err != nil {
+		return res, err
+	}
 	if err := lock.release(ctx); err != nil {
 		return res, err
 	}
@@ -185,10 +188,11 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connec
 	cpu := readCPU().since(cpu0)
 	res.HarnessCPU, res.PGCPU = cpu.self, cpu.pg
 	res.DispatcherMem, _ = readProcMem(d.pid())
-	if os.Getenv("BENCH_DEBUG") != "" {
-		fmt.Fprintln(os.Stderr, d.log())
-	}
 	res.Steady = steadyRate(samples, int64(rows))
+	d.heapProfile(b)
+	if err := e.printPGStats(ctx, fmt.Sprintf("load generator, %d clients", clients)); err != nil {
+		return res, err
+	}
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		res.Partial = true
 		res.Rows, _ = rowsDone(ctx, conn)

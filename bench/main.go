@@ -36,6 +36,7 @@ var allScenarios = []string{"pampa", "ceiling", "river", "latency", "idle", "fan
 
 type options struct {
 	rows           int
+	smallQueueRows int
 	only           []string
 	out            string
 	timeout        time.Duration
@@ -58,11 +59,12 @@ type options struct {
 	loadRows       int
 	maxConnections int
 	quick          bool
+	profileDir     string
 }
 
 // quickDefaults are the settings -quick changes, unless given explicitly.
 var quickDefaults = map[string]string{
-	"rows": "20000", "repeat": "1", "timeout": "1m", "latency-inserts": "50", "fleet-runs": "1",
+	"rows": "20000", "small-queue-rows": "10000", "repeat": "1", "timeout": "1m", "latency-inserts": "50", "fleet-runs": "1",
 	"fanin-workers": "100", "fanin-rows": "10000", "idle-workers": "4", "load-clients": "200,400", "load-rows": "20000",
 }
 
@@ -71,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("pampabench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&o.rows, "rows", 200_000, "rows (tasks, jobs) per throughput scenario")
+	fs.IntVar(&o.smallQueueRows, "small-queue-rows", 50_000, "rows of the Pampa scenarios with queue_size below 100 (at most -rows): they run at a few thousand rows/s")
 	only := fs.String("only", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ","))
 	fs.StringVar(&o.out, "out", "", "rewrite the results section of this markdown file (BENCHMARKS.md)")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "limit per scenario; the rate over the finished part is reported")
@@ -92,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.loadRows, "load-rows", 100_000, "rows of each load generator run")
 	fs.IntVar(&o.maxConnections, "max-connections", 100, "max_connections of the PostgreSQL server (100 is its default)")
 	fs.BoolVar(&o.pgstats, "pgstats", false, "load pg_stat_statements and print the costliest statements of each Pampa scenario")
+	fs.StringVar(&o.profileDir, "dispatcher-profile", "", "directory for CPU and heap profiles of the dispatcher processes (fan-in, load)")
 	fs.BoolVar(&o.quick, "quick", false, "a quick run: "+quickText())
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -116,7 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{"rows", o.rows}, {"fanin-workers", o.faninWorkers}, {"fanin-rows", o.faninRows}, {"idle-workers", o.idleWorkers},
+	}{{"rows", o.rows}, {"small-queue-rows", o.smallQueueRows}, {"fanin-workers", o.faninWorkers}, {"fanin-rows", o.faninRows}, {"idle-workers", o.idleWorkers},
 		{"load-rows", o.loadRows}, {"latency-workers", o.latencyWorkers}, {"latency-inserts", o.latencyInserts}} {
 		if n.v < 1 {
 			return o, fmt.Errorf("-%s must be at least 1", n.name)
@@ -218,7 +222,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	defer admin.Close(context.WithoutCancel(ctx))
 	e := &env{baseURL: srv.URL(), admin: admin, rows: o.rows, timeout: o.timeout, pgstats: pgstats}
 
-	flags := fmt.Sprintf("-rows %d -timeout %s -repeat %d", o.rows, o.timeout, o.repeat)
+	flags := fmt.Sprintf("-rows %d -small-queue-rows %d -timeout %s -repeat %d", o.rows, o.smallQueueRows, o.timeout, o.repeat)
 	if o.quick {
 		flags = "-quick " + flags
 	}
@@ -243,7 +247,14 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		for _, q := range o.queueSizes {
 			for _, n := range o.workers {
 				s := pampaScenario{workers: n, queueSize: q}
-				r, err := bestOf(ctx, o.repeat, done, func() (result, error) { return runPampa(ctx, e, s, o.rows, log) })
+				rows, runs := o.rows, o.repeat
+				if q < 100 {
+					rows = min(o.rows, o.smallQueueRows)
+					if n == 1 {
+						runs = 1 // long; one worker at a time is not noise-bound
+					}
+				}
+				r, err := bestOf(ctx, runs, done, func() (result, error) { return runPampa(ctx, e, s, rows, log) })
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -275,7 +286,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	}
 	if want("river") {
 		progress("River baseline (%s):", rp.Machine.River)
-		rs, best, err := runRiverBest(ctx, e, log, done)
+		rs, best, err := runRiverBest(ctx, e, log, done, o.repeat)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -309,6 +320,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		if bc, err = buildBenchctl(ctx); err != nil {
 			return err
 		}
+		bc.profileDir = o.profileDir
 		defer bc.close()
 	}
 	if want("idle") {

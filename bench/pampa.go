@@ -339,7 +339,6 @@ func runPampa(ctx context.Context, e *env, s pampaScenario, rows int, log *slog.
 	if err != nil {
 		return res, fmt.Errorf("wait for the rows to end: %w", err)
 	}
-	res.RSSKB, _ = vmRSS("self")
 	c.stop()
 	// Report is the authority; rows_done was the cheap trigger.
 	st, err := dispatcher.Report(ctx, conn, []dispatcher.Job{job})

@@ -32,6 +32,9 @@ type benchctl struct {
 	cgoBin  string // go build's defaults, as make build
 	leanBin string // bench/leanworker, CGO_ENABLED=0 -trimpath
 	dir     string // temporary directory of the builds, the configs and the secrets
+	// profileDir, when set, receives CPU and heap profiles of the
+	// dispatcher processes, named after their cluster.
+	profileDir string
 }
 
 // buildBenchctl builds bench/benchctl and bench/leanworker into a
@@ -224,6 +227,11 @@ type dispatcherChild struct {
 }
 
 func (b *benchctl) startDispatcher(cc *childCluster, env []string) (*dispatcherChild, error) {
+	if b.profileDir != "" {
+		name := filepath.Base(cc.dir)
+		env = append(env, "BENCHCTL_CPUPROFILE="+filepath.Join(b.profileDir, "cpu-"+name+".prof"),
+			"BENCHCTL_HEAPPROFILE="+filepath.Join(b.profileDir, "heap-"+name+".prof"))
+	}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -259,6 +267,14 @@ func (b *benchctl) startDispatcher(cc *childCluster, env []string) (*dispatcherC
 		}
 	}()
 	return d, nil
+}
+
+// heapProfile asks the dispatcher for a heap profile (when profiling).
+func (d *dispatcherChild) heapProfile(b *benchctl) {
+	if b.profileDir != "" && d.alive() {
+		_ = d.cmd.Process.Signal(syscall.SIGUSR1)
+		time.Sleep(time.Second)
+	}
 }
 
 func (d *dispatcherChild) log() string {
