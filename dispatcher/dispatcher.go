@@ -440,9 +440,8 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 			}
 		}
 	}
-	if err := d.flush(ctx); err != nil {
-		return nil, err
-	}
+	// Assignment first: flush reserves for the workers it leaves assigned,
+	// in the round trip of the marks.
 	if full || !time.Now().Before(d.assignBy) {
 		d.assignBy = time.Now().Add(d.cfg.Delay)
 		for _, q := range d.queries {
@@ -451,7 +450,7 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 			}
 		}
 	}
-	if err := d.reserve(ctx, stats); err != nil {
+	if err := d.flush(ctx, stats, true); err != nil {
 		return nil, err
 	}
 	for name, s := range stats {

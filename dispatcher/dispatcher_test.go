@@ -196,7 +196,7 @@ func (e *env) sync(d *Dispatcher) {
 func (e *env) flush(d *Dispatcher) {
 	e.t.Helper()
 	d.applyInbox()
-	if err := d.flush(context.Background()); err != nil {
+	if err := d.flush(context.Background(), map[string]Stats{}, false); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -225,12 +225,11 @@ func (e *env) work(id string, n int, success bool) int {
 		return 0
 	}
 	d := fw.d
-	before := d.inbox.len()
 	fw.start(rows)
 	for _, r := range rows {
 		fw.end(r.Ref, success, "boom")
 	}
-	e.waitInbox(d, before+1+len(rows))
+	e.waitOutcomes(d, len(rows))
 	e.flush(d)
 	return len(rows)
 }
@@ -243,7 +242,7 @@ func (e *env) start(id string, n int) int {
 	if len(rows) == 0 {
 		return 0
 	}
-	before := fw.d.inbox.len()
+	before := items(fw.d)
 	fw.start(rows)
 	e.waitInbox(fw.d, before+1)
 	e.flush(fw.d)
@@ -253,11 +252,41 @@ func (e *env) start(id string, n int) int {
 func (e *env) waitInbox(d *Dispatcher, n int) {
 	e.t.Helper()
 	poll.Until(e.t, "the dispatcher to hear the workers", 10*time.Second, func() string {
-		if got := d.inbox.len(); got < n {
-			return fmt.Sprintf("%d events, want %d", got, n)
+		if got := items(d); got < n {
+			return fmt.Sprintf("%d items, want %d", got, n)
 		}
 		return ""
 	})
+}
+
+// waitOutcomes waits until the inbox holds at least n outcomes.
+func (e *env) waitOutcomes(d *Dispatcher, n int) {
+	e.t.Helper()
+	poll.Until(e.t, "the dispatcher to hear the outcomes", 10*time.Second, func() string {
+		d.inbox.mu.Lock()
+		defer d.inbox.mu.Unlock()
+		got := 0
+		for _, ev := range d.inbox.events {
+			got += len(ev.msg.Outcomes)
+		}
+		if got < n {
+			return fmt.Sprintf("%d outcomes, want %d", got, n)
+		}
+		return ""
+	})
+}
+
+// items counts what the streams told the dispatcher and it has not read
+// yet: each start, outcome and row given back, and each other event. A
+// client sends what waited for one write in one message.
+func items(d *Dispatcher) int {
+	d.inbox.mu.Lock()
+	defer d.inbox.mu.Unlock()
+	n := 0
+	for _, e := range d.inbox.events {
+		n += max(1, len(e.msg.Refs)+len(e.msg.Outcomes))
+	}
+	return n
 }
 
 // fakeWorker is a worker as the protocol sees it, run by the test: a real
@@ -521,7 +550,6 @@ func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
 	e.cycle(d) // full: assigns the worker, reserves 1..5
 	// Key 3 becomes free again behind the cursor (as a hand edit would)
 	// while the worker runs it: its outcome comes too late to count.
-	before := d.inbox.len()
 	rows := e.workers["n1.1"].take(5)
 	e.workers["n1.1"].start(rows)
 	mustExec(t, e.pool, `update numbers set odd_checking_reservation_id = null, odd_checking_start_time = null,
@@ -529,7 +557,7 @@ func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
 	for _, r := range rows {
 		e.workers["n1.1"].end(r.Ref, true, "")
 	}
-	e.waitInbox(d, before+1+5)
+	e.waitOutcomes(d, 5)
 	if s := e.quick(d); s.Reserved != 5 {
 		t.Fatalf("reserved %d, want 5", s.Reserved)
 	}
@@ -598,9 +626,9 @@ func TestConcurrentReservationNeverDoubleAssigns(t *testing.T) {
 					var err error
 					switch i % 3 {
 					case 0:
-						rows, err = tx.Query(ctx, q.Reserve, 10, worker, e.job.MaxTryTimes)
+						rows, err = tx.Query(ctx, q.ReserveMany, []string{worker, worker + "b"}, []int32{6, 4}, e.job.MaxTryTimes)
 					case 1:
-						rows, err = tx.Query(ctx, q.ReserveAfter, 10, worker, e.job.MaxTryTimes, int64(i*50))
+						rows, err = tx.Query(ctx, q.ReserveManyAfter, []string{worker}, []int32{10}, e.job.MaxTryTimes, int64(i*50))
 					case 2: // a sql step session: take, then mark done
 						rows, err = tx.Query(ctx, q.Take, 10, e.job.MaxTryTimes)
 					}
@@ -790,7 +818,7 @@ func TestDeadWorkerRowsReturnAtOnce(t *testing.T) {
 	d := e.dispatcher(func(c *Config) { c.HeartbeatTimeout = 300 * time.Millisecond })
 	e.cycle(d)
 	e.start("n1.1", 1)
-	before := d.inbox.len()
+	before := items(d)
 	e.workers["n1.1"].stop()
 	e.waitInbox(d, before+1)
 	e.cycle(d) // sees the stream end
@@ -838,12 +866,12 @@ func TestWorkerMovingToANewDispatcherKeepsItsOutcomes(t *testing.T) {
 	b := e.dispatcher(func(c *Config) { c.Holder = "b" })
 	fw := e.connect("n1.1", a, b)
 	e.cycle(a)
-	before := a.inbox.len()
+	before := items(a)
 	rows := fw.take(3)
 	fw.start(rows)
 	e.waitInbox(a, before+1)
 	e.flush(a) // the starts are written
-	before = a.inbox.len()
+	before = items(a)
 	for _, r := range rows[:2] {
 		fw.end(r.Ref, true, "")
 	}
@@ -903,7 +931,7 @@ func TestReleasedRowsGoBackWithoutSpendingAnAttempt(t *testing.T) {
 		refs = append(refs, r)
 	}
 	fw.mu.Unlock()
-	before := d.inbox.len()
+	before := items(d)
 	fw.client.Send(protocol.Message{Kind: protocol.KindRelease, Refs: refs})
 	e.waitInbox(d, before+1)
 	e.cycle(d)
@@ -938,7 +966,7 @@ func TestIdleWorkerLeavingIsLetGo(t *testing.T) {
 	fw.mu.Lock()
 	fw.leaving = true
 	fw.mu.Unlock()
-	before := d.inbox.len()
+	before := items(d)
 	fw.client.Send(protocol.Message{Kind: protocol.KindRelease})
 	e.waitInbox(d, before+1)
 	poll.Until(t, "the dispatcher to let the worker go", 10*time.Second, func() string {

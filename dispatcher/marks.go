@@ -88,10 +88,12 @@ func errorText(desc string) string {
 
 // flush writes, in one transaction: new workers' registrations and the
 // reconciliation of what they hold, rows given back, start marks, fenced
-// end marks with their result_sql, and the workers' counters. Outcomes are
-// acknowledged once it commits, both those that ended their rows and those
-// refused as late. A failed flush keeps everything for the next one.
-func (d *Dispatcher) flush(ctx context.Context) error {
+// end marks with the workers' counters and any result_sql; then it
+// reserves rows for the hungry workers. Without result_sql to run, all of
+// it is one round trip. Outcomes are acknowledged once the transaction
+// commits, both those that ended their rows and those refused as late. A
+// failed flush keeps everything for the next one.
+func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve bool) error {
 	var fresh []*peer
 	for _, p := range d.peers {
 		if p.fresh {
@@ -99,22 +101,32 @@ func (d *Dispatcher) flush(ctx context.Context) error {
 		}
 	}
 	if !d.marks.any() && len(fresh) == 0 {
-		return nil
+		if !reserve {
+			return nil
+		}
+		return d.reserve(ctx, stats)
 	}
-	applied, err := d.writeMarks(ctx, fresh, false)
+	applied, rs, err := d.writeMarks(ctx, fresh, false, reserve)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// A statement of the user's (result_sql) or a bad value failed: go
 		// again with each result in a savepoint, so one row's error fails
 		// that row only.
 		d.log.Warn("writing marks failed; writing them again row by row", "err", err)
-		applied, err = d.writeMarks(ctx, fresh, true)
+		applied, rs, err = d.writeMarks(ctx, fresh, true, false)
 	}
 	if err != nil {
 		return fmt.Errorf("write start and end marks: %w", err)
 	}
 	for _, p := range fresh {
 		p.fresh = false
+	}
+	// Rows first, then acks: both reach a worker in one write of its stream.
+	switch {
+	case rs != nil:
+		err = d.reserved(ctx, rs, stats)
+	case reserve:
+		err = d.reserve(ctx, stats)
 	}
 	acks := map[string][]uint64{}
 	for job, ms := range d.marks.outcomes {
@@ -140,18 +152,15 @@ func (d *Dispatcher) flush(ctx context.Context) error {
 		}
 	}
 	d.marks = pendingMarks{}
-	return nil
+	return err
 }
 
 // writeMarks runs the flush's transaction and returns the rows it ended.
-func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful bool) (map[rowID]bool, error) {
-	tx, err := d.conn.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-
+// When no result_sql has to run after the end marks, the reservations ride
+// in the same batch, after the commit, and are returned for reserved.
+func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[rowID]bool, []*reservation, error) {
 	b := &pgx.Batch{}
+	b.Queue("begin")
 	if len(fresh) > 0 {
 		var ids, nodes, hosts []string
 		var pids []int32
@@ -199,14 +208,31 @@ on conflict (id) do update set node = excluded.node, hostname = excluded.hostnam
 where id = any($1)`, d.marks.stopped)
 	}
 	for job, ms := range d.marks.starts {
-		keys, workers, attempts := make([]string, len(ms)), make([]string, len(ms)), make([]int32, len(ms))
-		for i, m := range ms {
-			keys[i], workers[i], attempts[i] = m.Key, m.worker, int32(m.Attempt)
+		// A row whose outcome is here too needs no start mark: its end
+		// mark sets the start from the step's duration.
+		type attempt struct {
+			worker, key string
+			n           int
 		}
-		b.Queue(d.byJob[job].Start, keys, workers, attempts)
+		ended := map[attempt]bool{}
+		for _, o := range d.marks.outcomes[job] {
+			ended[attempt{o.worker, o.Key, o.Attempt}] = true
+		}
+		var keys, workers []string
+		var attempts []int32
+		for _, m := range ms {
+			if !ended[attempt{m.worker, m.Key, m.Attempt}] {
+				keys, workers, attempts = append(keys, m.Key), append(workers, m.worker), append(attempts, int32(m.Attempt))
+			}
+		}
+		if len(keys) > 0 {
+			b.Queue(d.byJob[job].Start, keys, workers, attempts)
+		}
 	}
 	applied := map[rowID]bool{}
+	results := false // some result_sql must run once the end marks are known
 	for job, ms := range d.marks.outcomes {
+		q := d.byJob[job]
 		n := len(ms)
 		keys, workers, errs := make([]string, n), make([]string, n), make([]*string, n)
 		attempts, oks, millis := make([]int32, n), make([]bool, n), make([]float64, n)
@@ -216,11 +242,21 @@ where id = any($1)`, d.marks.stopped)
 				e := errorText(m.Error)
 				errs[i] = &e
 			}
+			results = results || (m.OK && q.job.ResultSQL != "")
 		}
-		b.Queue(d.byJob[job].End, keys, workers, attempts, oks, errs, millis).Query(func(rows pgx.Rows) error {
+		stmt := q.EndCounted
+		if q.job.ResultSQL != "" {
+			stmt = q.End // counted below: result_sql may fail a row
+		}
+		b.Queue(stmt, keys, workers, attempts, oks, errs, millis).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var key, w string
-				if err := rows.Scan(&key, &w); err != nil {
+				var ok bool
+				dst := []any{&key, &w}
+				if stmt == q.End {
+					dst = append(dst, &ok)
+				}
+				if err := rows.Scan(dst...); err != nil {
 					return err
 				}
 				applied[rowID{job, key}] = true
@@ -228,8 +264,19 @@ where id = any($1)`, d.marks.stopped)
 			return rows.Err()
 		})
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return nil, err
+	var rs []*reservation
+	if !results {
+		b.Queue("commit")
+		if reserve {
+			rs = d.reservations(b)
+		}
+	}
+	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
+		d.rollback(ctx)
+		return nil, nil, err
+	}
+	if !results {
+		return applied, rs, nil
 	}
 
 	// Second round: results of the rows that ended well, and counters.
@@ -237,18 +284,22 @@ where id = any($1)`, d.marks.stopped)
 	counts := map[string][2]int64{}
 	for job, ms := range d.marks.outcomes {
 		q := d.byJob[job]
+		if q.job.ResultSQL == "" {
+			continue // EndCounted counted them
+		}
 		for _, m := range ms {
 			if !applied[rowID{job, m.Key}] {
 				continue
 			}
 			ok := m.OK
-			if m.OK && q.job.ResultSQL != "" {
+			if m.OK {
 				if !careful {
 					b.Queue(q.job.ResultSQL, q.resultParams(m)...)
 				} else {
-					failed, err := d.resultCarefully(ctx, tx, q, m)
+					failed, err := d.resultCarefully(ctx, q, m)
 					if err != nil {
-						return nil, err
+						d.rollback(ctx)
+						return nil, nil, err
 					}
 					ok = !failed // a row its result_sql failed counts as failed
 				}
@@ -271,17 +322,24 @@ where id = any($1)`, d.marks.stopped)
 		b.Queue(`update pampa_workers as w set rows_done = w.rows_done + u.d, rows_failed = w.rows_failed + u.f
 from unnest($1::text[], $2::bigint[], $3::bigint[]) as u(id, d, f) where w.id = u.id`, ids, done, failed)
 	}
-	if b.Len() > 0 {
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return nil, err
-		}
+	b.Queue("commit")
+	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
+		d.rollback(ctx)
+		return nil, nil, err
 	}
-	return applied, tx.Commit(ctx)
+	return applied, nil, nil
+}
+
+// rollback ends a failed transaction of the batch; a broken session is
+// dropped by the caller anyway.
+func (d *Dispatcher) rollback(ctx context.Context) {
+	_, _ = d.conn.Exec(context.WithoutCancel(ctx), "rollback")
 }
 
 // resultCarefully runs one row's result_sql in a savepoint; if it fails,
 // the row ends failed with the error instead, and failed says so.
-func (d *Dispatcher) resultCarefully(ctx context.Context, tx pgx.Tx, q *Queries, m mark) (failed bool, err error) {
+func (d *Dispatcher) resultCarefully(ctx context.Context, q *Queries, m mark) (failed bool, err error) {
+	tx := d.conn
 	if _, err := tx.Exec(ctx, "savepoint pampa_result"); err != nil {
 		return false, err
 	}

@@ -14,11 +14,37 @@ import (
 // several.
 const rowsPerMessage = 500
 
-// reserve fills the queue of every connected worker that has room, one
-// statement per hungry worker and one round trip per job, and pushes the
-// rows down their streams. It resumes after the last key it reserved; a
-// worker left short is served once more from the first key.
+// reserve fills the queue of every connected worker that has room and
+// pushes the rows down their streams: one statement per hungry worker,
+// all in one round trip (or in flush's, see reservations).
 func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error {
+	b := &pgx.Batch{}
+	rs := d.reservations(b)
+	if len(rs) == 0 {
+		return nil
+	}
+	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("reserve rows: %w", err)
+	}
+	return d.reserved(ctx, rs, stats)
+}
+
+// reservation is one job's reservation round, queued on a batch and read
+// back by reserved.
+type reservation struct {
+	q      *Queries
+	ps     []*peer
+	asked  []int
+	got    [][]protocol.Row
+	last   any
+	resume bool
+}
+
+// reservations queues on b a reservation round for every job with hungry
+// workers. It resumes after the last key reserved; reserved serves the
+// workers left short once more from the first key.
+func (d *Dispatcher) reservations(b *pgx.Batch) []*reservation {
+	var rs []*reservation
 	for _, q := range d.queries {
 		j := q.job
 		if j.Step.SQL != "" {
@@ -34,74 +60,96 @@ func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error 
 			continue
 		}
 		after, resume := d.after[j.Name]
-		resume = resume && q.ReserveAfter != ""
-		short, err := d.reserveFor(ctx, q, hungry, after, resume, stats)
-		if err == nil && len(short) > 0 && resume {
-			delete(d.after, j.Name)
-			_, err = d.reserveFor(ctx, q, short, nil, false, stats)
+		rs = append(rs, d.queueReservation(b, q, hungry, after, resume && q.ReserveManyAfter != ""))
+	}
+	return rs
+}
+
+func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, after any, resume bool) *reservation {
+	j := q.job
+	r := &reservation{q: q, ps: ps, asked: make([]int, len(ps)), got: make([][]protocol.Row, len(ps)), resume: resume}
+	index := make(map[string]int, len(ps))
+	ids, counts := make([]string, len(ps)), make([]int32, len(ps))
+	for i, p := range ps {
+		r.asked[i] = j.QueueSize - p.queued(j.Name)
+		index[p.id] = i
+		ids[i], counts[i] = p.id, int32(r.asked[i])
+	}
+	read := func(rows pgx.Rows) error {
+		for rows.Next() {
+			var row protocol.Row
+			var key any
+			var data []byte
+			var worker string
+			if err := rows.Scan(&key, &row.Key, &row.Attempt, &data, &worker); err != nil {
+				return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
+			}
+			i, ok := index[worker]
+			if !ok {
+				continue // cannot happen: the statement only names ps
+			}
+			row.Job, row.Data = j.Name, json.RawMessage(data)
+			r.got[i] = append(r.got[i], row)
+			if q.ReserveManyAfter != "" && isInt(key) && (r.last == nil || greater(key, r.last)) {
+				r.last = key
+			}
 		}
-		if err != nil {
+		return rows.Err()
+	}
+	switch {
+	case q.ReserveMany == "": // a selecting_sql snippet: its own choice per worker
+		for i, p := range ps {
+			b.Queue(q.Reserve, r.asked[i], p.id, j.MaxTryTimes).Query(read)
+		}
+	case resume:
+		b.Queue(q.ReserveManyAfter, ids, counts, j.MaxTryTimes, after).Query(read)
+	default:
+		b.Queue(q.ReserveMany, ids, counts, j.MaxTryTimes).Query(read)
+	}
+	return r
+}
+
+// reserved hands the rows of sent reservation rounds to their workers and
+// walks once more from the first key for the workers a resumed walk left
+// short.
+func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[string]Stats) error {
+	for _, r := range rs {
+		j := r.q.job
+		if r.last != nil {
+			d.after[j.Name] = r.last
+		}
+		var short []*peer
+		s := stats[j.Name]
+		for i, p := range r.ps {
+			rows := r.got[i]
+			s.Reserved += int64(len(rows))
+			if len(rows) < r.asked[i] {
+				short = append(short, p)
+			}
+			for _, row := range rows {
+				p.held[rowID{row.Job, row.Key}] = hold{attempt: row.Attempt}
+			}
+			for len(rows) > 0 {
+				n := min(len(rows), rowsPerMessage)
+				p.sess.Send(protocol.Message{Kind: protocol.KindRows, Rows: rows[:n]})
+				rows = rows[n:]
+			}
+		}
+		stats[j.Name] = s
+		if len(short) == 0 || !r.resume {
+			continue
+		}
+		delete(d.after, j.Name)
+		b := &pgx.Batch{}
+		again := d.queueReservation(b, r.q, short, nil, false)
+		if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
+		}
+		if err := d.reserved(ctx, []*reservation{again}, stats); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func (d *Dispatcher) reserveFor(ctx context.Context, q *Queries, ps []*peer, after any, resume bool, stats map[string]Stats) (short []*peer, err error) {
-	j := q.job
-	b := &pgx.Batch{}
-	got := make([][]protocol.Row, len(ps))
-	asked := make([]int, len(ps))
-	var last any
-	for i, p := range ps {
-		n := j.QueueSize - p.queued(j.Name)
-		asked[i] = n
-		args := []any{n, p.id, j.MaxTryTimes}
-		stmt := q.Reserve
-		if resume {
-			stmt, args = q.ReserveAfter, append(args, after)
-		}
-		b.Queue(stmt, args...).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var r protocol.Row
-				var key any
-				var data []byte
-				if err := rows.Scan(&key, &r.Key, &r.Attempt, &data); err != nil {
-					return err
-				}
-				r.Job, r.Data = j.Name, json.RawMessage(data)
-				got[i] = append(got[i], r)
-				if q.ReserveAfter != "" && isInt(key) && (last == nil || greater(key, last)) {
-					last = key
-				}
-			}
-			return rows.Err()
-		})
-	}
-	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
-		return nil, fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
-	}
-	if last != nil {
-		d.after[j.Name] = last
-	}
-	s := stats[j.Name]
-	for i, p := range ps {
-		rows := got[i]
-		s.Reserved += int64(len(rows))
-		if len(rows) < asked[i] {
-			short = append(short, p)
-		}
-		for _, r := range rows {
-			p.held[rowID{r.Job, r.Key}] = hold{attempt: r.Attempt}
-		}
-		for len(rows) > 0 {
-			n := min(len(rows), rowsPerMessage)
-			p.sess.Send(protocol.Message{Kind: protocol.KindRows, Rows: rows[:n]})
-			rows = rows[n:]
-		}
-	}
-	stats[j.Name] = s
-	return short, nil
 }
 
 // greater compares two integer keys as pgx decodes them. Other keys keep

@@ -40,14 +40,22 @@ type Queries struct {
 	resultArgs int    // how many of $1 (key) and $2 (output) result_sql takes
 
 	// Reserve: $1 how many, $2 worker id, $3 max tries → (key, key text,
-	// attempt, row). ReserveAfter only takes keys above $4: a cursor that
-	// spares walking past every row already taken. "" with a selecting_sql
-	// snippet, which chooses its own order.
-	Reserve, ReserveAfter string
-	PendingCount          string // $1 cap, $2 max tries
-	ReleaseQueued         string // $1 worker ids: queued rows back to the pool, no attempt spent
-	ReleaseRunning        string // $1 worker ids, $2 max tries: running rows of dead workers
-	FailRunning           string // $1 worker ids, $2 max tries: same, out of tries
+	// attempt, row, worker). With a selecting_sql snippet, one statement
+	// per worker.
+	Reserve string
+	// ReserveMany serves every hungry worker of the job at once: $1 worker
+	// ids, $2 how many rows each, $3 max tries → the rows as Reserve
+	// returns them, each with the worker it went to. One walk of the
+	// available index for them all: a statement per worker would each walk
+	// past the rows the ones before took. ReserveManyAfter only takes keys
+	// above $4, a cursor that spares walking past every row taken since the
+	// last VACUUM. "" with a selecting_sql snippet, which chooses its own
+	// order.
+	ReserveMany, ReserveManyAfter string
+	PendingCount                  string // $1 cap, $2 max tries
+	ReleaseQueued                 string // $1 worker ids: queued rows back to the pool, no attempt spent
+	ReleaseRunning                string // $1 worker ids, $2 max tries: running rows of dead workers
+	FailRunning                   string // $1 worker ids, $2 max tries: same, out of tries
 	// Reconcile*: $1 worker id, $2 keys the worker still holds; the rows it
 	// no longer holds go back (queued: free; running: relaunched, or failed
 	// when out of tries, $3 max tries).
@@ -61,10 +69,10 @@ type Queries struct {
 	// descriptions, $6 step milliseconds. Fenced: a row ends only while it
 	// is still held by that worker, at that attempt, and not ended; returns
 	// (key text, worker) of the rows it ended.
-	End            string
-	RelaunchFailed string // $1 max tries, or how many for a relaunching snippet
-	RelaunchLate   string // $1 max tries, $2 seconds
-	FailLate       string // $1 max tries, $2 seconds
+	End, EndCounted string
+	RelaunchFailed  string // $1 max tries, or how many for a relaunching snippet
+	RelaunchLate    string // $1 max tries, $2 seconds
+	FailLate        string // $1 max tries, $2 seconds
 	// Rows out of tries are never relaunched by the dispatcher; an operator
 	// resets them after fixing the cause (pampactl jobs retry).
 	CountFailedForGood string // $1 max tries → how many
@@ -100,7 +108,7 @@ func NewQueries(j Job, keyType string) *Queries {
 	q := &Queries{job: j, keyType: keyType}
 	sql := func(s string) string { return r.Replace(s) }
 	const reset = `{ID} = null, {TM} = null, {ST} = null, {EN} = null, {OK} = null`
-	const returning = ` returning t.{PK}, t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}`
+	const returning = ` returning t.{PK}, t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, t.{ID}`
 
 	if s := j.Snippets.SelectingSQL; s != "" {
 		// The snippet chooses; the guard keeps a row from being reserved twice:
@@ -113,17 +121,22 @@ where t.{PK} in (select {PK} from sel) and t.{ID} is null and t.{EN} is null
 	} else {
 		// The candidates are an array computed once (an InitPlan): as a
 		// subquery PostgreSQL may re-run it per row, and with SKIP LOCKED
-		// each run finds other rows, reserving far more than asked.
-		u := func(after string) string {
-			return sql(`update {T} as t set {ID} = $2, {TM} = now()
-where t.{PK} = any(array(
+		// each run finds other rows, reserving far more than asked. Slots
+		// (one per row a worker asked for) and candidates are numbered and
+		// joined on that number.
+		many := func(after string) string {
+			return sql(`with want as (select u.w, u.n from unnest($1::text[], $2::int[]) as u(w, n)),
+slots as (select want.w, row_number() over () as i from want, generate_series(1, want.n) as g),
+picked as (select c.k, row_number() over (order by c.k) as i from unnest(array(
   select {PK} from {T}
   where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + after + `
-  order by {PK} limit $1
-  for update skip locked))
-and t.{ID} is null and t.{EN} is null` + returning)
+  order by {PK} limit (select coalesce(sum(n), 0) from want)
+  for update skip locked)) as c(k))
+update {T} as t set {ID} = slots.w, {TM} = now()
+from picked join slots on slots.i = picked.i
+where t.{PK} = picked.k and t.{ID} is null and t.{EN} is null` + returning)
 		}
-		q.Reserve, q.ReserveAfter = u(""), u(` and {PK} > $4`)
+		q.ReserveMany, q.ReserveManyAfter = many(""), many(` and {PK} > $4`)
 		q.PendingCount = sql(`select count(*) from (
   select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2
   order by {PK} limit $1) s`) // the order makes the planner walk the available index
@@ -156,7 +169,14 @@ where t.{PK} = o.k and t.{ID} = o.w and t.{ST} is null and coalesce(t.{TS}, 0) =
 from unnest($1::text[]::{PKT}[], $2::text[], $3::int[], $4::bool[], $5::text[], $6::float8[]) as o(k, w, a, ok, e, ms)
 where t.{PK} = o.k and t.{ID} = o.w and t.{EN} is null
   and ((t.{ST} is not null and coalesce(t.{TS}, 0) = o.a) or (t.{ST} is null and coalesce(t.{TS}, 0) = o.a - 1))
-returning t.{PK}::text, o.w`)
+returning t.{PK}::text as k, o.w as w, o.ok as ok`)
+	// EndCounted is End that also adds its rows to the workers' counters
+	// in pampa_workers, in the same statement.
+	q.EndCounted = `with e as (` + q.End + `),
+c as (update pampa_workers as pw set rows_done = pw.rows_done + x.d, rows_failed = pw.rows_failed + x.f
+  from (select w, sum(case when ok then 1 else 0 end) as d, sum(case when ok then 0 else 1 end) as f from e group by w) as x
+  where pw.id = x.w returning 1)
+select k, w from e`
 
 	if s := j.Snippets.RelaunchingSQL; s != "" {
 		// A relaunch after a success starts a new series of attempts.

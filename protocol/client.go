@@ -324,7 +324,7 @@ func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready
 			out := c.out
 			c.out = nil
 			c.mu.Unlock()
-			for _, m := range out {
+			for _, m := range coalesce(out) {
 				if err := enc.Encode(m); err != nil {
 					return err
 				}
@@ -340,7 +340,7 @@ func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready
 // periods is dead.
 func (c *Client) read(body io.Reader, pings chan<- time.Duration) error {
 	sc := bufio.NewScanner(body)
-	sc.Buffer(make([]byte, 64<<10), maxLine)
+	sc.Buffer(make([]byte, 4<<10), maxLine) // grows as lines need
 	deadline := 6 * time.Second
 	lines := make(chan []byte)
 	errc := make(chan error, 1)
@@ -412,4 +412,39 @@ func (c *Client) ack(seqs []uint64) {
 		c.acked = make(chan struct{})
 	}
 	c.mu.Unlock()
+}
+
+// coalesce merges what waited for one write: every start into one
+// message, every outcome into one, then the rest in order. A start whose
+// outcome goes in the same write is left out: the end mark covers it.
+func coalesce(out []Message) []Message {
+	if len(out) < 2 {
+		return out
+	}
+	var starts []Ref
+	var outcomes []Outcome
+	var rest []Message
+	for _, m := range out {
+		switch m.Kind {
+		case KindStarts:
+			starts = append(starts, m.Refs...)
+		case KindOutcomes:
+			outcomes = append(outcomes, m.Outcomes...)
+		default:
+			rest = append(rest, m)
+		}
+	}
+	ended := make(map[Ref]bool, len(outcomes))
+	for _, o := range outcomes {
+		ended[o.Ref] = true
+	}
+	starts = slices.DeleteFunc(starts, func(r Ref) bool { return ended[r] })
+	merged := make([]Message, 0, 2+len(rest))
+	if len(starts) > 0 {
+		merged = append(merged, Message{Kind: KindStarts, Refs: starts})
+	}
+	if len(outcomes) > 0 {
+		merged = append(merged, Message{Kind: KindOutcomes, Outcomes: outcomes})
+	}
+	return append(merged, rest...)
 }

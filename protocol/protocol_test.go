@@ -941,16 +941,45 @@ func TestMessagesInOrder(t *testing.T) {
 	if last := got[n+1]; last.Kind != KindRows || len(last.Rows) != 1 || last.Rows[0].Key != "last" || len(got) != n+2 {
 		t.Errorf("after the rows: %+v", got[n+1:])
 	}
+	// Starts that waited for one write go in one message, in order.
+	refs := func() []Ref {
+		var out []Ref
+		for _, m := range h.messages(s) {
+			if m.Kind != KindStarts {
+				t.Fatalf("server message %+v, want starts", m)
+			}
+			out = append(out, m.Refs...)
+		}
+		return out
+	}
 	poll.Until(t, "the starts reach the server", wait, func() string {
-		if got := h.messages(s); len(got) < n {
+		if got := refs(); len(got) < n {
 			return fmt.Sprintf("%d of %d", len(got), n)
 		}
 		return ""
 	})
-	for i, m := range h.messages(s) {
-		if m.Kind != KindStarts || m.Refs[0].Key != strconv.Itoa(i) {
-			t.Fatalf("server message %d is %+v", i, m)
+	for i, r := range refs() {
+		if r.Key != strconv.Itoa(i) {
+			t.Fatalf("start %d is %+v", i, r)
 		}
+	}
+}
+
+// What waits for one write goes out merged: one message of starts, one of
+// outcomes, then the rest in order; a start whose outcome is in the same
+// write is left out.
+func TestCoalesce(t *testing.T) {
+	t.Parallel()
+	a, b := Ref{Job: "j", Key: "1", Attempt: 1}, Ref{Job: "j", Key: "2", Attempt: 1}
+	got := coalesce([]Message{
+		{Kind: KindStarts, Refs: []Ref{a}},
+		{Kind: KindStarts, Refs: []Ref{b}},
+		{Kind: KindOutcomes, Outcomes: []Outcome{{Seq: 1, Ref: a, OK: true}}},
+		{Kind: KindRelease, Refs: []Ref{{Job: "j", Key: "3", Attempt: 1}}},
+	})
+	if len(got) != 3 || got[0].Kind != KindStarts || len(got[0].Refs) != 1 || got[0].Refs[0] != b ||
+		got[1].Kind != KindOutcomes || len(got[1].Outcomes) != 1 || got[2].Kind != KindRelease {
+		t.Errorf("coalesce = %+v", got)
 	}
 }
 

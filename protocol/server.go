@@ -149,7 +149,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(3 * s.cfg.Ping))
 	sc := bufio.NewScanner(r.Body)
-	sc.Buffer(make([]byte, 64<<10), maxLine)
+	sc.Buffer(make([]byte, 4<<10), maxLine) // grows as lines need
 	var first Message
 	if !sc.Scan() {
 		s.refuse(w, r, http.StatusBadRequest, "expected a hello message, got nothing")
