@@ -95,7 +95,8 @@ type Dispatcher struct {
 	queries []*Queries // built at connect, once the keys' types are known
 	byJob   map[string]*Queries
 
-	conn        *pgx.Conn
+	conn        *pgx.Conn // the loop's: marks, relaunches, the registry
+	rconn       *pgx.Conn // reservations, at the same time as the marks
 	notes       chan string // payloads from the LISTEN session
 	stopBG      context.CancelFunc
 	bg          sync.WaitGroup
@@ -242,7 +243,14 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 			return fail(fmt.Errorf("dispatcher start_sql: %w", err))
 		}
 	}
-	d.conn = conn
+	// Reservations run on a session of their own, beside the marks: they
+	// touch other rows (available ones, not held ones), so the two
+	// statements of a round run at once on two server processes.
+	rconn, err := pgx.Connect(ctx, d.cfg.DatabaseURL)
+	if err != nil {
+		return fail(fmt.Errorf("connect: %w", err))
+	}
+	d.conn, d.rconn = conn, rconn
 	d.lastFull = time.Time{}
 	bg, stop := context.WithCancel(ctx)
 	d.stopBG = stop
@@ -264,7 +272,8 @@ func (d *Dispatcher) drop() {
 	}
 	if d.conn != nil {
 		d.conn.Close(context.Background())
-		d.conn = nil
+		d.rconn.Close(context.Background())
+		d.conn, d.rconn = nil, nil
 	}
 }
 

@@ -113,9 +113,12 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 		// again with each result in a savepoint, so one row's error fails
 		// that row only.
 		d.log.Warn("writing marks failed; writing them again row by row", "err", err)
-		applied, rs, err = d.writeMarks(ctx, fresh, true, false)
+		applied, _, err = d.writeMarks(ctx, fresh, true, false)
 	}
 	if err != nil {
+		if rs != nil {
+			err = errors.Join(err, d.reserved(ctx, rs, stats))
+		}
 		return fmt.Errorf("write start and end marks: %w", err)
 	}
 	for _, p := range fresh {
@@ -265,15 +268,29 @@ where id = any($1)`, d.marks.stopped)
 		})
 	}
 	var rs []*reservation
+	var reserving chan error
 	if !results {
 		b.Queue("commit")
 		if reserve {
-			rs = d.reservations(b)
+			// While the marks commit on one session, the next rows are
+			// reserved on the other.
+			rb := &pgx.Batch{}
+			if rs = d.reservations(rb); len(rs) > 0 {
+				reserving = make(chan error, 1)
+				go func() { reserving <- d.rconn.SendBatch(ctx, rb).Close() }()
+			}
 		}
 	}
-	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
+	err := d.conn.SendBatch(ctx, b).Close()
+	if reserving != nil {
+		if rerr := <-reserving; rerr != nil {
+			rs, err = nil, errors.Join(err, fmt.Errorf("reserve rows: %w", rerr))
+		}
+	}
+	if err != nil {
 		d.rollback(ctx)
-		return nil, nil, err
+		// Rows reserved all the same go to their workers.
+		return nil, rs, err
 	}
 	if !results {
 		return applied, rs, nil

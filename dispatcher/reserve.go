@@ -23,7 +23,7 @@ func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error 
 	if len(rs) == 0 {
 		return nil
 	}
-	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
+	if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("reserve rows: %w", err)
 	}
 	return d.reserved(ctx, rs, stats)
@@ -142,7 +142,7 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 		delete(d.after, j.Name)
 		b := &pgx.Batch{}
 		again := d.queueReservation(b, r.q, short, nil, false)
-		if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
+		if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
 		}
 		if err := d.reserved(ctx, []*reservation{again}, stats); err != nil {
