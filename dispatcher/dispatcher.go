@@ -95,8 +95,8 @@ type Dispatcher struct {
 	queries []*Queries // built at connect, once the keys' types are known
 	byJob   map[string]*Queries
 
-	conn        *pgx.Conn // the loop's: marks, relaunches, the registry
-	rconn       *pgx.Conn // reservations, at the same time as the marks
+	conn        *pgx.Conn   // the loop's: marks, relaunches, the registry
+	rconn       *pgx.Conn   // reservations, at the same time as the marks
 	notes       chan string // payloads from the LISTEN session
 	stopBG      context.CancelFunc
 	bg          sync.WaitGroup
