@@ -202,9 +202,9 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 	if d.conn != nil {
 		return nil
 	}
-	conn, err := pgx.Connect(ctx, d.cfg.DatabaseURL)
+	conn, err := d.open(ctx)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return err
 	}
 	fail := func(err error) error { conn.Close(context.Background()); return err }
 	if err := Check(ctx, conn, d.cfg.Jobs); err != nil {
@@ -238,17 +238,12 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
-	if d.cfg.StartSQL != "" {
-		if _, err := conn.Exec(ctx, d.cfg.StartSQL); err != nil {
-			return fail(fmt.Errorf("dispatcher start_sql: %w", err))
-		}
-	}
 	// Reservations run on a session of their own, beside the marks: they
 	// touch other rows (available ones, not held ones), so the two
 	// statements of a round run at once on two server processes.
-	rconn, err := pgx.Connect(ctx, d.cfg.DatabaseURL)
+	rconn, err := d.open(ctx)
 	if err != nil {
-		return fail(fmt.Errorf("connect: %w", err))
+		return fail(err)
 	}
 	d.conn, d.rconn = conn, rconn
 	d.lastFull = time.Time{}
@@ -261,6 +256,22 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 	d.startSQLRunners(bg)
 	d.log.Info("dispatcher connected", "schema", ns, "jobs", len(d.queries), "flavor", d.cfg.Flavor)
 	return nil
+}
+
+// open connects a session and runs start_sql on it: every session the
+// dispatcher holds runs with the settings it makes (a search_path, say).
+func (d *Dispatcher) open(ctx context.Context) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, d.cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	if d.cfg.StartSQL != "" {
+		if _, err := conn.Exec(ctx, d.cfg.StartSQL); err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("dispatcher start_sql: %w", err)
+		}
+	}
+	return conn, nil
 }
 
 func (d *Dispatcher) drop() {
@@ -302,7 +313,7 @@ func (d *Dispatcher) listen(ctx context.Context, channel string) {
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
 		err := func() error {
-			conn, err := pgx.Connect(ctx, d.cfg.DatabaseURL)
+			conn, err := d.open(ctx)
 			if err != nil {
 				return err
 			}
@@ -428,11 +439,11 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 				d.log.Info("dispatcher is the leader; serving workers", "holder", d.cfg.Holder)
 			} else {
 				d.log.Warn("another dispatcher holds the lease; standing by (workers are refused here until it stops)")
-				d.standBy()
 			}
 		}
-		d.setLeader(leader)
+		d.setLeader(leader) // before standBy: Open refuses from now on
 		if !leader {
+			d.standBy() // also a stream that Open took just before
 			d.lastFull = time.Now()
 			return stats, nil
 		}
@@ -440,6 +451,11 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 	if full {
 		d.lastFull = time.Now()
 		clear(d.after)
+		// Outcomes already received are written before their workers can
+		// be judged dead: their rows would be taken back and run again.
+		if err := d.flush(ctx, stats, false); err != nil {
+			return nil, err
+		}
 		if err := d.liveness(ctx, stats); err != nil {
 			return nil, err
 		}

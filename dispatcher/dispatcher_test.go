@@ -1167,3 +1167,30 @@ update numbers set is_odd = (1 / (value % 7) >= 0) and (value % 2 = 1) where val
 		t.Fatalf("%d effects, want one per successful row (858)", n)
 	}
 }
+
+// A sql step that runs past max_job_duration fails its row, as a late
+// command does, and the other rows of its chunk go on; the session is kept.
+func TestSQLStepPastMaxJobDurationFailsItsRow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20, func(j *Job) {
+		j.QueueSize = 20
+		j.MaxTryTimes = 1
+		j.MaxJobDuration = 300 * time.Millisecond
+		j.Step = Step{SQL: `update numbers set is_odd = (value % 2 = 1)
+where value = $1 and pg_sleep(case when value = 7 then 5 else 0 end) is not null`}
+	})
+	e.runDispatcher(func(c *Config) { c.SQLSessions = 1 })
+	poll.Until(t, "every row to end", 60*time.Second, func() string {
+		if n := count(t, e.pool, `select count(*) from numbers where odd_checking_end_time is not null`); n != 20 {
+			return fmt.Sprintf("%d of 20 ended", n)
+		}
+		return ""
+	})
+	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_success and is_odd = (value % 2 = 1)`); n != 19 {
+		t.Errorf("%d rows done, want the 19 quick ones", n)
+	}
+	if n := count(t, e.pool, `select count(*) from numbers where value = 7 and not odd_checking_success
+  and odd_checking_error_description like '%max_job_duration%' and is_odd is null`); n != 1 {
+		t.Errorf("row 7 did not fail with max_job_duration")
+	}
+}

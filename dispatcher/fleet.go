@@ -174,7 +174,7 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 				p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: []uint64{o.Seq}})
 				continue
 			}
-			d.marks.outcome(p.id, o)
+			d.marks.outcome(p.id, p.hello.Instance, o)
 		}
 	case protocol.KindRelease:
 		p.leave = true

@@ -25,13 +25,14 @@ type pendingMarks struct {
 }
 
 type mark struct {
-	worker string
+	worker   string
+	instance string // the worker process: sequence numbers are its own
 	protocol.Outcome
 }
 
 type outcomeID struct {
-	worker string
-	seq    uint64
+	instance string
+	seq      uint64
 }
 
 func (m *pendingMarks) any() bool {
@@ -54,15 +55,15 @@ func (m *pendingMarks) start(worker string, r protocol.Ref) {
 	m.starts[r.Job] = append(m.starts[r.Job], mark{worker: worker, Outcome: protocol.Outcome{Ref: r}})
 }
 
-func (m *pendingMarks) outcome(worker string, o protocol.Outcome) {
+func (m *pendingMarks) outcome(worker, instance string, o protocol.Outcome) {
 	if m.outcomes == nil {
 		m.outcomes, m.seen = map[string][]mark{}, map[outcomeID]bool{}
 	}
-	if m.seen[outcomeID{worker, o.Seq}] {
+	if m.seen[outcomeID{instance, o.Seq}] {
 		return // sent again on a new stream before the first was written
 	}
-	m.seen[outcomeID{worker, o.Seq}] = true
-	m.outcomes[o.Job] = append(m.outcomes[o.Job], mark{worker: worker, Outcome: o})
+	m.seen[outcomeID{instance, o.Seq}] = true
+	m.outcomes[o.Job] = append(m.outcomes[o.Job], mark{worker: worker, instance: instance, Outcome: o})
 }
 
 func (m *pendingMarks) give(worker string, r protocol.Ref) {
@@ -107,6 +108,10 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 		return d.reserve(ctx, stats)
 	}
 	applied, rs, err := d.writeMarks(ctx, fresh, false, reserve)
+	var late reserveError
+	if errors.As(err, &late) {
+		err = nil // the marks committed; the reservation's error ends the flush below
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// A statement of the user's (result_sql) or a bad value failed: go
@@ -131,21 +136,25 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 	case reserve:
 		err = d.reserve(ctx, stats)
 	}
-	acks := map[string][]uint64{}
+	type sender struct{ worker, instance string }
+	acks := map[sender][]uint64{}
 	for job, ms := range d.marks.outcomes {
 		for _, m := range ms {
-			acks[m.worker] = append(acks[m.worker], m.Seq)
-			if !applied[rowID{job, m.Key}] {
+			k := sender{m.worker, m.instance}
+			acks[k] = append(acks[k], m.Seq)
+			if !applied[endedBy(job, m)] {
 				d.log.Warn("late outcome refused: the row was relaunched or ended meanwhile", "worker", m.worker, "job", job,
 					"key", m.Key, "attempt", m.Attempt, "ok", m.OK)
 			}
 		}
 	}
-	for w, seqs := range acks {
-		if p := d.peers[w]; p != nil && p.sess != nil {
+	for k, seqs := range acks {
+		// Only to the process that sent them: another under the same id
+		// numbers its outcomes anew. A worker whose stream is down sends
+		// them again when it is back.
+		if p := d.peers[k.worker]; p != nil && p.sess != nil && p.hello.Instance == k.instance {
 			p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: seqs})
 		}
-		// A worker whose stream is down sends them again when it is back.
 	}
 	// Every worker that said it is leaving, also one that had nothing to
 	// give back: it waits for its stream to close before it exits.
@@ -155,13 +164,21 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 		}
 	}
 	d.marks = pendingMarks{}
+	if late.error != nil {
+		return fmt.Errorf("reserve rows: %w", late.error)
+	}
 	return err
 }
+
+// reserveError is a reservation that failed beside marks that committed.
+type reserveError struct{ error }
+
+func (e reserveError) Unwrap() error { return e.error }
 
 // writeMarks runs the flush's transaction and returns the rows it ended.
 // When no result_sql has to run after the end marks, the reservations ride
 // in the same batch, after the commit, and are returned for reserved.
-func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[rowID]bool, []*reservation, error) {
+func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[ended]bool, []*reservation, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	if len(fresh) > 0 {
@@ -232,7 +249,7 @@ where id = any($1)`, d.marks.stopped)
 			b.Queue(d.byJob[job].Start, keys, workers, attempts)
 		}
 	}
-	applied := map[rowID]bool{}
+	applied := map[ended]bool{}
 	results := false // some result_sql must run once the end marks are known
 	for job, ms := range d.marks.outcomes {
 		q := d.byJob[job]
@@ -253,16 +270,17 @@ where id = any($1)`, d.marks.stopped)
 		}
 		b.Queue(stmt, keys, workers, attempts, oks, errs, millis).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
-				var key, w string
+				var e ended
 				var ok bool
-				dst := []any{&key, &w}
+				dst := []any{&e.key, &e.worker, &e.attempt}
 				if stmt == q.End {
 					dst = append(dst, &ok)
 				}
 				if err := rows.Scan(dst...); err != nil {
 					return err
 				}
-				applied[rowID{job, key}] = true
+				e.job = job
+				applied[e] = true
 			}
 			return rows.Err()
 		})
@@ -282,15 +300,19 @@ where id = any($1)`, d.marks.stopped)
 		}
 	}
 	err := d.conn.SendBatch(ctx, b).Close()
+	var rerr error
 	if reserving != nil {
-		if rerr := <-reserving; rerr != nil {
-			rs, err = nil, errors.Join(err, fmt.Errorf("reserve rows: %w", rerr))
+		if rerr = <-reserving; rerr != nil {
+			rs = nil
 		}
 	}
 	if err != nil {
 		d.rollback(ctx)
 		// Rows reserved all the same go to their workers.
 		return nil, rs, err
+	}
+	if rerr != nil {
+		return applied, nil, reserveError{rerr} // the marks are in
 	}
 	if !results {
 		return applied, rs, nil
@@ -305,7 +327,7 @@ where id = any($1)`, d.marks.stopped)
 			continue // EndCounted counted them
 		}
 		for _, m := range ms {
-			if !applied[rowID{job, m.Key}] {
+			if !applied[endedBy(job, m)] {
 				continue
 			}
 			ok := m.OK
@@ -373,7 +395,7 @@ func (d *Dispatcher) resultCarefully(ctx context.Context, q *Queries, m mark) (f
 		return false, err
 	}
 	desc := errorText("result_sql: " + err.Error())
-	_, err = tx.Exec(ctx, q.FailResult, m.Key, desc)
+	_, err = tx.Exec(ctx, q.FailResult, m.Key, desc, m.worker, m.Attempt)
 	return true, err
 }
 
@@ -381,3 +403,12 @@ func (d *Dispatcher) resultCarefully(ctx context.Context, q *Queries, m mark) (f
 func (q *Queries) resultParams(m mark) []any {
 	return []any{m.Key, m.Output}[:q.resultArgs]
 }
+
+// ended names the attempt an end mark applied to: a late outcome for the
+// same row, from another worker or an older attempt, is not it.
+type ended struct {
+	job, key, worker string
+	attempt          int32
+}
+
+func endedBy(job string, m mark) ended { return ended{job, m.Key, m.worker, int32(m.Attempt)} }

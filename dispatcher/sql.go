@@ -84,7 +84,8 @@ type Queries struct {
 	// marks key $1 failed by $2 with error $3.
 	Take, TakeAfter, Done, FailOne string
 	LockOne                        string // $1 key: lock it while it is available
-	// FailResult: key $1 ended well but its result_sql failed with $2.
+	// FailResult: key $1, just ended well by worker $3 at attempt $4, but
+	// its result_sql failed with $2.
 	FailResult string
 }
 
@@ -169,14 +170,14 @@ where t.{PK} = o.k and t.{ID} = o.w and t.{ST} is null and coalesce(t.{TS}, 0) =
 from unnest($1::text[]::{PKT}[], $2::text[], $3::int[], $4::bool[], $5::text[], $6::float8[]) as o(k, w, a, ok, e, ms)
 where t.{PK} = o.k and t.{ID} = o.w and t.{EN} is null
   and ((t.{ST} is not null and coalesce(t.{TS}, 0) = o.a) or (t.{ST} is null and coalesce(t.{TS}, 0) = o.a - 1))
-returning t.{PK}::text as k, o.w as w, o.ok as ok`)
+returning t.{PK}::text as k, o.w as w, o.a as a, o.ok as ok`)
 	// EndCounted is End that also adds its rows to the workers' counters
 	// in pampa_workers, in the same statement.
 	q.EndCounted = `with e as (` + q.End + `),
 c as (update pampa_workers as pw set rows_done = pw.rows_done + x.d, rows_failed = pw.rows_failed + x.f
   from (select w, sum(case when ok then 1 else 0 end) as d, sum(case when ok then 0 else 1 end) as f from e group by w) as x
   where pw.id = x.w returning 1)
-select k, w from e`
+select k, w, a from e`
 
 	if s := j.Snippets.RelaunchingSQL; s != "" {
 		// A relaunch after a success starts a new series of attempts.
@@ -221,7 +222,8 @@ where {PK} = any($1::text[]::{PKT}[]) and {ID} is null and {EN} is null`)
   {TS} = coalesce({TS}, 0) + 1
 where {PK} = $1::text::{PKT} and {ID} is null and {EN} is null`)
 	q.LockOne = sql(`select 1 from {T} where {PK} = $1::text::{PKT} and {ID} is null and {EN} is null for update skip locked`)
-	q.FailResult = sql(`update {T} set {OK} = false, {ER} = $2 where {PK} = $1::text::{PKT}`)
+	q.FailResult = sql(`update {T} set {OK} = false, {ER} = $2
+where {PK} = $1::text::{PKT} and {ID} = $3 and coalesce({TS}, 0) = $4`)
 	return q
 }
 

@@ -68,7 +68,7 @@ func (r *sqlRunner) run(ctx context.Context) {
 }
 
 func (r *sqlRunner) session(ctx context.Context, bo *backoff.Backoff) error {
-	conn, err := pgx.Connect(ctx, r.d.cfg.DatabaseURL)
+	conn, err := r.d.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -110,13 +110,16 @@ func (r *sqlRunner) idle(ctx context.Context) {
 // fails, they run again one by one so that the others are not failed.
 func (r *sqlRunner) chunk(ctx context.Context, conn *pgx.Conn, q *Queries) (int, error) {
 	j := q.job
-	ctx, cancel := context.WithTimeout(ctx, j.MaxJobDuration)
-	defer cancel()
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return 0, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
+	// Each row's statement gets max_job_duration, enforced by the server:
+	// its error keeps the session, and the row fails, as a late command's.
+	if _, err := tx.Exec(ctx, q.timeout()); err != nil {
+		return 0, err
+	}
 	var rows pgx.Rows
 	size := min(j.QueueSize, maxSQLChunk)
 	if after, ok := r.after[j.Name]; ok {
@@ -174,6 +177,9 @@ func (r *sqlRunner) chunk(ctx context.Context, conn *pgx.Conn, q *Queries) (int,
 func (r *sqlRunner) one(ctx context.Context, conn *pgx.Conn, q *Queries, key any, text string) error {
 	j := q.job
 	stepErr := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, q.timeout()); err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, q.LockOne, text)
 		if err != nil {
 			return err
@@ -196,6 +202,8 @@ func (r *sqlRunner) one(ctx context.Context, conn *pgx.Conn, q *Queries, key any
 		return nil
 	case !errors.As(stepErr, &pgErr):
 		return stepErr
+	case pgErr.Code == "57014": // query_canceled: the statement timeout
+		stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
 	}
 	r.d.log.Warn("sql step failed", "job", j.Name, "key", text, "err", stepErr)
 	_, err := conn.Exec(ctx, q.FailOne, text, SQLWorker, errorText(stepErr.Error()))
@@ -204,3 +212,9 @@ func (r *sqlRunner) one(ctx context.Context, conn *pgx.Conn, q *Queries, key any
 
 // errTaken: the row was taken by another session between the two tries.
 var errTaken = errors.New("row taken meanwhile")
+
+// timeout bounds each statement of a sql step's transaction by the job's
+// max_job_duration.
+func (q *Queries) timeout() string {
+	return fmt.Sprintf("set local statement_timeout = %d", max(q.job.MaxJobDuration.Milliseconds(), 1))
+}

@@ -112,6 +112,7 @@ type WorkerSettings struct {
 	Secret      string
 	CAFile      string // the CA that signed the dispatcher's TLS certificate (control host)
 	CAPEM       string // the same, inline (in a node's config)
+	TLS         bool   // dial the dispatcher over TLS (in a node's config; set by a CA too)
 }
 
 // Node is a computer that runs workers: the control host itself (Local) or
@@ -308,6 +309,7 @@ type rawWorker struct {
 	Secret            string   `toml:"secret"`
 	CAFile            string   `toml:"ca_file"`
 	CAPEM             string   `toml:"ca_pem"`
+	TLS               bool     `toml:"tls"`
 }
 
 type rawNode struct {
@@ -391,7 +393,7 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 			HeartbeatInterval: time.Duration(raw.Worker.HeartbeatInterval),
 			GracePeriod:       time.Duration(raw.Worker.GracePeriod),
 			StartCommand:      raw.Worker.StartCommand,
-			Dispatchers:       raw.Worker.Dispatchers, Secret: raw.Worker.Secret, CAPEM: raw.Worker.CAPEM,
+			Dispatchers:       raw.Worker.Dispatchers, Secret: raw.Worker.Secret, CAPEM: raw.Worker.CAPEM, TLS: raw.Worker.TLS,
 		},
 	}
 	dir := filepath.Dir(f.path)

@@ -34,6 +34,7 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 		Dispatchers       []string `toml:"dispatchers"`
 		Secret            string   `toml:"secret"`
 		CAPEM             string   `toml:"ca_pem,omitempty"`
+		TLS               bool     `toml:"tls,omitempty"`
 	}
 	type dispatcher struct {
 		// The node's workers are told the heartbeat timeout in the welcome;
@@ -52,6 +53,7 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 		LogFile: c.Worker.LogFile, HeartbeatInterval: c.Worker.HeartbeatInterval.String(),
 		GracePeriod: c.Worker.GracePeriod.String(), StartCommand: c.Worker.StartCommand,
 		Dispatchers: c.WorkerDispatchers(n), Secret: string(secret),
+		TLS: c.Dispatcher.TLSCertFile != "" || c.Worker.TLS,
 	}
 	if c.Worker.CAFile != "" {
 		pem, err := os.ReadFile(c.Worker.CAFile)

@@ -54,10 +54,10 @@ func (c *Config) WorkerTLS() (*tls.Config, error) {
 		pem = b
 	}
 	if len(pem) == 0 {
-		if c.Dispatcher.TLSCertFile == "" {
+		if c.Dispatcher.TLSCertFile == "" && !c.Worker.TLS {
 			return nil, nil
 		}
-		return &tls.Config{MinVersion: tls.VersionTLS12}, nil
+		return &tls.Config{MinVersion: tls.VersionTLS12}, nil // the system's roots
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {

@@ -233,6 +233,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var err error
 	readerDone := false
 	for err == nil {
+		// A peer that stops reading (gone without a word, its window
+		// full) must not wedge this loop: it could then never notice the
+		// stream is dead.
+		_ = rc.SetWriteDeadline(time.Now().Add(3 * s.cfg.Ping))
 		select {
 		case err = <-readDone:
 			readerDone = true
