@@ -303,6 +303,7 @@ where id = any($1)`, d.marks.stopped)
 	var rerr error
 	if reserving != nil {
 		if rerr = <-reserving; rerr != nil {
+			d.resync(rs)
 			rs = nil
 		}
 	}

@@ -24,9 +24,24 @@ func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error 
 		return nil
 	}
 	if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
+		d.resync(rs)
 		return fmt.Errorf("reserve rows: %w", err)
 	}
 	return d.reserved(ctx, rs, stats)
+}
+
+// resync closes the streams of the workers a failed reservation was for:
+// it may have committed without its reply arriving, leaving rows reserved
+// for them that they never got. Their reconnect's hello says what they
+// hold, and the rest goes back.
+func (d *Dispatcher) resync(rs []*reservation) {
+	for _, r := range rs {
+		for _, p := range r.ps {
+			if p.sess != nil {
+				p.sess.Close()
+			}
+		}
+	}
 }
 
 // reservation is one job's reservation round, queued on a batch and read
@@ -143,6 +158,7 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 		b := &pgx.Batch{}
 		again := d.queueReservation(b, r.q, short, nil, false)
 		if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
+			d.resync([]*reservation{again})
 			return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
 		}
 		if err := d.reserved(ctx, []*reservation{again}, stats); err != nil {
