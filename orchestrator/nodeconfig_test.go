@@ -152,3 +152,56 @@ func TestWorkerSecretFile(t *testing.T) {
 		t.Fatalf("a world-readable secret: %v", err)
 	}
 }
+
+// A dispatcher that serves TLS makes its nodes dial TLS, with its CA when
+// the control host names one, else the system's roots.
+func TestNodeConfigCarriesTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\nnot really\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, extra string
+		wantCA      bool
+	}{
+		{"system roots", "", false},
+		{"a CA", "[worker]\nca_file = \"ca.pem\"\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, tc.name+".toml")
+			text := "[dispatcher]\ntls_cert_file = \"d.crt\"\ntls_key_file = \"d.key\"\n" + tc.extra +
+				"[[nodes]]\nname = \"w1\"\nnet_remote_ip = \"10.0.0.1\"\nssh_username = \"u\"\ndispatcher_address = \"203.0.113.9:7543\"\n"
+			if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := orchestrator.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, _ := cfg.Node("w1")
+			data, err := cfg.NodeConfig(n, []byte("worker-secret-0123456789abcdef"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodePath := filepath.Join(t.TempDir(), "cluster.toml")
+			if err := os.WriteFile(nodePath, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := orchestrator.Load(nodePath)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, data)
+			}
+			if !got.Worker.TLS || (got.Worker.CAPEM != "") != tc.wantCA {
+				t.Errorf("node config: tls %v, ca_pem set %v; want tls, ca_pem set %v:\n%s", got.Worker.TLS, got.Worker.CAPEM != "", tc.wantCA, data)
+			}
+			if tc.wantCA {
+				return // the fake PEM does not parse: WorkerTLS refuses it, as it should
+			}
+			if tlsCfg, err := got.WorkerTLS(); err != nil || tlsCfg == nil {
+				t.Errorf("the node's workers would dial cleartext: %v, %v", tlsCfg, err)
+			}
+		})
+	}
+}
