@@ -168,33 +168,10 @@ func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv s
 	}
 	res.DispatcherIdle, _ = readProcMem(d.pid())
 
-	tctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	dcpu0, err := procCPU(d.pid())
-	if err != nil {
-		return res, err
-	}
 	pg0 := postgresCPU()
-	if err := e.resetPGStats(ctx); err != nil {
-		return res, err
-	}
-	if err := lock.release(ctx); err != nil {
-		return res, err
-	}
-	start := time.Now()
-	var samples []sample
-	err = waitFor(tctx, 20*time.Millisecond, func() (bool, error) {
-		if !d.alive() {
-			return false, fmt.Errorf("dispatcher exited: %v\n%s", d.err, d.log())
-		}
-		n, err := rowsDone(tctx, conn)
-		res.Rows = n
-		samples = append(samples, sample{time.Since(start), n})
-		return n >= int64(rows), err
-	})
-	res.Elapsed = time.Since(start)
-	dcpu1, _ := procCPU(d.pid())
-	res.DispatcherCPU = dcpu1 - dcpu0
+	w, err := e.drain(ctx, d, lock, conn, rows)
+	res.Rows, res.Elapsed, res.DispatcherCPU = w.rows, w.elapsed, w.dispatcherCPU
+	samples := w.samples
 	res.PGCPU = postgresCPU() - pg0
 	res.DispatcherEnd, _ = readProcMem(d.pid())
 	res.Steady = steadyRate(samples, int64(rows))

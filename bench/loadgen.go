@@ -158,33 +158,10 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connec
 		return res, errors.New("no stream came up")
 	}
 
-	tctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	dcpu0, err := procCPU(d.pid())
-	if err != nil {
-		return res, err
-	}
 	cpu0 := readCPU()
-	if err := e.resetPGStats(ctx); err != nil {
-		return res, err
-	}
-	if err := lock.release(ctx); err != nil {
-		return res, err
-	}
-	start := time.Now()
-	var samples []sample
-	err = waitFor(tctx, 20*time.Millisecond, func() (bool, error) {
-		if !d.alive() {
-			return false, fmt.Errorf("dispatcher exited: %v\n%s", d.err, d.log())
-		}
-		n, err := rowsDone(tctx, conn)
-		res.Rows = n
-		samples = append(samples, sample{time.Since(start), n})
-		return n >= int64(rows), err
-	})
-	res.Elapsed = time.Since(start)
-	dcpu1, _ := procCPU(d.pid())
-	res.DispatcherCPU = dcpu1 - dcpu0
+	w, err := e.drain(ctx, d, lock, conn, rows)
+	res.Rows, res.Elapsed, res.DispatcherCPU = w.rows, w.elapsed, w.dispatcherCPU
+	samples := w.samples
 	cpu := readCPU().since(cpu0)
 	res.HarnessCPU, res.PGCPU = cpu.self, cpu.pg
 	res.DispatcherMem, _ = readProcMem(d.pid())

@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // benchctl is the pampactl build of bench/benchctl: pampacli.Main with the
@@ -466,4 +468,46 @@ func tailFile(path string, n int) string {
 		return ""
 	}
 	return lastLines(bytes.TrimSpace(b), n)
+}
+
+// window is what drain measured.
+type window struct {
+	rows          int64
+	elapsed       time.Duration
+	samples       []sample
+	dispatcherCPU time.Duration
+}
+
+// drain lifts the lock on the tasks table and waits, within e.timeout,
+// until rows rows have ended, sampling progress and the dispatcher
+// process's CPU. A timeout is returned as context.DeadlineExceeded with
+// what was measured so far.
+func (e *env) drain(ctx context.Context, d *dispatcherChild, lock *tableLock, conn *pgx.Conn, rows int) (window, error) {
+	var w window
+	tctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	cpu0, err := procCPU(d.pid())
+	if err != nil {
+		return w, err
+	}
+	if err := e.resetPGStats(ctx); err != nil {
+		return w, err
+	}
+	if err := lock.release(ctx); err != nil {
+		return w, err
+	}
+	start := time.Now()
+	err = waitFor(tctx, 20*time.Millisecond, func() (bool, error) {
+		if !d.alive() {
+			return false, fmt.Errorf("dispatcher exited: %v\n%s", d.err, d.log())
+		}
+		n, err := rowsDone(tctx, conn)
+		w.rows = n
+		w.samples = append(w.samples, sample{time.Since(start), n})
+		return n >= int64(rows), err
+	})
+	w.elapsed = time.Since(start)
+	cpu1, _ := procCPU(d.pid())
+	w.dispatcherCPU = cpu1 - cpu0
+	return w, err
 }

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1234,9 +1235,15 @@ func TestServeWaitsForStreams(t *testing.T) {
 // the next one and settles there.
 func TestStandby(t *testing.T) {
 	t.Parallel()
-	standbyH, leaderH := &handler{}, &handler{}
+	// A standby refuses as the dispatcher's does: Open says 503.
+	var leading atomic.Bool
+	standbyH, leaderH := &handler{onOpen: func(*Session) error {
+		if !leading.Load() {
+			return &Refusal{Status: http.StatusServiceUnavailable, Msg: "standing by"}
+		}
+		return nil
+	}}, &handler{}
 	standby := startServer(t, "127.0.0.1:0", standbyH, nil, nil)
-	standby.srv.Shutdown()
 	leader := startServer(t, "127.0.0.1:0", leaderH, nil, nil)
 	c := startClient(t, ClientConfig{Addrs: []string{standby.addr, leader.addr}, Hello: hello("node.1", "i1")})
 	c.waitUp(t)
@@ -1246,7 +1253,7 @@ func TestStandby(t *testing.T) {
 	}
 	// The leader goes; the standby takes over.
 	leader.stop(t)
-	standby.srv.Reopen()
+	leading.Store(true)
 	standbyH.waitOpen(t, 1)
 	c.waitUp(t)
 }

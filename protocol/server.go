@@ -333,11 +333,3 @@ func (s *Server) Shutdown() {
 	s.mu.Unlock()
 	s.wg.Wait()
 }
-
-// Reopen lets a shut-down server accept streams again (a standby that
-// became the leader).
-func (s *Server) Reopen() {
-	s.mu.Lock()
-	s.closed = false
-	s.mu.Unlock()
-}
