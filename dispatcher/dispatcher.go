@@ -163,7 +163,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			bo.Wait(ctx)
 			continue
 		}
-		if err := d.step(ctx); err != nil {
+		if _, err := d.cycle(ctx); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
@@ -415,11 +415,6 @@ returning holder`, d.cfg.Holder, d.leaseTTL().Seconds()).Scan(&holder)
 func (d *Dispatcher) Cycle(ctx context.Context) (map[string]Stats, error) {
 	d.lastFull = time.Time{}
 	return d.cycle(ctx)
-}
-
-func (d *Dispatcher) step(ctx context.Context) error {
-	_, err := d.cycle(ctx)
-	return err
 }
 
 func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {

@@ -129,7 +129,7 @@ type Worker struct {
 	running     *protocol.Ref
 	interrupted []protocol.Ref // stopped past the grace period: given back
 	leaving     bool           // the queue is given back: rows that come now go back too
-	downSince   time.Time      // zero while a dispatcher serves us
+	up          bool           // a dispatcher serves us
 	wake        chan struct{}
 	streamDown  chan struct{}
 	stopClient  context.CancelFunc // set by Run
@@ -145,8 +145,7 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), jobs: map[string]Job{},
-		steps: stepRecord{path: cfg.StepsFile}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1),
-		downSince: time.Now()}
+		steps: stepRecord{path: cfg.StepsFile}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1)}
 	for _, j := range cfg.Jobs {
 		w.jobs[j.Name] = j
 	}
@@ -215,10 +214,8 @@ func (w *Worker) deliver(m protocol.Message) {
 
 func (w *Worker) connected(up bool) {
 	w.mu.Lock()
-	if up {
-		w.downSince = time.Time{}
-	} else {
-		w.downSince = time.Now()
+	w.up = up
+	if !up {
 		// Queued rows hold only on the stream that brought them: the
 		// dispatcher may hand them to others before this worker is back,
 		// and a row started meanwhile could not be reported. The running
@@ -438,7 +435,7 @@ func (w *Worker) leave(ctx context.Context) {
 	}
 	back = append(back, w.interrupted...)
 	w.queue, w.interrupted, w.leaving = nil, nil, true
-	up := w.downSince.IsZero()
+	up := w.up
 	w.mu.Unlock()
 	wait := time.NewTimer(10 * time.Second)
 	defer wait.Stop()
