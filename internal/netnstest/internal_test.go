@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestSweep checks that New's sweep removes a namespace left by a dead run,
@@ -34,16 +38,37 @@ func TestSweep(t *testing.T) {
 	if err := orphan.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = orphan.Process.Kill(); _ = orphan.Wait() })
+	waited := make(chan error, 1)
+	go func() { waited <- orphan.Wait() }()
+	t.Cleanup(func() { _ = orphan.Process.Kill() })
+	// ip netns exec opens the namespace before it enters it: sweep only once
+	// the process is inside, as a dead run's processes long are.
+	if err := poll(ctx, func() error {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "pids", ns).Output()
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(strings.Fields(string(out)), strconv.Itoa(orphan.Process.Pid)) {
+			return fmt.Errorf("pid %d not in %s yet", orphan.Process.Pid, ns)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	sweep(ctx, func(pid int) bool { return pid == dead })
 
 	if nsExists(ns) {
 		t.Errorf("namespace %s of dead pid %d survived the sweep", ns, dead)
 	}
-	var exit *exec.ExitError
-	if err := orphan.Wait(); !errors.As(err, &exit) {
-		t.Errorf("process in %s: wait = %v; want killed", ns, err)
+	select {
+	case err := <-waited:
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) {
+			t.Errorf("process in %s: wait = %v; want killed", ns, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("process in %s still runs 10 s after the sweep", ns)
 	}
 	if _, err := os.Stat("/run/netns/" + ns); err == nil {
 		t.Errorf("/run/netns/%s still exists", ns)
