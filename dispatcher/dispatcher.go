@@ -194,8 +194,8 @@ func (d *Dispatcher) RunOnce(ctx context.Context) (map[string]Stats, error) {
 
 // Stats counts what one cycle did, per job.
 type Stats struct {
-	Reserved, Relaunched, Released, Failed int64
-	Assigned                               int
+	Reserved, Relaunched, Released, Failed, Repeated int64
+	Assigned                                         int
 }
 
 func (d *Dispatcher) connect(ctx context.Context) error {
@@ -496,17 +496,25 @@ func (d *Dispatcher) standBy() {
 func (d *Dispatcher) relaunch(ctx context.Context, q *Queries, stats map[string]Stats) error {
 	j := q.job
 	s := stats[j.Name]
-	failedArg := any(j.MaxTryTimes)
-	if j.Snippets.RelaunchingSQL != "" {
-		failedArg = 1000
+	failedArgs := []any{j.MaxTryTimes}
+	switch {
+	case j.Snippets.RelaunchingSQL != "":
+		failedArgs = []any{1000}
+	case j.RetryDelay > 0:
+		failedArgs = append(failedArgs, j.RetryDelay.Seconds(), j.RetryDelayMax.Seconds())
 	}
 	b := &pgx.Batch{}
-	b.Queue(q.RelaunchFailed, failedArg)
+	b.Queue(q.RelaunchFailed, failedArgs...)
 	b.Queue(q.RelaunchLate, j.MaxTryTimes, j.MaxJobDuration.Seconds())
 	b.Queue(q.FailLate, j.MaxTryTimes, j.MaxJobDuration.Seconds())
+	counts := []*int64{&s.Relaunched, &s.Relaunched, &s.Failed}
+	if q.RepeatDone != "" {
+		b.Queue(q.RepeatDone, j.RepeatEvery.Seconds())
+		counts = append(counts, &s.Repeated)
+	}
 	res := d.conn.SendBatch(ctx, b)
 	defer res.Close()
-	for _, count := range []*int64{&s.Relaunched, &s.Relaunched, &s.Failed} {
+	for _, count := range counts {
 		tag, err := res.Exec()
 		if err != nil {
 			return fmt.Errorf("job %q: relaunch rows: %w", j.Name, err)
@@ -514,7 +522,7 @@ func (d *Dispatcher) relaunch(ctx context.Context, q *Queries, stats map[string]
 		*count += tag.RowsAffected()
 	}
 	stats[j.Name] = s
-	if s.Relaunched > 0 {
+	if s.Relaunched > 0 || s.Repeated > 0 {
 		clear(d.after)
 	}
 	return res.Close()

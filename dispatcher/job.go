@@ -3,7 +3,10 @@ package dispatcher
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
+
+	"github.com/pampa-go/pampa/protocol"
 )
 
 // Defaults applied by Job.WithDefaults, as the seed documents them.
@@ -12,6 +15,10 @@ const (
 	DefaultMaxJobDuration = 15 * time.Minute
 	DefaultMaxTryTimes    = 3
 	DefaultPrimaryKey     = "id"
+	// The config's defaults for retry_delay and retry_delay_max; a Job
+	// built in Go has no backoff unless it says so.
+	DefaultRetryDelay    = 10 * time.Second
+	DefaultRetryDelayMax = time.Hour
 )
 
 // Fields names the bookkeeping columns of a task table. Every name is a
@@ -25,6 +32,10 @@ type Fields struct {
 	EndTime          string // field_end_time
 	Success          string // field_success
 	ErrorDescription string // field_error_description
+	Final            string // field_final: true once a failed row is not to be tried again
+	// RunAt (field_run_at, optional: "" for none) holds when a row may
+	// start at the earliest; null means now.
+	RunAt string
 }
 
 // Step is the processing step of a job. Exactly one of SQL or Command is set,
@@ -63,6 +74,16 @@ type Job struct {
 	// ResultSQL runs in the transaction that marks a row done, with $1 =
 	// the primary key (text) and $2 = the step's output (text, or null).
 	ResultSQL string
+	// RetryDelay is how long after a failed attempt its row may run again,
+	// doubled per attempt up to RetryDelayMax, ±10%; 0 retries at the next
+	// cycle.
+	RetryDelay, RetryDelayMax time.Duration
+	// RepeatEvery makes a row that succeeded available again that long
+	// after its end; 0 never.
+	RepeatEvery time.Duration
+	// FatalExitCodes are a command's exit codes that fail its row for
+	// good at once, whatever tries are left.
+	FatalExitCodes []int
 }
 
 // FieldsFor returns the seed's column naming for a prefix: prefix_reservation_id,
@@ -77,6 +98,7 @@ func FieldsFor(prefix, primaryKey string) Fields {
 		EndTime:          prefix + "_end_time",
 		Success:          prefix + "_success",
 		ErrorDescription: prefix + "_error_description",
+		Final:            prefix + "_final",
 	}
 }
 
@@ -102,7 +124,7 @@ func (j Job) WithDefaults() Job {
 	}{
 		{&f.PrimaryKey, d.PrimaryKey}, {&f.ID, d.ID}, {&f.Time, d.Time}, {&f.Times, d.Times},
 		{&f.StartTime, d.StartTime}, {&f.EndTime, d.EndTime}, {&f.Success, d.Success},
-		{&f.ErrorDescription, d.ErrorDescription},
+		{&f.ErrorDescription, d.ErrorDescription}, {&f.Final, d.Final},
 	} {
 		if *p.v == "" {
 			*p.v = p.def
@@ -119,10 +141,15 @@ func (j Job) Validate() error {
 	if err := validateTable(j.Table); err != nil {
 		return fmt.Errorf("job %q: table: %w", j.Name, err)
 	}
+	byName := map[string]string{}
 	for _, c := range j.columns() {
 		if err := ValidateIdentifier(c.name); err != nil {
 			return fmt.Errorf("job %q: %s: %w", j.Name, c.key, err)
 		}
+		if k, dup := byName[c.name]; dup {
+			return fmt.Errorf("job %q: %s and %s both name column %q; each needs a column of its own", j.Name, k, c.key, c.name)
+		}
+		byName[c.name] = c.key
 	}
 	switch {
 	case j.QueueSize < 1:
@@ -137,6 +164,15 @@ func (j Job) Validate() error {
 		return fmt.Errorf("job %q: max_assigned_workers must not be negative", j.Name)
 	case j.Step.SQL != "" && len(j.Step.Command) > 0:
 		return fmt.Errorf("job %q: set either sql or command, not both", j.Name)
+	case j.RetryDelay < 0 || j.RepeatEvery < 0:
+		return fmt.Errorf("job %q: retry_delay and repeat_every must not be negative", j.Name)
+	case j.RetryDelayMax < j.RetryDelay:
+		return fmt.Errorf("job %q: retry_delay_max (%s) must be at least retry_delay (%s)", j.Name, j.RetryDelayMax, j.RetryDelay)
+	}
+	for _, c := range j.FatalExitCodes {
+		if c < 1 || c > 255 {
+			return fmt.Errorf("job %q: fatal_exit_codes: %d is not an exit code a command can fail with (1 to 255)", j.Name, c)
+		}
 	}
 	return nil
 }
@@ -146,11 +182,22 @@ type column struct{ key, name string }
 // columns lists the job's columns with their config keys, for messages.
 func (j Job) columns() []column {
 	f := j.Fields
-	return []column{
+	cs := []column{
 		{"field_primary_key", f.PrimaryKey}, {"field_id", f.ID}, {"field_time", f.Time},
 		{"field_times", f.Times}, {"field_start_time", f.StartTime}, {"field_end_time", f.EndTime},
 		{"field_success", f.Success}, {"field_error_description", f.ErrorDescription},
+		{"field_final", f.Final},
 	}
+	if f.RunAt != "" {
+		cs = append(cs, column{"field_run_at", f.RunAt})
+	}
+	return cs
+}
+
+// final says whether a failed attempt ends its row for good: the step
+// said so, or exited with one of the job's fatal exit codes.
+func (j Job) final(o protocol.Outcome) bool {
+	return !o.OK && (o.Permanent || (o.ExitCode != 0 && slices.Contains(j.FatalExitCodes, o.ExitCode)))
 }
 
 // WorkerMatches reports whether the job may use the worker.

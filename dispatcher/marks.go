@@ -255,11 +255,15 @@ where id = any($1)`, d.marks.stopped)
 		q := d.byJob[job]
 		n := len(ms)
 		keys, workers, errs := make([]string, n), make([]string, n), make([]*string, n)
-		attempts, oks, millis := make([]int32, n), make([]bool, n), make([]float64, n)
+		attempts, oks, millis, finals := make([]int32, n), make([]bool, n), make([]float64, n), make([]bool, n)
 		for i, m := range ms {
 			keys[i], workers[i], attempts[i], oks[i], millis[i] = m.Key, m.worker, int32(m.Attempt), m.OK, float64(m.Millis)
 			if !m.OK {
-				e := errorText(m.Error)
+				e := m.Error
+				if finals[i] = q.job.final(m.Outcome); finals[i] {
+					e += " (permanent: not tried again)"
+				}
+				e = errorText(e)
 				errs[i] = &e
 			}
 			results = results || (m.OK && q.job.ResultSQL != "")
@@ -268,7 +272,7 @@ where id = any($1)`, d.marks.stopped)
 		if q.job.ResultSQL != "" {
 			stmt = q.End // counted below: result_sql may fail a row
 		}
-		b.Queue(stmt, keys, workers, attempts, oks, errs, millis).Query(func(rows pgx.Rows) error {
+		b.Queue(stmt, keys, workers, attempts, oks, errs, millis, finals).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var e ended
 				var ok bool

@@ -6,12 +6,14 @@ import (
 )
 
 // JobStatus counts a job's rows by state. Without snippets the states
-// partition the table: Total = Pending + Queued + Running + Completed + Failed.
+// partition the table: Total = Pending + Scheduled + Queued + Running +
+// Completed + Failed.
 // The JSON field names are stable.
 type JobStatus struct {
 	Job       string `json:"job"`
 	Total     int64  `json:"total"`
 	Pending   int64  `json:"pending"`   // waiting for a worker, including failed rows with tries left
+	Scheduled int64  `json:"scheduled"` // not to start before its run_at, in the future
 	Queued    int64  `json:"queued"`    // reserved for a worker, not started
 	Running   int64  `json:"running"`   // started, not ended
 	Completed int64  `json:"completed"` // ended successfully
@@ -34,20 +36,25 @@ func Report(ctx context.Context, db DB, jobs []Job) ([]JobStatus, error) {
 
 func reportJob(ctx context.Context, db DB, j Job) (JobStatus, error) {
 	f := j.Fields
-	id, ts, st, en, ok := quote(f.ID), quote(f.Times), quote(f.StartTime), quote(f.EndTime), quote(f.Success)
+	id, ts, st, en, ok, fin := quote(f.ID), quote(f.Times), quote(f.StartTime), quote(f.EndTime), quote(f.Success), quote(f.Final)
+	scheduled := "0"
+	if f.RunAt != "" {
+		scheduled = fmt.Sprintf("coalesce(sum(case when %s is null and %s is null and %s > now() then 1 else 0 end), 0)", id, en, quote(f.RunAt))
+	}
 	s := JobStatus{Job: j.Name}
 	err := db.QueryRow(ctx, fmt.Sprintf(`select
   count(*),
   coalesce(sum(case when %[1]s is not null and %[3]s is null then 1 else 0 end), 0),
   coalesce(sum(case when %[3]s is not null and %[4]s is null then 1 else 0 end), 0),
   coalesce(sum(case when %[4]s is not null and %[5]s then 1 else 0 end), 0),
-  coalesce(sum(case when %[4]s is not null and not %[5]s and coalesce(%[2]s, 0) >= $1 then 1 else 0 end), 0)
-from %[6]s`, id, ts, st, en, ok, quoteTable(j.Table)), j.MaxTryTimes).
-		Scan(&s.Total, &s.Queued, &s.Running, &s.Completed, &s.Failed)
+  coalesce(sum(case when %[4]s is not null and not %[5]s and (coalesce(%[2]s, 0) >= $1 or %[7]s) then 1 else 0 end), 0),
+  %[8]s
+from %[6]s`, id, ts, st, en, ok, quoteTable(j.Table), fin, scheduled), j.MaxTryTimes).
+		Scan(&s.Total, &s.Queued, &s.Running, &s.Completed, &s.Failed, &s.Scheduled)
 	if err != nil {
 		return s, err
 	}
-	s.Pending = s.Total - s.Queued - s.Running - s.Completed - s.Failed
+	s.Pending = s.Total - s.Queued - s.Running - s.Completed - s.Failed - s.Scheduled
 	sn := j.Snippets
 	for _, o := range []struct {
 		sql string

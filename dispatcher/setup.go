@@ -86,17 +86,28 @@ func setupJob(ctx context.Context, db DB, flavor Flavor, j Job) error {
 	for _, c := range []struct{ name, typ string }{
 		{f.ID, "text"}, {f.Time, "timestamptz"}, {f.Times, "int"},
 		{f.StartTime, "timestamptz"}, {f.EndTime, "timestamptz"},
-		{f.Success, "boolean"}, {f.ErrorDescription, "text"},
+		{f.Success, "boolean"}, {f.ErrorDescription, "text"}, {f.Final, "boolean"},
+		{f.RunAt, "timestamptz"},
 	} {
-		stmts = append(stmts, fmt.Sprintf("alter table %s add column if not exists %s %s", t, quote(c.name), c.typ))
+		if c.name != "" {
+			stmts = append(stmts, fmt.Sprintf("alter table %s add column if not exists %s %s", t, quote(c.name), c.typ))
+		}
 	}
 	pk, id, st, en, ok, ts := quote(f.PrimaryKey), quote(f.ID), quote(f.StartTime), quote(f.EndTime), quote(f.Success), quote(f.Times)
-	for _, ix := range []struct{ suffix, cols, where string }{
+	indexes := []struct{ suffix, cols, where string }{
 		{"available", pk, fmt.Sprintf("%s is null and %s is null", id, en)},
 		{"queued", id + ", " + pk, fmt.Sprintf("%s is not null and %s is null", id, st)},
 		{"running", id, fmt.Sprintf("%s is not null and %s is null", st, en)},
 		{"failed", ts, fmt.Sprintf("%s is not null and %s = false", en, ok)},
-	} {
+	}
+	if f.RunAt != "" {
+		indexes = append(indexes, struct{ suffix, cols, where string }{"scheduled", quote(f.RunAt),
+			fmt.Sprintf("%s is null and %s is null and %s is not null", id, en, quote(f.RunAt))})
+	}
+	if j.RepeatEvery > 0 {
+		indexes = append(indexes, struct{ suffix, cols, where string }{"completed", en, fmt.Sprintf("%s is not null and %s", en, ok)})
+	}
+	for _, ix := range indexes {
 		stmts = append(stmts, fmt.Sprintf("create index if not exists %s on %s (%s) where %s",
 			quote(indexName(j, ix.suffix)), t, ix.cols, ix.where))
 	}

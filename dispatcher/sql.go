@@ -29,7 +29,9 @@ type DB interface {
 //	queued     id set, start null                (reserved for worker id; attempt = times + 1)
 //	running    id set, start set, end null       (attempt = times)
 //	completed  end set, success true
-//	failed     end set, success false            (relaunched while times < max_try_times)
+//	failed     end set, success false            (relaunched while times < max_try_times,
+//	                                              after the retry delay, unless final)
+//	scheduled  available, run_at in the future  (with field_run_at)
 //
 // Keys travel as text (the protocol carries them so); statements that take
 // keys cast them back to the key's own type, so that the primary key's index
@@ -66,13 +68,19 @@ type Queries struct {
 	// Start: $1 keys, $2 workers, $3 attempts: the rows' attempts began.
 	Start string
 	// End: $1 keys, $2 workers, $3 attempts, $4 success, $5 error
-	// descriptions, $6 step milliseconds. Fenced: a row ends only while it
+	// descriptions, $6 step milliseconds, $7 final (a failure not to be
+	// tried again; a row cancelled meanwhile is final anyway). Fenced: a row ends only while it
 	// is still held by that worker, at that attempt, and not ended; returns
 	// (key text, worker) of the rows it ended.
 	End, EndCounted string
-	RelaunchFailed  string // $1 max tries, or how many for a relaunching snippet
-	RelaunchLate    string // $1 max tries, $2 seconds
-	FailLate        string // $1 max tries, $2 seconds
+	// RelaunchFailed: $1 max tries, or how many for a relaunching
+	// snippet; with a retry delay, $2 its seconds and $3 the cap's.
+	RelaunchFailed string
+	// RepeatDone: $1 seconds: rows that succeeded that long ago start a
+	// new series of attempts. "" without repeat_every.
+	RepeatDone   string
+	RelaunchLate string // $1 max tries, $2 seconds
+	FailLate     string // $1 max tries, $2 seconds
 	// Rows out of tries are never relaunched by the dispatcher; an operator
 	// resets them after fixing the cause (pampactl jobs retry).
 	CountFailedForGood string // $1 max tries → how many
@@ -94,7 +102,7 @@ type Queries struct {
 func NewQueries(j Job, keyType string) *Queries {
 	f := j.Fields
 	t, pk := quoteTable(j.Table), quote(f.PrimaryKey)
-	id, tm, ts := quote(f.ID), quote(f.Time), quote(f.Times)
+	id, tm, ts, fin := quote(f.ID), quote(f.Time), quote(f.Times), quote(f.Final)
 	st, en, ok, er := quote(f.StartTime), quote(f.EndTime), quote(f.Success), quote(f.ErrorDescription)
 	// The row's own columns, without Pampa's: what a worker receives.
 	var minus strings.Builder
@@ -103,11 +111,20 @@ func NewQueries(j Job, keyType string) *Queries {
 	}
 	r := strings.NewReplacer(
 		"{T}", t, "{PK}", pk, "{ID}", id, "{TM}", tm, "{TS}", ts,
-		"{ST}", st, "{EN}", en, "{OK}", ok, "{ER}", er, "{PKT}", keyType,
+		"{ST}", st, "{EN}", en, "{OK}", ok, "{ER}", er, "{PKT}", keyType, "{FIN}", fin,
 		"{USER}", "(to_jsonb(t)"+minus.String()+")",
 	)
 	q := &Queries{job: j, keyType: keyType}
 	sql := func(s string) string { return r.Replace(s) }
+	// due keeps scheduled rows (run_at in the future) back.
+	dueOf := func(alias string) string {
+		if f.RunAt == "" {
+			return ""
+		}
+		c := alias + quote(f.RunAt)
+		return " and (" + c + " is null or " + c + " <= now())"
+	}
+	due := dueOf("")
 	const reset = `{ID} = null, {TM} = null, {ST} = null, {EN} = null, {OK} = null`
 	const returning = ` returning t.{PK}, t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, t.{ID}`
 
@@ -117,7 +134,7 @@ func NewQueries(j Job, keyType string) *Queries {
 		q.Reserve = sql(`with sel as (` + s + `)
 update {T} as t set {ID} = $2, {TM} = now()
 where t.{PK} in (select {PK} from sel) and t.{ID} is null and t.{EN} is null
-  and coalesce(t.{TS}, 0) < $3 and $1::bigint >= 0` + returning)
+  and coalesce(t.{TS}, 0) < $3 and $1::bigint >= 0` + dueOf("t.") + returning)
 		q.PendingCount = `select count(*) from (` + s + `) sel where $2::int >= 0`
 	} else {
 		// The candidates are an array computed once (an InitPlan): as a
@@ -130,7 +147,7 @@ where t.{PK} in (select {PK} from sel) and t.{ID} is null and t.{EN} is null
 slots as (select want.w, row_number() over () as i from want, generate_series(1, want.n) as g),
 picked as (select c.k, row_number() over (order by c.k) as i from unnest(array(
   select {PK} from {T}
-  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + after + `
+  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + due + after + `
   order by {PK} limit (select coalesce(sum(n), 0) from want)
   for update skip locked)) as c(k))
 update {T} as t set {ID} = slots.w, {TM} = now()
@@ -139,17 +156,17 @@ where t.{PK} = picked.k and t.{ID} is null and t.{EN} is null` + returning)
 		}
 		q.ReserveMany, q.ReserveManyAfter = many(""), many(` and {PK} > $4`)
 		q.PendingCount = sql(`select count(*) from (
-  select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2
+  select 1 from {T} where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2` + due + `
   order by {PK} limit $1) s`) // the order makes the planner walk the available index
 	}
 	q.ReleaseQueued = sql(`update {T} set {ID} = null, {TM} = null where {ID} = any($1) and {ST} is null`)
 	running := func(who, maxTries string) (relaunch, fail string) {
 		return sql(`update {T} set ` + reset + `,
   {ER} = 'worker ' || {ID} || ' stopped during attempt ' || coalesce({TS}, 0)
-where ` + who + ` and {ST} is not null and {EN} is null and coalesce({TS}, 0) < ` + maxTries),
+where ` + who + ` and {ST} is not null and {EN} is null and coalesce({TS}, 0) < ` + maxTries + ` and {FIN} is not true`),
 			sql(`update {T} set {EN} = now(), {OK} = false,
-  {ER} = 'worker ' || {ID} || ' stopped during attempt ' || coalesce({TS}, 0) || ', the last allowed'
-where ` + who + ` and {ST} is not null and {EN} is null and coalesce({TS}, 0) >= ` + maxTries)
+  {ER} = case when {FIN} then 'cancelled' else 'worker ' || {ID} || ' stopped during attempt ' || coalesce({TS}, 0) || ', the last allowed' end
+where ` + who + ` and {ST} is not null and {EN} is null and (coalesce({TS}, 0) >= ` + maxTries + ` or {FIN})`)
 	}
 	q.ReleaseRunning, q.FailRunning = running(`{ID} = any($1)`, "$2")
 	const notHeld = `{ID} = $1 and not ({PK} = any($2::text[]::{PKT}[]))`
@@ -166,8 +183,9 @@ where t.{PK} = o.k and t.{ID} = o.w and t.{ST} is null and coalesce(t.{TS}, 0) =
 	// died between) is still fenced by its attempt: times is one less.
 	q.End = sql(`update {T} as t set
   {ST} = coalesce(t.{ST}, now() - o.ms * interval '1 millisecond'), {TS} = o.a,
-  {EN} = now(), {OK} = o.ok, {ER} = o.e
-from unnest($1::text[]::{PKT}[], $2::text[], $3::int[], $4::bool[], $5::text[], $6::float8[]) as o(k, w, a, ok, e, ms)
+  {EN} = now(), {OK} = o.ok, {ER} = case when t.{FIN} and not o.ok then 'cancelled' else o.e end,
+  {FIN} = case when o.fin or t.{FIN} then true end
+from unnest($1::text[]::{PKT}[], $2::text[], $3::int[], $4::bool[], $5::text[], $6::float8[], $7::bool[]) as o(k, w, a, ok, e, ms, fin)
 where t.{PK} = o.k and t.{ID} = o.w and t.{EN} is null
   and ((t.{ST} is not null and coalesce(t.{TS}, 0) = o.a) or (t.{ST} is null and coalesce(t.{TS}, 0) = o.a - 1))
 returning t.{PK}::text as k, o.w as w, o.a as a, o.ok as ok`)
@@ -183,35 +201,50 @@ select k, w, a from e`
 		// A relaunch after a success starts a new series of attempts.
 		q.RelaunchFailed = sql(`with sel as (` + s + `)
 update {T} set ` + reset + `, {TS} = case when {OK} then 0 else {TS} end
-where {PK} in (select {PK} from sel) and ({EN} is not null or {ID} is null)
+where {PK} in (select {PK} from sel) and ({EN} is not null or {ID} is null) and {FIN} is not true
   and $1::bigint >= 0`)
 	} else {
+		// The delay doubles per attempt ended (the exponent capped, so that
+		// power stays a finite float8) up to the cap; the jitter comes from
+		// the end time's microseconds, so it is fixed per attempt rather
+		// than drawn again each cycle.
+		backoff := ""
+		if j.RetryDelay > 0 {
+			backoff = `
+  and {EN} <= now() - least($2::float8 * power(2::float8, least(greatest(coalesce({TS}, 0) - 1, 0), 60)), $3::float8)
+    * (0.9 + 0.2 * (mod(extract(microseconds from {EN})::bigint, 1000)::float8 / 1000)) * interval '1 second'`
+		}
 		q.RelaunchFailed = sql(`update {T} set ` + reset + `
-where {EN} is not null and {OK} = false and coalesce({TS}, 0) < $1`)
+where {EN} is not null and {OK} = false and coalesce({TS}, 0) < $1 and {FIN} is not true` + backoff)
+	}
+	if j.RepeatEvery > 0 {
+		q.RepeatDone = sql(`update {T} set ` + reset + `, {TS} = 0, {ER} = null
+where {EN} is not null and {OK} = true and {FIN} is not true
+  and {EN} <= now() - ($1::float8 * interval '1 second')`)
 	}
 	// Lateness is measured from the start of the attempt, not the reservation.
 	q.RelaunchLate = sql(`update {T} set ` + reset + `,
   {ER} = 'attempt ' || coalesce({TS}, 0) || ' ran past max_job_duration'
-where {ST} is not null and {EN} is null and coalesce({TS}, 0) < $1
+where {ST} is not null and {EN} is null and coalesce({TS}, 0) < $1 and {FIN} is not true
   and {ST} < now() - ($2::float8 * interval '1 second')`)
 	q.FailLate = sql(`update {T} set {EN} = now(), {OK} = false,
-  {ER} = 'attempt ' || coalesce({TS}, 0) || ' ran past max_job_duration, the last allowed'
-where {ST} is not null and {EN} is null and coalesce({TS}, 0) >= $1
+  {ER} = case when {FIN} then 'cancelled' else 'attempt ' || coalesce({TS}, 0) || ' ran past max_job_duration, the last allowed' end
+where {ST} is not null and {EN} is null and (coalesce({TS}, 0) >= $1 or {FIN})
   and {ST} < now() - ($2::float8 * interval '1 second')`)
 
 	// Same predicate as the report's failed count and the failed index. The
 	// error description is kept: it is the row's last word until an attempt
 	// ends again.
 	const outOfTries = `
-where {EN} is not null and {OK} = false and coalesce({TS}, 0) >= $1`
+where {EN} is not null and {OK} = false and (coalesce({TS}, 0) >= $1 or {FIN})`
 	q.CountFailedForGood = sql(`select count(*) from {T}` + outOfTries)
-	q.RetryFailed = sql(`update {T} set ` + reset + `, {TS} = 0` + outOfTries)
+	q.RetryFailed = sql(`update {T} set ` + reset + `, {TS} = 0, {FIN} = null` + outOfTries)
 
 	// The text column needs a name of its own: both would be called after
 	// the key, and "order by" a name two output columns share is an error.
 	take := func(after string) string {
 		return sql(`select {PK}, {PK}::text as pampa_key_text from {T}
-where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2` + after + `
+where {ID} is null and {EN} is null and coalesce({TS}, 0) < $2` + due + after + `
 order by {PK} limit $1 for update skip locked`)
 	}
 	q.Take, q.TakeAfter = take(""), take(` and {PK} > $3`)

@@ -330,32 +330,38 @@ type rawNode struct {
 }
 
 type rawJob struct {
-	Name                  string   `toml:"name"`
-	FilterWorkerID        string   `toml:"filter_worker_id"`
-	MaxAssignedWorkers    int      `toml:"max_assigned_workers"`
-	MaxPendingTasks       int      `toml:"max_pending_tasks"`
-	QueueSize             int      `toml:"queue_size"`
-	MaxJobDurationMinutes float64  `toml:"max_job_duration_minutes"`
-	MaxTryTimes           int      `toml:"max_try_times"`
-	Table                 string   `toml:"table"`
-	FieldPrefix           string   `toml:"field_prefix"`
-	FieldPrimaryKey       string   `toml:"field_primary_key"`
-	FieldID               string   `toml:"field_id"`
-	FieldTime             string   `toml:"field_time"`
-	FieldTimes            string   `toml:"field_times"`
-	FieldStartTime        string   `toml:"field_start_time"`
-	FieldEndTime          string   `toml:"field_end_time"`
-	FieldSuccess          string   `toml:"field_success"`
-	FieldErrorDescription string   `toml:"field_error_description"`
-	SQL                   string   `toml:"sql"`
-	Command               []string `toml:"command"`
-	SelectingSQL          string   `toml:"selecting_sql"`
-	RelaunchingSQL        string   `toml:"relaunching_sql"`
-	TotalSQL              string   `toml:"total_sql"`
-	CompletedSQL          string   `toml:"completed_sql"`
-	PendingSQL            string   `toml:"pending_sql"`
-	FailedSQL             string   `toml:"failed_sql"`
-	ResultSQL             string   `toml:"result_sql"`
+	Name                  string    `toml:"name"`
+	FilterWorkerID        string    `toml:"filter_worker_id"`
+	MaxAssignedWorkers    int       `toml:"max_assigned_workers"`
+	MaxPendingTasks       int       `toml:"max_pending_tasks"`
+	QueueSize             int       `toml:"queue_size"`
+	MaxJobDurationMinutes float64   `toml:"max_job_duration_minutes"`
+	MaxTryTimes           int       `toml:"max_try_times"`
+	Table                 string    `toml:"table"`
+	FieldPrefix           string    `toml:"field_prefix"`
+	FieldPrimaryKey       string    `toml:"field_primary_key"`
+	FieldID               string    `toml:"field_id"`
+	FieldTime             string    `toml:"field_time"`
+	FieldTimes            string    `toml:"field_times"`
+	FieldStartTime        string    `toml:"field_start_time"`
+	FieldEndTime          string    `toml:"field_end_time"`
+	FieldSuccess          string    `toml:"field_success"`
+	FieldErrorDescription string    `toml:"field_error_description"`
+	FieldFinal            string    `toml:"field_final"`
+	FieldRunAt            string    `toml:"field_run_at"`
+	RetryDelay            *duration `toml:"retry_delay"`
+	RetryDelayMax         *duration `toml:"retry_delay_max"`
+	RepeatEvery           duration  `toml:"repeat_every"`
+	FatalExitCodes        []int     `toml:"fatal_exit_codes"`
+	SQL                   string    `toml:"sql"`
+	Command               []string  `toml:"command"`
+	SelectingSQL          string    `toml:"selecting_sql"`
+	RelaunchingSQL        string    `toml:"relaunching_sql"`
+	TotalSQL              string    `toml:"total_sql"`
+	CompletedSQL          string    `toml:"completed_sql"`
+	PendingSQL            string    `toml:"pending_sql"`
+	FailedSQL             string    `toml:"failed_sql"`
+	ResultSQL             string    `toml:"result_sql"`
 }
 
 // duration is a TOML string parsed with time.ParseDuration ("1s", "500ms").
@@ -626,7 +632,8 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 		MaxAssignedWorkers: rj.MaxAssignedWorkers, MaxPendingTasks: rj.MaxPendingTasks,
 		QueueSize: rj.QueueSize, MaxTryTimes: rj.MaxTryTimes,
 		Step:      dispatcher.Step{SQL: rj.SQL, Command: rj.Command},
-		ResultSQL: rj.ResultSQL,
+		ResultSQL: rj.ResultSQL, RepeatEvery: time.Duration(rj.RepeatEvery), FatalExitCodes: rj.FatalExitCodes,
+		RetryDelay: dispatcher.DefaultRetryDelay, RetryDelayMax: dispatcher.DefaultRetryDelayMax,
 		Snippets: dispatcher.Snippets{
 			SelectingSQL: rj.SelectingSQL, RelaunchingSQL: rj.RelaunchingSQL, TotalSQL: rj.TotalSQL,
 			CompletedSQL: rj.CompletedSQL, PendingSQL: rj.PendingSQL, FailedSQL: rj.FailedSQL,
@@ -655,6 +662,33 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 	} else {
 		j.MaxJobDuration = time.Duration(m * float64(time.Minute))
 	}
+	if rj.RetryDelay != nil {
+		j.RetryDelay = time.Duration(*rj.RetryDelay)
+	}
+	if rj.RetryDelayMax != nil {
+		j.RetryDelayMax = time.Duration(*rj.RetryDelayMax)
+	} else {
+		j.RetryDelayMax = max(j.RetryDelayMax, j.RetryDelay)
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{".retry_delay", j.RetryDelay}, {".retry_delay_max", j.RetryDelayMax}, {".repeat_every", j.RepeatEvery}} {
+		if d.v < 0 {
+			bad(d.key, "got %s; must not be negative", d.v)
+		}
+	}
+	if j.RetryDelayMax < j.RetryDelay {
+		bad(".retry_delay_max", "got %s, below retry_delay (%s); the cap must be at least the first delay", j.RetryDelayMax, j.RetryDelay)
+	}
+	for _, c := range rj.FatalExitCodes {
+		if c < 1 || c > 255 {
+			bad(".fatal_exit_codes", "%d is not an exit code a failed command can have; use codes from 1 to 255", c)
+		}
+	}
+	if len(rj.FatalExitCodes) > 0 && len(rj.Command) == 0 {
+		bad(".fatal_exit_codes", "only command steps exit with a code; a Go handler returns worker.Permanent(err) instead")
+	}
 	if rj.FilterWorkerID != "" {
 		re, err := regexp.Compile(rj.FilterWorkerID)
 		if err != nil {
@@ -680,7 +714,8 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 		{&j.Fields.PrimaryKey, rj.FieldPrimaryKey}, {&j.Fields.ID, rj.FieldID}, {&j.Fields.Time, rj.FieldTime},
 		{&j.Fields.Times, rj.FieldTimes}, {&j.Fields.StartTime, rj.FieldStartTime},
 		{&j.Fields.EndTime, rj.FieldEndTime}, {&j.Fields.Success, rj.FieldSuccess},
-		{&j.Fields.ErrorDescription, rj.FieldErrorDescription},
+		{&j.Fields.ErrorDescription, rj.FieldErrorDescription}, {&j.Fields.Final, rj.FieldFinal},
+		{&j.Fields.RunAt, rj.FieldRunAt},
 	} {
 		if o.v != "" {
 			*o.dst = o.v

@@ -76,7 +76,7 @@ func TestExampleFileCommentedKeys(t *testing.T) {
 		if setting.MatchString(line) {
 			line = line[2:]
 		}
-		if strings.HasPrefix(line, "command = ") || strings.HasPrefix(line, "ssh_password = ") {
+		if strings.HasPrefix(line, "command = ") || strings.HasPrefix(line, "ssh_password = ") || strings.HasPrefix(line, "fatal_exit_codes = ") {
 			continue // would conflict with sql and ssh_password_env
 		}
 		b.WriteString(line)
@@ -307,6 +307,18 @@ func TestErrors(t *testing.T) {
 		{"sql and command", minimalJob + "sql = \"select 1\"\ncommand = [\"x\"]\n", []string{":6:1: jobs[0].command", "not both"}},
 		{"empty program", minimalJob + "command = [\"\"]\n", []string{":5:1: jobs[0].command", "program"}},
 		{"bad identifier", minimalJob + "field_id = \"bad-name\"\n", []string{":2:1: jobs[0]: ", "field_id", `"bad-name"`}},
+		{"negative retry delay", minimalJob + "retry_delay = \"-1s\"\n", []string{":5:1: jobs[0].retry_delay", "must not be negative"}},
+		{"retry cap below delay", minimalJob + "retry_delay = \"1m\"\nretry_delay_max = \"10s\"\n",
+			[]string{":6:1: jobs[0].retry_delay_max", "below retry_delay (1m0s)"}},
+		{"bad repeat", minimalJob + "repeat_every = \"often\"\n", []string{":5:1: jobs[0].repeat_every", "duration"}},
+		{"fatal exit code 0", minimalJob + "command = [\"x\"]\nfatal_exit_codes = [0, 3]\n",
+			[]string{":6:1: jobs[0].fatal_exit_codes", "0 is not an exit code", "1 to 255"}},
+		{"fatal exit codes without command", minimalJob + "fatal_exit_codes = [3]\n",
+			[]string{":5:1: jobs[0].fatal_exit_codes", "worker.Permanent"}},
+		{"two keys, one column", minimalJob + "field_error_description = \"j_success\"\n",
+			[]string{":2:1: jobs[0]: ", "field_success and field_error_description both name column \"j_success\""}},
+		{"bookkeeping column is the key", minimalJob + "field_run_at = \"id\"\n",
+			[]string{"field_primary_key and field_run_at both name column \"id\""}},
 		{"bad job name", "[[jobs]]\nname = \"odd numbers\"\ntable = \"t\"\n", []string{":1:1: jobs[0]: job name", "letters"}},
 		{"multi-line string does not confuse lines", minimalJob + "sql = \"\"\"\nqueue_size = 1\n\"\"\"\nqueue_size = -1\n",
 			[]string{":8:1: jobs[0].queue_size"}},

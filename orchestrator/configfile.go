@@ -220,6 +220,11 @@ func (f *file) checkTypes(t reflect.Type, m map[string]any, prefix string) []err
 				continue
 			}
 			want = `an array of strings such as ["./check.sh", "--fast"]`
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Int:
+			if isInts(v) {
+				continue
+			}
+			want = "an array of integers such as [3, 4]"
 		case ft.Kind() == reflect.Struct:
 			if sub, ok := v.(map[string]any); ok {
 				errs = append(errs, f.checkTypes(ft, sub, key)...)
@@ -249,6 +254,19 @@ func isStrings(v any) bool {
 	}
 	for _, e := range a {
 		if _, ok := e.(string); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func isInts(v any) bool {
+	a, ok := v.([]any)
+	if !ok {
+		return false
+	}
+	for _, e := range a {
+		if _, ok := e.(int64); !ok {
 			return false
 		}
 	}

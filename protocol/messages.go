@@ -92,9 +92,13 @@ type Welcome struct {
 type Outcome struct {
 	Seq uint64 `json:"seq"`
 	Ref
-	OK     bool    `json:"ok"`
-	Error  string  `json:"error,omitempty"`
-	Output *string `json:"output,omitempty"` // a command's stdout, a handler's result: $2 of result_sql
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	// ExitCode is a command step's exit status when it failed with one;
+	// Permanent says the step failed in a way no retry can mend.
+	ExitCode  int     `json:"exit,omitempty"`
+	Permanent bool    `json:"permanent,omitempty"`
+	Output    *string `json:"output,omitempty"` // a command's stdout, a handler's result: $2 of result_sql
 	// Millis is how long the step ran, so the start mark is right even
 	// when the start message never reached the database.
 	Millis int64 `json:"ms"`

@@ -94,7 +94,7 @@ func (c command) run(ctx context.Context) (string, error) {
 		msg := strings.TrimSpace(tail.String())
 		var exitErr *exec.ExitError
 		if errors.As(waitErr, &exitErr) && msg != "" {
-			return "", fmt.Errorf("%s: %s: %s", c.argv[0], exitErr, msg)
+			return "", fmt.Errorf("%s: %w: %s", c.argv[0], exitErr, msg)
 		}
 		return "", fmt.Errorf("%s: %w", c.argv[0], waitErr)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,9 +25,26 @@ import (
 // successful, and the value it returns (nil, a string, []byte, or anything
 // encoding/json takes) is the step's output: result_sql's $2, stored in the
 // transaction that marks the row done. An error marks the row failed with
-// the error's text as its description. The context ends when the task
-// outlives max_job_duration or the worker stops past its grace period.
+// the error's text as its description; wrapped by Permanent, it fails the
+// row for good, whatever tries are left. The context ends when the task
+// outlives max_job_duration, the row is cancelled, or the worker stops past
+// its grace period.
 type Handler func(ctx context.Context, t *Task) (any, error)
+
+// Permanent marks a Handler's error as one no retry can mend (a malformed
+// row, a resource that is gone): the row ends failed at once instead of
+// being tried again.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
 
 // Task is one row handed to a Handler.
 type Task struct {
@@ -375,7 +393,12 @@ func (w *Worker) runRow(work context.Context, r protocol.Row) {
 	o := protocol.Outcome{Ref: r.Ref, OK: stepErr == nil, Output: output, Millis: time.Since(began).Milliseconds()}
 	if stepErr != nil {
 		o.Error = stepErr.Error()
-		w.log.Warn("task failed", "job", r.Job, "key", r.Key, "attempt", r.Attempt, "err", o.Error)
+		var exit *exec.ExitError
+		if errors.As(stepErr, &exit) && exit.ExitCode() > 0 {
+			o.ExitCode = exit.ExitCode()
+		}
+		o.Permanent = errors.As(stepErr, new(*permanentError))
+		w.log.Warn("task failed", "job", r.Job, "key", r.Key, "attempt", r.Attempt, "err", o.Error, "permanent", o.Permanent)
 	}
 	w.client.Report(o)
 }

@@ -135,7 +135,7 @@ func (c *cluster) tryCount(sql string, args ...any) (int64, error) {
 // ended counts the rows done for good: successful, or out of tries.
 func (c *cluster) ended() (int64, error) {
 	return c.tryCount(`select count(*) from numbers where odd_checking_end_time is not null and
-  (odd_checking_success or odd_checking_reservation_times >= $1)`, c.job.MaxTryTimes)
+  (odd_checking_success or odd_checking_reservation_times >= $1 or odd_checking_final)`, c.job.MaxTryTimes)
 }
 
 func (c *cluster) waitEnded(n int64, timeout time.Duration) {
@@ -874,4 +874,57 @@ func TestKilledWorkerRowCompletesOnceElsewhere(t *testing.T) {
 	if n := c.count(`select count(*) from pampa_workers where id = 'node1.1' and state = 'dead'`); n != 1 {
 		t.Fatal("the killed worker is not marked dead")
 	}
+}
+
+// A command exiting with a fatal exit code and a handler returning
+// worker.Permanent end their rows at once, whatever tries are left; other
+// failures are tried again.
+func TestPermanentFailuresEndTheirRowsAtOnce(t *testing.T) {
+	t.Parallel()
+	t.Run("fatal exit code", func(t *testing.T) {
+		t.Parallel()
+		c := newCluster(t, 6, func(j *dispatcher.Job) { j.MaxTryTimes = 3; j.FatalExitCodes = []int{3} })
+		c.job.Step.Command = c.sh(appendRun + `
+case $PAMPA_TASK_ID in 2) exit 3;; 4) exit 4;; esac`)
+		c.dispatcher()
+		c.worker("local.1")
+		c.waitEnded(6, 60*time.Second)
+		runs := c.runsByKey()
+		if len(runs["2"]) != 1 || len(runs["4"]) != 3 {
+			t.Fatalf("row 2 (exit 3, fatal) ran %d times, row 4 (exit 4) %d; want 1 and 3", len(runs["2"]), len(runs["4"]))
+		}
+	})
+	t.Run("worker.Permanent", func(t *testing.T) {
+		t.Parallel()
+		c := newCluster(t, 6, func(j *dispatcher.Job) { j.MaxTryTimes = 3 })
+		var mu sync.Mutex
+		runs := map[string]int{}
+		handler := func(ctx context.Context, task *worker.Task) (any, error) {
+			mu.Lock()
+			runs[task.Key]++
+			mu.Unlock()
+			switch task.Key {
+			case "2":
+				return nil, worker.Permanent(fmt.Errorf("row %s: %w", task.Key, errors.ErrUnsupported))
+			case "4":
+				return nil, errors.New("try again")
+			}
+			return nil, nil
+		}
+		c.dispatcher()
+		c.worker("local.1", func(cfg *worker.Config) { cfg.Handlers = map[string]worker.Handler{jobName: handler} })
+		c.waitEnded(6, 60*time.Second)
+		mu.Lock()
+		defer mu.Unlock()
+		if runs["2"] != 1 || runs["4"] != 3 {
+			t.Fatalf("row 2 (permanent) ran %d times, row 4 %d; want 1 and 3", runs["2"], runs["4"])
+		}
+		var desc string
+		if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description from numbers where value = 2`).Scan(&desc); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(desc, "row 2: unsupported operation") {
+			t.Fatalf("row 2's error description is %q; want the handler's error", desc)
+		}
+	})
 }

@@ -142,9 +142,9 @@ func selectJobs(all []dispatcher.Job, names []string) ([]dispatcher.Job, error) 
 
 func printJobs(e *env, st []dispatcher.JobStatus) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "JOB\tTOTAL\tPENDING\tQUEUED\tRUNNING\tCOMPLETED\tFAILED\t")
+	fmt.Fprintln(tw, "JOB\tTOTAL\tPENDING\tSCHEDULED\tQUEUED\tRUNNING\tCOMPLETED\tFAILED\t")
 	for _, s := range st {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t\n", s.Job, s.Total, s.Pending, s.Queued, s.Running, s.Completed, s.Failed)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", s.Job, s.Total, s.Pending, s.Scheduled, s.Queued, s.Running, s.Completed, s.Failed)
 	}
 	tw.Flush()
 }
