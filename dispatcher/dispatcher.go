@@ -116,6 +116,9 @@ type Dispatcher struct {
 	peers  map[string]*peer
 	marks  pendingMarks
 	sqlRun []*sqlRunner
+	// paused holds the jobs operators paused, as of the last full cycle;
+	// the sql runners read it too.
+	paused atomic.Pointer[map[string]bool]
 }
 
 // New validates cfg and returns a dispatcher; nothing is written until Run.
@@ -378,6 +381,9 @@ func (d *Dispatcher) noted(payload string) {
 	if payload != "insert" {
 		clear(d.after)
 	}
+	if payload == ControlNote || payload == "freed" {
+		d.lastFull = time.Time{} // read the operators' orders now
+	}
 	d.assignBy = time.Now()
 	for _, r := range d.sqlRun {
 		r.poke()
@@ -458,6 +464,9 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 			if err := d.relaunch(ctx, q, stats); err != nil {
 				return nil, err
 			}
+		}
+		if err := d.control(ctx); err != nil {
+			return nil, err
 		}
 	}
 	// Assignment first: flush reserves for the workers it leaves assigned,

@@ -304,7 +304,8 @@ type fakeWorker struct {
 	queue   []protocol.Row
 	running map[string]protocol.Ref
 	up      bool
-	leaving bool // gone for good once the dispatcher closes the stream
+	leaving bool           // gone for good once the dispatcher closes the stream
+	cancels []protocol.Ref // rows the dispatcher said to stop
 }
 
 // connect starts a worker talking to the first of ds that accepts it and
@@ -367,10 +368,23 @@ func (fw *fakeWorker) hello() protocol.Hello {
 }
 
 func (fw *fakeWorker) deliver(m protocol.Message) {
-	if m.Kind == protocol.KindRows {
-		fw.mu.Lock()
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	switch m.Kind {
+	case protocol.KindRows:
 		fw.queue = append(fw.queue, m.Rows...)
-		fw.mu.Unlock()
+	case protocol.KindRevoke: // as a worker does: queued rows go back
+		var back []protocol.Ref
+		fw.queue = slices.DeleteFunc(fw.queue, func(r protocol.Row) bool {
+			if slices.Contains(m.Refs, r.Ref) {
+				back = append(back, r.Ref)
+				return true
+			}
+			return false
+		})
+		go fw.client.Send(protocol.Message{Kind: protocol.KindReturn, Refs: back})
+	case protocol.KindCancel: // the test ends the rows it was told to stop
+		fw.cancels = append(fw.cancels, m.Refs...)
 	}
 }
 

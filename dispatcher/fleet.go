@@ -34,8 +34,10 @@ type rowID struct{ job, key string }
 // that attempt began. A row relaunched while its worker still runs it may
 // come back to the same worker: the attempt tells the two apart.
 type hold struct {
-	attempt int
-	started bool
+	attempt   int
+	started   bool
+	told      bool // asked to give it back (its job is paused)
+	cancelled bool // told to stop it
 }
 
 func (p *peer) queued(job string) int {
@@ -158,7 +160,8 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 		for _, r := range m.Refs {
 			id := rowID{r.Job, r.Key}
 			if h, ok := p.held[id]; ok && h.attempt == r.Attempt && d.byJob[r.Job] != nil {
-				p.held[id] = hold{attempt: h.attempt, started: true}
+				h.started = true
+				p.held[id] = h
 				d.marks.start(p.id, r)
 			}
 		}
@@ -176,9 +179,11 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 			}
 			d.marks.outcome(p.id, p.hello.Instance, o)
 		}
-	case protocol.KindRelease:
-		p.leave = true
-		d.marks.leave(p.id)
+	case protocol.KindRelease, protocol.KindReturn:
+		if m.Kind == protocol.KindRelease {
+			p.leave = true
+			d.marks.leave(p.id)
+		}
 		for _, r := range m.Refs {
 			if id := (rowID{r.Job, r.Key}); p.held[id].attempt == r.Attempt {
 				delete(p.held, id)
@@ -306,6 +311,15 @@ func desiredWorkers(j Job, pending int64, busy int) int {
 func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]Stats) error {
 	j := q.job
 	if j.Step.SQL != "" {
+		return nil
+	}
+	if d.isPaused(j.Name) {
+		// Workers finish what runs, then go elsewhere.
+		for _, p := range d.assignedTo(j.Name) {
+			if len(p.held) == 0 {
+				p.job = ""
+			}
+		}
 		return nil
 	}
 	live := 0

@@ -17,18 +17,24 @@ type JobStatus struct {
 	Queued    int64  `json:"queued"`    // reserved for a worker, not started
 	Running   int64  `json:"running"`   // started, not ended
 	Completed int64  `json:"completed"` // ended successfully
-	Failed    int64  `json:"failed"`    // ended unsuccessfully with no tries left
+	Failed    int64  `json:"failed"`    // ended unsuccessfully with no tries left, or for good
+	Paused    bool   `json:"paused"`    // pampactl jobs pause: no new reservations
 }
 
 // Report counts the rows of every job in one statement each, honouring the
 // total_sql, completed_sql, pending_sql and failed_sql snippets.
 func Report(ctx context.Context, db DB, jobs []Job) ([]JobStatus, error) {
 	out := make([]JobStatus, 0, len(jobs))
+	paused, err := Paused(ctx, db)
+	if err != nil {
+		return nil, err
+	}
 	for _, j := range jobs {
 		s, err := reportJob(ctx, db, j)
 		if err != nil {
 			return nil, fmt.Errorf("report job %q: %w", j.Name, err)
 		}
+		s.Paused = paused[j.Name]
 		out = append(out, s)
 	}
 	return out, nil

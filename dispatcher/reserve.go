@@ -62,7 +62,7 @@ func (d *Dispatcher) reservations(b *pgx.Batch) []*reservation {
 	var rs []*reservation
 	for _, q := range d.queries {
 		j := q.job
-		if j.Step.SQL != "" {
+		if j.Step.SQL != "" || d.isPaused(j.Name) {
 			continue
 		}
 		var hungry []*peer

@@ -20,7 +20,7 @@ const (
 )
 
 // SchemaVersion is the version of Pampa's own tables written by Setup.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // ErrNotSetUp is returned by Check when a job's table lacks Pampa's columns
 // or Pampa's own tables are missing: run `pampactl db setup`.
@@ -51,7 +51,13 @@ var ownTables = []string{
   name text primary key,
   holder text not null,
   expires_at timestamptz not null)`,
-	`insert into pampa_schema_version (version) values (1) on conflict do nothing`,
+	// Version 2: jobs paused by operators.
+	`create table if not exists pampa_jobs (
+  name text primary key,
+  paused boolean not null default false,
+  changed_at timestamptz not null default now(),
+  changed_by text not null default '')`,
+	`insert into pampa_schema_version (version) values (1), (2) on conflict do nothing`,
 }
 
 // Setup creates Pampa's tables and, for each job, the bookkeeping columns
@@ -99,6 +105,7 @@ func setupJob(ctx context.Context, db DB, flavor Flavor, j Job) error {
 		{"queued", id + ", " + pk, fmt.Sprintf("%s is not null and %s is null", id, st)},
 		{"running", id, fmt.Sprintf("%s is not null and %s is null", st, en)},
 		{"failed", ts, fmt.Sprintf("%s is not null and %s = false", en, ok)},
+		{"cancelling", id, fmt.Sprintf("%s and %s is null", quote(f.Final), en)},
 	}
 	if f.RunAt != "" {
 		indexes = append(indexes, struct{ suffix, cols, where string }{"scheduled", quote(f.RunAt),

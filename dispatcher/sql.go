@@ -95,6 +95,13 @@ type Queries struct {
 	// FailResult: key $1, just ended well by worker $3 at attempt $4, but
 	// its result_sql failed with $2.
 	FailResult string
+
+	// Operators' orders (see Cancel and Retry). CancelKeys: $1 keys, $2
+	// max tries → the keys cancelled. EndCancelled ends the cancelled rows
+	// no worker holds; CancelledHeld → (key, worker) of those held.
+	// RetryKeys: $1 keys → the failed ones reset. Existing: $1 keys →
+	// those that are rows.
+	CancelKeys, EndCancelled, CancelledHeld, RetryKeys, Existing string
 }
 
 // NewQueries builds the statements of a validated job whose primary key has
@@ -116,13 +123,15 @@ func NewQueries(j Job, keyType string) *Queries {
 	)
 	q := &Queries{job: j, keyType: keyType}
 	sql := func(s string) string { return r.Replace(s) }
-	// due keeps scheduled rows (run_at in the future) back.
+	// due keeps back cancelled rows whose worker let them go (until the
+	// next control pass ends them) and scheduled rows (run_at ahead).
 	dueOf := func(alias string) string {
-		if f.RunAt == "" {
-			return ""
+		due := " and " + alias + fin + " is not true"
+		if f.RunAt != "" {
+			c := alias + quote(f.RunAt)
+			due += " and (" + c + " is null or " + c + " <= now())"
 		}
-		c := alias + quote(f.RunAt)
-		return " and (" + c + " is null or " + c + " <= now())"
+		return due
 	}
 	due := dueOf("")
 	const reset = `{ID} = null, {TM} = null, {ST} = null, {EN} = null, {OK} = null`
@@ -257,6 +266,20 @@ where {PK} = $1::text::{PKT} and {ID} is null and {EN} is null`)
 	q.LockOne = sql(`select 1 from {T} where {PK} = $1::text::{PKT} and {ID} is null and {EN} is null for update skip locked`)
 	q.FailResult = sql(`update {T} set {OK} = false, {ER} = $2
 where {PK} = $1::text::{PKT} and {ID} = $3 and coalesce({TS}, 0) = $4`)
+	q.CancelKeys = sql(`update {T} set {FIN} = true,
+  {EN} = case when {ID} is null and {EN} is null then now() else {EN} end,
+  {OK} = case when {ID} is null or {EN} is not null then false else {OK} end,
+  {ER} = case when {ID} is null or {EN} is not null then 'cancelled' else {ER} end
+where {PK} = any($1::text[]::{PKT}[]) and {FIN} is not true
+  and ({EN} is null or ({OK} = false and coalesce({TS}, 0) < $2))
+returning {PK}::text`)
+	q.EndCancelled = sql(`update {T} set {EN} = now(), {OK} = false, {ER} = 'cancelled'
+where {FIN} and {EN} is null and {ID} is null`)
+	q.CancelledHeld = sql(`select {PK}::text, {ID} from {T} where {FIN} and {EN} is null and {ID} is not null`)
+	q.RetryKeys = sql(`update {T} set ` + reset + `, {TS} = 0, {FIN} = null
+where {PK} = any($1::text[]::{PKT}[]) and {EN} is not null and {OK} = false
+returning {PK}::text`)
+	q.Existing = sql(`select {PK}::text from {T} where {PK} = any($1::text[]::{PKT}[])`)
 	return q
 }
 

@@ -81,6 +81,9 @@ func (r *sqlRunner) session(ctx context.Context, bo *backoff.Backoff) error {
 		}
 		did := 0
 		for _, q := range r.jobs {
+			if r.d.isPaused(q.job.Name) {
+				continue
+			}
 			n, err := r.chunk(ctx, conn, q)
 			if err != nil {
 				return err

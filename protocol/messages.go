@@ -21,6 +21,7 @@ const (
 	KindStarts   Kind = "starts"   // rows whose step began
 	KindOutcomes Kind = "outcomes" // rows whose step ended
 	KindRelease  Kind = "release"  // rows given back unstarted or interrupted; the worker is leaving
+	KindReturn   Kind = "return"   // queued rows given back as the dispatcher asked (revoke)
 )
 
 // Messages from the dispatcher.
@@ -28,6 +29,8 @@ const (
 	KindWelcome Kind = "welcome" // the stream is accepted
 	KindRows    Kind = "rows"    // rows for the worker's queue
 	KindAcks    Kind = "acks"    // outcomes committed (or refused as late): drop them
+	KindRevoke  Kind = "revoke"  // give these rows back if they have not started (a job paused)
+	KindCancel  Kind = "cancel"  // stop these rows: drop them if queued, stop their step if running
 )
 
 // KindPing keeps a quiet stream alive, both ways.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -148,9 +149,11 @@ type Worker struct {
 	interrupted []protocol.Ref // stopped past the grace period: given back
 	leaving     bool           // the queue is given back: rows that come now go back too
 	up          bool           // a dispatcher serves us
-	wake        chan struct{}
-	streamDown  chan struct{}
-	stopClient  context.CancelFunc // set by Run
+	// cancelRunning stops the running row's step (an operator cancelled it).
+	cancelRunning context.CancelCauseFunc
+	wake          chan struct{}
+	streamDown    chan struct{}
+	stopClient    context.CancelFunc // set by Run
 
 	dbOnce sync.Once
 	db     *pgxpool.Pool
@@ -227,7 +230,39 @@ func (w *Worker) deliver(m protocol.Message) {
 		w.queue = append(w.queue, m.Rows...)
 		w.mu.Unlock()
 		w.poke()
+	case protocol.KindRevoke:
+		if back := w.unqueue(m.Refs); len(back) > 0 {
+			w.client.Send(protocol.Message{Kind: protocol.KindReturn, Refs: back})
+		}
+	case protocol.KindCancel:
+		for _, r := range w.unqueue(m.Refs) {
+			w.client.Report(protocol.Outcome{Ref: r, Error: errCancelled.Error(), Permanent: true})
+		}
+		w.mu.Lock()
+		if w.running != nil && slices.Contains(m.Refs, *w.running) && w.cancelRunning != nil {
+			w.log.Info("stopping the running row: cancelled", "job", w.running.Job, "key", w.running.Key)
+			w.cancelRunning(errCancelled)
+		}
+		w.mu.Unlock()
 	}
+}
+
+// errCancelled ends a row an operator cancelled.
+var errCancelled = errors.New("cancelled")
+
+// unqueue takes refs out of the queue and returns those it held.
+func (w *Worker) unqueue(refs []protocol.Ref) []protocol.Ref {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []protocol.Ref
+	w.queue = slices.DeleteFunc(w.queue, func(r protocol.Row) bool {
+		if slices.Contains(refs, r.Ref) {
+			out = append(out, r.Ref)
+			return true
+		}
+		return false
+	})
+	return out
 }
 
 func (w *Worker) connected(up bool) {
@@ -374,15 +409,23 @@ func (w *Worker) runRow(work context.Context, r protocol.Row) {
 	if !known {
 		stepErr = fmt.Errorf("job %q is not one this worker runs; check that dispatcher and worker share one config", r.Job)
 	} else {
-		ctx, cancel := context.WithTimeout(work, j.MaxJobDuration)
+		row, cancelRow := context.WithCancelCause(work)
+		w.mu.Lock()
+		w.cancelRunning = cancelRow
+		w.mu.Unlock()
+		ctx, cancel := context.WithTimeout(row, j.MaxJobDuration)
 		output, stepErr = w.step(ctx, j, r)
-		if stepErr != nil && ctx.Err() == context.DeadlineExceeded && work.Err() == nil {
+		switch {
+		case context.Cause(row) == errCancelled:
+			output, stepErr = nil, Permanent(errCancelled)
+		case stepErr != nil && ctx.Err() == context.DeadlineExceeded && work.Err() == nil:
 			stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
 		}
 		cancel()
+		cancelRow(nil)
 	}
 	w.mu.Lock()
-	w.running = nil
+	w.running, w.cancelRunning = nil, nil
 	if stepErr != nil && work.Err() != nil {
 		// Stopped past the grace period: not the row's fault, give it back.
 		w.interrupted = append(w.interrupted, r.Ref)

@@ -928,3 +928,50 @@ case $PAMPA_TASK_ID in 2) exit 3;; 4) exit 4;; esac`)
 		}
 	})
 }
+
+// rows cancel of a running `sleep 30` step stops it: the row ends failed
+// "cancelled", for good, and its step ran once.
+func TestCancelStopsARunningStep(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 1, func(j *dispatcher.Job) { j.MaxTryTimes = 3 })
+	pidFile := filepath.Join(c.dir, "step.pid")
+	c.job.Step.Command = c.sh(appendRun + `
+echo $$ > '` + pidFile + `'
+exec sleep 30`)
+	c.dispatcher()
+	c.worker("local.1")
+	poll.Until(t, "the step to run", 20*time.Second, func() string {
+		if _, err := os.Stat(pidFile); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	b, _ := os.ReadFile(pidFile)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	kt, err := dispatcher.KeyType(context.Background(), c.pool, c.job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := dispatcher.Cancel(context.Background(), c.pool, dispatcher.Postgres, dispatcher.NewQueries(c.job, kt), []string{"1"})
+	if err != nil || len(res.Cancelled) != 1 {
+		t.Fatalf("Cancel = %+v, %v", res, err)
+	}
+	// Well within sleep's 30 s.
+	c.waitEnded(1, 15*time.Second)
+	if syscall.Kill(pid, 0) == nil {
+		t.Errorf("the step's process %d still runs", pid)
+	}
+	var desc string
+	var final bool
+	if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description, odd_checking_final from numbers`).
+		Scan(&desc, &final); err != nil {
+		t.Fatal(err)
+	}
+	if desc != "cancelled" || !final {
+		t.Fatalf("row 1: error %q, final %v; want cancelled, for good", desc, final)
+	}
+	time.Sleep(1500 * time.Millisecond) // a few dispatcher cycles: it must not come back
+	if n := len(c.runsByKey()["1"]); n != 1 {
+		t.Fatalf("the cancelled row ran %d times; want 1", n)
+	}
+}

@@ -133,6 +133,7 @@ func (e *env) app() *cli.App {
 			e.workerCommand(),
 			e.workersCommand(),
 			e.jobsCommand(),
+			e.rowsCommand(),
 			e.demoCommand(),
 			e.periodicCommand(),
 			e.nodesCommand(),

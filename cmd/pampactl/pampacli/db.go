@@ -2,6 +2,8 @@ package pampacli
 
 import (
 	"fmt"
+	"os"
+	"os/user"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
@@ -39,13 +41,29 @@ func (e *env) connect(c *cli.Context) (*orchestrator.Config, *pgx.Conn, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	conn, err := e.dial(c, cfg)
+	return cfg, conn, err
+}
+
+// dial connects to cfg's database.
+func (e *env) dial(c *cli.Context, cfg *orchestrator.Config) (*pgx.Conn, error) {
 	url, err := cfg.DatabaseURL(e.getenv)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	conn, err := pgx.Connect(c.Context, url)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to the database: %w", err)
+		return nil, fmt.Errorf("connect to the database: %w", err)
 	}
-	return cfg, conn, nil
+	return conn, nil
+}
+
+// operator names who gave an order, for the record: user@host.
+func operator() string {
+	host, _ := os.Hostname()
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	return name + "@" + host
 }

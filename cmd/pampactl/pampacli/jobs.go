@@ -8,7 +8,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
@@ -57,8 +56,57 @@ func (e *env) jobsCommand() *cli.Command {
 				&cli.BoolFlag{Name: "dry-run", Usage: "only count the rows that would be reset"},
 			},
 			Action: e.jobsRetry,
+		}, {
+			Name:      "pause",
+			Usage:     "stop giving the jobs' rows to workers; queued rows go back, running rows finish",
+			ArgsUsage: "JOB...",
+			Description: "Stored in the database (pampa_jobs), so a restarted dispatcher keeps it; on PostgreSQL\n" +
+				"the dispatcher hears of it at once, on CockroachDB within its delay.",
+			Action: func(c *cli.Context) error { return e.jobsPause(c, true) },
+		}, {
+			Name:      "resume",
+			Usage:     "give the jobs' rows to workers again",
+			ArgsUsage: "JOB...",
+			Action:    func(c *cli.Context) error { return e.jobsPause(c, false) },
 		}},
 	}
+}
+
+func (e *env) jobsPause(c *cli.Context, pause bool) error {
+	if c.NArg() == 0 {
+		return usagef("name the jobs to %s, such as: pampactl jobs %s JOB", c.Command.Name, c.Command.Name)
+	}
+	cfg, err := e.loadConfig(c)
+	if err != nil {
+		return err
+	}
+	jobs, err := selectJobs(cfg.Jobs, c.Args().Slice())
+	if err != nil {
+		return err
+	}
+	conn, err := e.dial(c, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if err := dispatcher.Check(c.Context, conn, jobs); err != nil {
+		return err
+	}
+	names := make([]string, len(jobs))
+	for i, j := range jobs {
+		names[i] = j.Name
+	}
+	if err := dispatcher.SetPaused(c.Context, conn, flavor(cfg), names, pause, operator()); err != nil {
+		return err
+	}
+	verb := "resumed"
+	if pause {
+		verb = "paused"
+	}
+	for _, n := range names {
+		fmt.Fprintf(e.stdout, "%s: %s\n", n, verb)
+	}
+	return nil
 }
 
 func (e *env) jobsRetry(c *cli.Context) error {
@@ -71,13 +119,9 @@ func (e *env) jobsRetry(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	url, err := cfg.DatabaseURL(e.getenv)
+	conn, err := e.dial(c, cfg)
 	if err != nil {
 		return err
-	}
-	conn, err := pgx.Connect(c.Context, url)
-	if err != nil {
-		return fmt.Errorf("connect to the database: %w", err)
 	}
 	defer conn.Close(context.Background())
 	// Missing columns are reported with the db setup hint, not as SQL errors.
@@ -142,9 +186,13 @@ func selectJobs(all []dispatcher.Job, names []string) ([]dispatcher.Job, error) 
 
 func printJobs(e *env, st []dispatcher.JobStatus) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "JOB\tTOTAL\tPENDING\tSCHEDULED\tQUEUED\tRUNNING\tCOMPLETED\tFAILED\t")
+	fmt.Fprintln(tw, "JOB\tTOTAL\tPENDING\tSCHEDULED\tQUEUED\tRUNNING\tCOMPLETED\tFAILED\tSTATE\t")
 	for _, s := range st {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", s.Job, s.Total, s.Pending, s.Scheduled, s.Queued, s.Running, s.Completed, s.Failed)
+		state := "active"
+		if s.Paused {
+			state = "paused"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", s.Job, s.Total, s.Pending, s.Scheduled, s.Queued, s.Running, s.Completed, s.Failed, state)
 	}
 	tw.Flush()
 }

@@ -1,0 +1,69 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// RowStates are the states RowList filters on, as jobs status counts them.
+var RowStates = []string{"pending", "scheduled", "queued", "running", "completed", "failed"}
+
+// RowInfo is one row as `rows list` shows it. The JSON field names are
+// stable.
+type RowInfo struct {
+	Key      string     `json:"key"`
+	State    string     `json:"state"`
+	Attempts int        `json:"attempts"`
+	Worker   *string    `json:"worker"`
+	Start    *time.Time `json:"started_at"`
+	End      *time.Time `json:"ended_at"`
+	Error    *string    `json:"error"`
+}
+
+// ListRows returns up to limit rows of the job in key order, those in
+// state only unless it is "". Each state's filter is the predicate of its
+// partial index, so a big table is not read whole.
+func ListRows(ctx context.Context, db DB, j Job, state string, limit int) ([]RowInfo, error) {
+	f := j.Fields
+	pk, id, ts, st, en, ok, er, fin := quote(f.PrimaryKey), quote(f.ID), quote(f.Times), quote(f.StartTime),
+		quote(f.EndTime), quote(f.Success), quote(f.ErrorDescription), quote(f.Final)
+	scheduled := "false"
+	if f.RunAt != "" {
+		scheduled = fmt.Sprintf("(%s is null and %s is null and %s > now())", id, en, quote(f.RunAt))
+	}
+	failed := fmt.Sprintf("(%s is not null and %s = false and (coalesce(%s, 0) >= $1 or coalesce(%s, false)))", en, ok, ts, fin)
+	where := map[string]string{
+		"failed":    failed,
+		"completed": fmt.Sprintf("(%s is not null and %s)", en, ok),
+		"running":   fmt.Sprintf("(%s is not null and %s is null)", st, en),
+		"queued":    fmt.Sprintf("(%s is not null and %s is null)", id, st),
+		"scheduled": scheduled,
+		"pending": fmt.Sprintf("((%s is null and %s is null and not %s) or (%s is not null and %s = false and not %s))",
+			id, en, scheduled, en, ok, failed),
+	}
+	filter := "true"
+	if state != "" {
+		if !slices.Contains(RowStates, state) {
+			return nil, fmt.Errorf("no row state %q; the states are %s", state, strings.Join(RowStates, ", "))
+		}
+		filter = where[state]
+	}
+	stateOf := fmt.Sprintf(`case when %s then 'completed' when %s then 'failed' when %s then 'running'
+  when %s then 'queued' when %s then 'scheduled' else 'pending' end`,
+		where["completed"], failed, where["running"], where["queued"], scheduled)
+	rows, err := db.Query(ctx, fmt.Sprintf(`select %s::text, %s, coalesce(%s, 0), %s, %s, %s, %s from %s
+where %s order by %s limit $2`, pk, stateOf, ts, id, st, en, er, quoteTable(j.Table), filter, pk), j.MaxTryTimes, limit)
+	if err != nil {
+		return nil, fmt.Errorf("job %q: list rows: %w", j.Name, err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[RowInfo])
+	if err != nil {
+		return nil, fmt.Errorf("job %q: list rows: %w", j.Name, err)
+	}
+	return out, nil
+}
