@@ -362,15 +362,3 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Errorf("err = %v, want ErrConfig and ErrNotExist", err)
 	}
 }
-
-func TestLevenshtein(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		a, b string
-		want int
-	}{{"", "", 0}, {"a", "", 1}, {"queue_sise", "queue_size", 1}, {"kitten", "sitting", 3}} {
-		if got := levenshtein(tc.a, tc.b); got != tc.want {
-			t.Errorf("levenshtein(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
-		}
-	}
-}

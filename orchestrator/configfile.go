@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/pampa-go/pampa/internal/suggest"
 )
 
 var rawConfigType = reflect.TypeFor[rawConfig]()
@@ -379,15 +381,13 @@ func (f *file) suggest(k toml.Key) string {
 			t, where = t.Elem(), "in [["+part+"]]"
 		}
 	}
-	best, bestDist := "", len(name)/3+2 // at most 2 edits for short keys, more for long ones
+	var keys []string
 	if t.Kind() == reflect.Struct {
 		for i := range t.NumField() {
-			if c := t.Field(i).Tag.Get("toml"); levenshtein(name, c) < bestDist {
-				best, bestDist = c, levenshtein(name, c)
-			}
+			keys = append(keys, t.Field(i).Tag.Get("toml"))
 		}
 	}
-	if best != "" {
+	if best := suggest.Closest(name, keys); best != "" {
 		return fmt.Sprintf("did you mean %q?", best)
 	}
 	return fmt.Sprintf("no such key %s; %s", where, configExampleHint)
@@ -403,26 +403,4 @@ func fieldByTag(t reflect.Type, tag string) (reflect.StructField, bool) {
 		}
 	}
 	return reflect.StructField{}, false
-}
-
-// levenshtein is the edit distance between a and b, in runes.
-func levenshtein(a, b string) int {
-	ra, rb := []rune(a), []rune(b)
-	prev := make([]int, len(rb)+1)
-	cur := make([]int, len(rb)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(ra); i++ {
-		cur[0] = i
-		for j := 1; j <= len(rb); j++ {
-			cost := 1
-			if ra[i-1] == rb[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(rb)]
 }

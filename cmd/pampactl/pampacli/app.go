@@ -20,12 +20,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/demo"
+	"github.com/pampa-go/pampa/internal/suggest"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/worker"
 )
@@ -81,6 +83,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if len(args) == 2 && (args[1] == "--help" || args[1] == "-h") {
 		// The root's help flag is urfave's global one, which we replace.
 		args = []string{args[0], "help"}
+	}
+	if len(args) > 3 && args[1] == "help" {
+		// urfave's help command shows the first name's help only: `help
+		// jobs status` is `jobs status --help`.
+		args = append(slices.Clone(args[:1]), append(slices.Clone(args[2:]), "--help")...)
 	}
 	if len(args) == 2 && args[1] == "--version" {
 		// So is its version flag, which would also take -v from --verbose.
@@ -143,16 +150,45 @@ func (e *env) app() *cli.App {
 			e.versionCommand(),
 		},
 	}
-	markUsageErrors(app.Commands)
+	app.Action = func(c *cli.Context) error {
+		if c.NArg() > 0 {
+			return unknownCommand("", c.Args().First(), app.Commands)
+		}
+		return cli.ShowAppHelp(c)
+	}
+	markUsageErrors("", app.Commands)
 	return app
 }
 
-// markUsageErrors makes flag errors of every subcommand exit with code 2.
-func markUsageErrors(cmds []*cli.Command) {
+// markUsageErrors makes flag errors of every subcommand exit with code 2,
+// and so an unknown subcommand of a group such as jobs.
+func markUsageErrors(parent string, cmds []*cli.Command) {
 	for _, c := range cmds {
 		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{err} }
-		markUsageErrors(c.Subcommands)
+		if len(c.Subcommands) > 0 && c.Action == nil {
+			group, subs := parent+c.Name+" ", c.Subcommands
+			c.Action = func(ctx *cli.Context) error {
+				if ctx.NArg() > 0 {
+					return unknownCommand(group, ctx.Args().First(), subs)
+				}
+				return cli.ShowSubcommandHelp(ctx)
+			}
+		}
+		markUsageErrors(parent+c.Name+" ", c.Subcommands)
 	}
+}
+
+// unknownCommand is the usage error for a command name pampactl lacks,
+// with the nearest one it has.
+func unknownCommand(group, name string, cmds []*cli.Command) error {
+	var names []string
+	for _, c := range cmds {
+		names = append(names, c.Names()...)
+	}
+	if best := suggest.Closest(name, names); best != "" {
+		return usagef("no command %q; did you mean: pampactl %s%s", group+name, group, best)
+	}
+	return usagef("no command %q; see: pampactl %shelp", group+name, group)
 }
 
 // configPath is --config, else $PAMPA_CONFIG, else ./cluster.toml.

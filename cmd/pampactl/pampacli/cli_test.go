@@ -90,6 +90,26 @@ func TestMissingConfigAndBadUsage(t *testing.T) {
 	}
 }
 
+// A mistyped command exits 2 with the nearest one, at the top and in a
+// group; help of a subcommand is that subcommand's.
+func TestUnknownCommandAndNestedHelp(t *testing.T) {
+	t.Parallel()
+	for args, want := range map[string]string{
+		"versoin":     `no command "versoin"; did you mean: pampactl version`,
+		"jobs statsu": `no command "jobs statsu"; did you mean: pampactl jobs status`,
+		"banana":      `no command "banana"; see: pampactl help`,
+	} {
+		r := run(t, t.Context(), nil, strings.Fields(args)...)
+		if r.code != ExitUsage || !strings.Contains(r.stderr, want) {
+			t.Errorf("pampactl %s: exit %d, stderr %q; want %d and %q", args, r.code, r.stderr, ExitUsage, want)
+		}
+	}
+	r := run(t, t.Context(), nil, "help", "jobs", "status")
+	if r.code != ExitOK || !strings.Contains(r.stdout, "pampactl jobs status - ") {
+		t.Errorf("help jobs status: exit %d, stdout %q; want the help of jobs status", r.code, r.stdout)
+	}
+}
+
 func TestPeriodicOnce(t *testing.T) {
 	t.Parallel()
 	if r := run(t, t.Context(), nil, "periodic", "--once", "--", "true"); r.code != 0 {

@@ -19,8 +19,8 @@ func (e *env) jobsCommand() *cli.Command {
 		Usage: "report job progress, retry failed rows",
 		Subcommands: []*cli.Command{{
 			Name:  "status",
-			Usage: "rows per job: total, pending, queued, running, completed, failed",
-			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON: a list of {job,total,pending,queued,running,completed,failed}"}},
+			Usage: "rows per job: total, pending, scheduled, queued, running, completed, failed, and whether it is paused",
+			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON: a list of {job,total,pending,scheduled,queued,running,completed,failed,paused}"}},
 			Action: func(c *cli.Context) error {
 				cfg, conn, err := e.connect(c)
 				if err != nil {
