@@ -71,6 +71,9 @@ type Config struct {
 	Worker     WorkerSettings
 	Nodes      []Node
 	Jobs       []dispatcher.Job // validated, with defaults applied
+	// Warnings are settings that load but are likely mistakes, each
+	// "file:line:col: key: what".
+	Warnings []string
 }
 
 // Database says where the task tables live.
@@ -493,12 +496,28 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 			jobAt[j.Name] = key
 		}
 		c.Jobs = append(c.Jobs, j)
+		if j.FilterWorkerID != nil && j.Step.SQL == "" && len(c.Nodes) > 0 && !c.anyWorkerMatches(j) {
+			c.Warnings = append(c.Warnings, f.errorf(key+".filter_worker_id",
+				"%q matches none of the configured workers (such as %s); the job will get none", rj.FilterWorkerID,
+				c.Nodes[0].Name+".1").Error())
+		}
 	}
 
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+func (c *Config) anyWorkerMatches(j dispatcher.Job) bool {
+	for _, n := range c.Nodes {
+		for _, id := range n.WorkerIDs() {
+			if j.WorkerMatches(id) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (f *file) node(key string, rn rawNode) (Node, []error) {

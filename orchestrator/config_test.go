@@ -338,6 +338,21 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// A filter_worker_id that matches no configured worker loads, with a
+// warning naming its line.
+func TestFilterMatchingNoWorkerWarns(t *testing.T) {
+	t.Parallel()
+	c := parse(t, "[[nodes]]\nname = \"a\"\nnet_remote_ip = \"local\"\nmax_workers = 2\n"+minimalJob+"filter_worker_id = '^b\\.'\n")
+	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], ":9:1: jobs[0].filter_worker_id") ||
+		!strings.Contains(c.Warnings[0], "matches none of the configured workers") {
+		t.Fatalf("warnings %q; want one naming line 9's filter_worker_id", c.Warnings)
+	}
+	c = parse(t, "[[nodes]]\nname = \"a\"\nnet_remote_ip = \"local\"\nmax_workers = 2\n"+minimalJob+"filter_worker_id = '\\.2$'\n")
+	if len(c.Warnings) != 0 {
+		t.Fatalf("warnings %q for a filter that matches a.2", c.Warnings)
+	}
+}
+
 // Every unknown key is reported, in every job, not just the first.
 func TestUnknownKeysAll(t *testing.T) {
 	t.Parallel()

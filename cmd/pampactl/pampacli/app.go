@@ -60,6 +60,7 @@ type env struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 	opts           Options
+	warned         bool // the config's warnings were printed
 }
 
 // usageError marks errors in how the command was called (exit code 2).
@@ -215,6 +216,12 @@ func (e *env) loadConfig(c *cli.Context) (*orchestrator.Config, error) {
 			return nil, usagef("--db %q: want postgres or crdb", f)
 		}
 		cfg.Database.Flavor = f
+	}
+	if !e.warned {
+		e.warned = true
+		for _, w := range cfg.Warnings {
+			fmt.Fprintln(e.stderr, "pampactl: warning:", w)
+		}
 	}
 	return cfg, nil
 }
