@@ -84,6 +84,8 @@ type Job struct {
 	// FatalExitCodes are a command's exit codes that fail its row for
 	// good at once, whatever tries are left.
 	FatalExitCodes []int
+	// Slots is how many rows of the job one worker process runs at once.
+	Slots int
 }
 
 // FieldsFor returns the seed's column naming for a prefix: prefix_reservation_id,
@@ -112,6 +114,9 @@ func (j Job) WithDefaults() Job {
 	}
 	if j.MaxTryTimes == 0 {
 		j.MaxTryTimes = DefaultMaxTryTimes
+	}
+	if j.Slots == 0 {
+		j.Slots = 1
 	}
 	if j.MaxPendingTasks == 0 {
 		j.MaxPendingTasks = j.QueueSize
@@ -160,6 +165,8 @@ func (j Job) Validate() error {
 		return fmt.Errorf("job %q: max_job_duration_minutes must be positive", j.Name)
 	case j.MaxPendingTasks < 1:
 		return fmt.Errorf("job %q: max_pending_tasks must be at least 1, got %d", j.Name, j.MaxPendingTasks)
+	case j.Slots < 1:
+		return fmt.Errorf("job %q: slots must be at least 1, got %d", j.Name, j.Slots)
 	case j.MaxAssignedWorkers < 0:
 		return fmt.Errorf("job %q: max_assigned_workers must not be negative", j.Name)
 	case j.Step.SQL != "" && len(j.Step.Command) > 0:

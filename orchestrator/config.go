@@ -336,10 +336,10 @@ type rawJob struct {
 	Name                  string    `toml:"name"`
 	FilterWorkerID        string    `toml:"filter_worker_id"`
 	MaxAssignedWorkers    int       `toml:"max_assigned_workers"`
-	MaxPendingTasks       int       `toml:"max_pending_tasks"`
-	QueueSize             int       `toml:"queue_size"`
-	MaxJobDurationMinutes float64   `toml:"max_job_duration_minutes"`
-	MaxTryTimes           int       `toml:"max_try_times"`
+	MaxPendingTasks       *int      `toml:"max_pending_tasks"`
+	QueueSize             *int      `toml:"queue_size"`
+	MaxJobDurationMinutes *float64  `toml:"max_job_duration_minutes"`
+	MaxTryTimes           *int      `toml:"max_try_times"`
 	Table                 string    `toml:"table"`
 	FieldPrefix           string    `toml:"field_prefix"`
 	FieldPrimaryKey       string    `toml:"field_primary_key"`
@@ -356,6 +356,7 @@ type rawJob struct {
 	RetryDelayMax         *duration `toml:"retry_delay_max"`
 	RepeatEvery           duration  `toml:"repeat_every"`
 	FatalExitCodes        []int     `toml:"fatal_exit_codes"`
+	Slots                 *int      `toml:"slots"`
 	SQL                   string    `toml:"sql"`
 	Command               []string  `toml:"command"`
 	SelectingSQL          string    `toml:"selecting_sql"`
@@ -648,10 +649,9 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 	bad := func(k, format string, args ...any) { errs = append(errs, f.errorf(key+k, format, args...)) }
 	j := dispatcher.Job{
 		Name: rj.Name, Table: rj.Table,
-		MaxAssignedWorkers: rj.MaxAssignedWorkers, MaxPendingTasks: rj.MaxPendingTasks,
-		QueueSize: rj.QueueSize, MaxTryTimes: rj.MaxTryTimes,
-		Step:      dispatcher.Step{SQL: rj.SQL, Command: rj.Command},
-		ResultSQL: rj.ResultSQL, RepeatEvery: time.Duration(rj.RepeatEvery), FatalExitCodes: rj.FatalExitCodes,
+		MaxAssignedWorkers: rj.MaxAssignedWorkers,
+		Step:               dispatcher.Step{SQL: rj.SQL, Command: rj.Command},
+		ResultSQL:          rj.ResultSQL, RepeatEvery: time.Duration(rj.RepeatEvery), FatalExitCodes: rj.FatalExitCodes,
 		RetryDelay: dispatcher.DefaultRetryDelay, RetryDelayMax: dispatcher.DefaultRetryDelayMax,
 		Snippets: dispatcher.Snippets{
 			SelectingSQL: rj.SelectingSQL, RelaunchingSQL: rj.RelaunchingSQL, TotalSQL: rj.TotalSQL,
@@ -664,22 +664,42 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 	if rj.Table == "" {
 		bad("", `table is required: the table whose rows are the tasks, such as table = "numbers"`)
 	}
+	if rj.MaxAssignedWorkers < 0 {
+		bad(".max_assigned_workers", "got %d; must not be negative (0 means no limit)", rj.MaxAssignedWorkers)
+	}
+	// These have no meaning at 0: an explicit 0 is refused rather than
+	// taken for the default.
 	for _, n := range []struct {
-		key string
-		v   int
+		key  string
+		v    *int
+		dst  *int
+		dflt string
 	}{
-		{".max_assigned_workers", rj.MaxAssignedWorkers}, {".max_pending_tasks", rj.MaxPendingTasks},
-		{".queue_size", rj.QueueSize}, {".max_try_times", rj.MaxTryTimes},
+		{".max_pending_tasks", rj.MaxPendingTasks, &j.MaxPendingTasks, "queue_size"},
+		{".queue_size", rj.QueueSize, &j.QueueSize, strconv.Itoa(dispatcher.DefaultQueueSize)},
+		{".max_try_times", rj.MaxTryTimes, &j.MaxTryTimes, strconv.Itoa(dispatcher.DefaultMaxTryTimes)},
 	} {
-		if n.v < 0 {
-			bad(n.key, "got %d; must not be negative (0 or unset means the default)", n.v)
+		if n.v == nil {
+			continue
+		}
+		if *n.v < 1 {
+			bad(n.key, "got %d; must be at least 1 (leave it out for the default, %s)", *n.v, n.dflt)
+		}
+		*n.dst = *n.v
+	}
+	if rj.MaxJobDurationMinutes != nil {
+		if m := *rj.MaxJobDurationMinutes; !(m > 0 && m <= maxMinutes) { // also catches nan
+			bad(".max_job_duration_minutes", "got %v; use a positive number of minutes (leave it out for the default, %v)",
+				m, dispatcher.DefaultMaxJobDuration.Minutes())
+		} else {
+			j.MaxJobDuration = time.Duration(m * float64(time.Minute))
 		}
 	}
-	if m := rj.MaxJobDurationMinutes; !(m >= 0 && m <= maxMinutes) { // also catches nan
-		bad(".max_job_duration_minutes", "got %v; use a positive number of minutes (default %v)",
-			m, dispatcher.DefaultMaxJobDuration.Minutes())
-	} else {
-		j.MaxJobDuration = time.Duration(m * float64(time.Minute))
+	if rj.Slots != nil {
+		if *rj.Slots < 1 {
+			bad(".slots", "got %d; a worker runs at least 1 row at a time (leave it out for 1)", *rj.Slots)
+		}
+		j.Slots = *rj.Slots
 	}
 	if rj.RetryDelay != nil {
 		j.RetryDelay = time.Duration(*rj.RetryDelay)

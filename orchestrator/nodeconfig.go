@@ -20,6 +20,7 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 		Table                 string   `toml:"table"`
 		Command               []string `toml:"command,omitempty"`
 		MaxJobDurationMinutes float64  `toml:"max_job_duration_minutes"`
+		Slots                 int      `toml:"slots"`
 	}
 	type node struct {
 		Name        string `toml:"name"`
@@ -77,7 +78,7 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 			continue
 		}
 		doc.Jobs = append(doc.Jobs, job{Name: j.Name, Table: j.Table, Command: j.Step.Command,
-			MaxJobDurationMinutes: j.MaxJobDuration.Minutes()})
+			MaxJobDurationMinutes: j.MaxJobDuration.Minutes(), Slots: j.Slots})
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# Written by pampactl nodes deploy for node %q: what its workers need, no more.\n", n.Name)

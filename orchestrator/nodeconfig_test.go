@@ -44,6 +44,7 @@ ssh_password_env = "CAROL_PASS"
 name = "scrape"
 table = "pages"
 command = ["./scrape.sh"]
+slots = 4
 selecting_sql = "select id from pages where secret_column_xyz order by id limit $1"
 [[jobs]]
 name = "sums"
@@ -107,6 +108,9 @@ filter_worker_id = '^direct\.'
 			}
 			if !reflect.DeepEqual(jobs, tc.jobs) {
 				t.Errorf("jobs on %s = %v, want %v", tc.node, jobs, tc.jobs)
+			}
+			if got.Jobs[0].Slots != 4 {
+				t.Errorf("job scrape on %s runs %d slots, want 4", tc.node, got.Jobs[0].Slots)
 			}
 			if _, err := got.DatabaseURL(func(string) string { return "" }); err == nil {
 				t.Errorf("node %s can name a database URL", tc.node)

@@ -68,6 +68,9 @@ type Job struct {
 	Name           string
 	Command        []string // argv run per row, the row as JSON on stdin; nil: a Go handler
 	MaxJobDuration time.Duration
+	// Slots is how many rows of the job the worker runs at once: command
+	// steps as processes, Go handlers as goroutines. 0 means 1.
+	Slots int
 }
 
 // Config configures a Worker.
@@ -142,18 +145,19 @@ type Worker struct {
 	jobs   map[string]Job
 	client *protocol.Client
 	steps  stepRecord
+	runs   sync.WaitGroup // the rows running, one goroutine each
 
-	mu          sync.Mutex
-	queue       []protocol.Row
-	running     *protocol.Ref
+	mu    sync.Mutex
+	queue []protocol.Row
+	// running maps the rows whose step runs to what stops it (an operator
+	// cancelled it); up to the job's slots at once.
+	running     map[protocol.Ref]context.CancelCauseFunc
 	interrupted []protocol.Ref // stopped past the grace period: given back
 	leaving     bool           // the queue is given back: rows that come now go back too
 	up          bool           // a dispatcher serves us
-	// cancelRunning stops the running row's step (an operator cancelled it).
-	cancelRunning context.CancelCauseFunc
-	wake          chan struct{}
-	streamDown    chan struct{}
-	stopClient    context.CancelFunc // set by Run
+	wake        chan struct{}
+	streamDown  chan struct{}
+	stopClient  context.CancelFunc // set by Run
 
 	dbOnce sync.Once
 	db     *pgxpool.Pool
@@ -166,22 +170,22 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), jobs: map[string]Job{},
-		steps: stepRecord{path: cfg.StepsFile}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1)}
+		steps: stepRecord{path: cfg.StepsFile}, running: map[protocol.Ref]context.CancelCauseFunc{}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1)}
 	for _, j := range cfg.Jobs {
 		w.jobs[j.Name] = j
 	}
 	instance := make([]byte, 8)
 	_, _ = rand.Read(instance)
 	host, _ := os.Hostname()
-	names := make([]string, 0, len(cfg.Jobs))
+	names, slots := make([]string, 0, len(cfg.Jobs)), 1
 	for _, j := range cfg.Jobs {
-		names = append(names, j.Name)
+		names, slots = append(names, j.Name), max(slots, j.Slots)
 	}
 	client, err := protocol.NewClient(protocol.ClientConfig{
 		Addrs: cfg.Dispatchers, Secret: cfg.Secret, TLS: cfg.TLS, Logger: w.log,
 		Hello: func() protocol.Hello {
 			return protocol.Hello{ID: cfg.ID, Node: cfg.Node, Hostname: host, PID: os.Getpid(),
-				Instance: hex.EncodeToString(instance), Jobs: names, Slots: 1, InHand: w.inHand()}
+				Instance: hex.EncodeToString(instance), Jobs: names, Slots: slots, InHand: w.inHand()}
 		},
 		Deliver:   w.deliver,
 		Connected: w.connected,
@@ -203,8 +207,8 @@ func (w *Worker) inHand() []protocol.Held {
 	for _, r := range w.queue {
 		out = append(out, protocol.Held{Ref: r.Ref})
 	}
-	if w.running != nil {
-		out = append(out, protocol.Held{Ref: *w.running, Started: true})
+	for r := range w.running {
+		out = append(out, protocol.Held{Ref: r, Started: true})
 	}
 	for _, o := range w.client.Unacked() {
 		out = append(out, protocol.Held{Ref: o.Ref, Started: true})
@@ -239,9 +243,11 @@ func (w *Worker) deliver(m protocol.Message) {
 			w.client.Report(protocol.Outcome{Ref: r, Error: errCancelled.Error(), Permanent: true})
 		}
 		w.mu.Lock()
-		if w.running != nil && slices.Contains(m.Refs, *w.running) && w.cancelRunning != nil {
-			w.log.Info("stopping the running row: cancelled", "job", w.running.Job, "key", w.running.Key)
-			w.cancelRunning(errCancelled)
+		for _, r := range m.Refs {
+			if stop := w.running[r]; stop != nil {
+				w.log.Info("stopping a running row: cancelled", "job", r.Job, "key", r.Key)
+				stop(errCancelled)
+			}
 		}
 		w.mu.Unlock()
 	}
@@ -345,6 +351,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "pid", os.Getpid(), "jobs", len(w.jobs), "dispatchers", w.cfg.Dispatchers)
 
 	refused := w.loop(ctx, work, clientDone)
+	w.runs.Wait() // the rows running finish (or the grace period ends them)
 	if refused != nil {
 		return refused
 	}
@@ -369,11 +376,16 @@ func (w *Worker) loop(stop, work context.Context, clientDone <-chan error) error
 		case <-w.wake:
 		}
 		for stop.Err() == nil {
-			r, ok := w.next()
+			r, rowCtx, ok := w.next(work)
 			if !ok {
 				break
 			}
-			w.runRow(work, r)
+			w.runs.Add(1)
+			go func() {
+				defer w.runs.Done()
+				w.runRow(work, rowCtx, r)
+				w.poke() // a slot is free
+			}()
 		}
 	}
 }
@@ -382,25 +394,26 @@ func (w *Worker) loop(stop, work context.Context, clientDone <-chan error) error
 // started then may be handed to another worker before its outcome gets
 // through. (What a worker cut off without knowing it yet runs in vain is
 // bounded by its queue: nothing refills it.)
-func (w *Worker) next() (protocol.Row, bool) {
+func (w *Worker) next(work context.Context) (protocol.Row, context.Context, bool) {
 	if !w.client.Heard() {
 		time.AfterFunc(100*time.Millisecond, w.poke) // look again: it may be back
-		return protocol.Row{}, false
+		return protocol.Row{}, nil, false
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.queue) == 0 {
-		return protocol.Row{}, false
+	if len(w.queue) == 0 || len(w.running) >= max(w.jobs[w.queue[0].Job].Slots, 1) {
+		return protocol.Row{}, nil, false
 	}
 	r := w.queue[0]
 	w.queue = w.queue[1:]
-	ref := r.Ref
-	w.running = &ref
-	return r, true
+	ctx, stop := context.WithCancelCause(work)
+	w.running[r.Ref] = stop
+	return r, ctx, true
 }
 
-// runRow runs one row's step and reports its outcome.
-func (w *Worker) runRow(work context.Context, r protocol.Row) {
+// runRow runs one row's step and reports its outcome. row is work's
+// child that a cancel ends.
+func (w *Worker) runRow(work, row context.Context, r protocol.Row) {
 	w.client.Send(protocol.Message{Kind: protocol.KindStarts, Refs: []protocol.Ref{r.Ref}})
 	j, known := w.jobs[r.Job]
 	began := time.Now()
@@ -409,10 +422,6 @@ func (w *Worker) runRow(work context.Context, r protocol.Row) {
 	if !known {
 		stepErr = fmt.Errorf("job %q is not one this worker runs; check that dispatcher and worker share one config", r.Job)
 	} else {
-		row, cancelRow := context.WithCancelCause(work)
-		w.mu.Lock()
-		w.cancelRunning = cancelRow
-		w.mu.Unlock()
 		ctx, cancel := context.WithTimeout(row, j.MaxJobDuration)
 		output, stepErr = w.step(ctx, j, r)
 		switch {
@@ -422,10 +431,12 @@ func (w *Worker) runRow(work context.Context, r protocol.Row) {
 			stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
 		}
 		cancel()
-		cancelRow(nil)
 	}
 	w.mu.Lock()
-	w.running, w.cancelRunning = nil, nil
+	if stop := w.running[r.Ref]; stop != nil {
+		stop(nil)
+	}
+	delete(w.running, r.Ref)
 	if stepErr != nil && work.Err() != nil {
 		// Stopped past the grace period: not the row's fault, give it back.
 		w.interrupted = append(w.interrupted, r.Ref)
@@ -452,9 +463,12 @@ func (w *Worker) step(ctx context.Context, j Job, r protocol.Row) (*string, erro
 		env := append(os.Environ(),
 			"PAMPA_TASK_ID="+r.Key, "PAMPA_JOB="+j.Name,
 			"PAMPA_WORKER_ID="+w.cfg.ID, fmt.Sprintf("PAMPA_ATTEMPT=%d", r.Attempt))
+		pgid := 0
 		out, err := command{argv: j.Command, stdin: r.Data, dir: w.cfg.WorkDir, env: env, killDelay: 5 * time.Second,
-			outputLimit: w.cfg.OutputLimit, log: log, started: w.steps.add}.run(ctx)
-		w.steps.clear()
+			outputLimit: w.cfg.OutputLimit, log: log, started: func(p int) { pgid = p; w.steps.add(p) }}.run(ctx)
+		if pgid != 0 {
+			w.steps.remove(pgid)
+		}
 		if err != nil {
 			return nil, err
 		}

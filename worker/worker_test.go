@@ -975,3 +975,68 @@ exec sleep 30`)
 		t.Fatalf("the cancelled row ran %d times; want 1", n)
 	}
 }
+
+// With slots = 3 a worker runs three rows at once, never more: handlers
+// as goroutines, commands as processes.
+func TestSlotsRunRowsAtOnce(t *testing.T) {
+	t.Parallel()
+	t.Run("handler", func(t *testing.T) {
+		t.Parallel()
+		c := newCluster(t, 9, func(j *dispatcher.Job) { j.QueueSize = 5 })
+		var mu sync.Mutex
+		running, most := 0, 0
+		full := make(chan struct{})
+		handler := func(ctx context.Context, task *worker.Task) (any, error) {
+			mu.Lock()
+			running++
+			most = max(most, running)
+			if running == 3 {
+				close(full)
+				full = make(chan struct{})
+			}
+			wait := full
+			mu.Unlock()
+			select { // each waits for two others, so the rows run three by three
+			case <-wait:
+			case <-time.After(10 * time.Second):
+			}
+			mu.Lock()
+			running--
+			mu.Unlock()
+			return nil, nil
+		}
+		c.dispatcher()
+		c.worker("local.1", func(cfg *worker.Config) {
+			cfg.Handlers = map[string]worker.Handler{jobName: handler}
+			cfg.Jobs[0].Slots = 3
+		})
+		c.waitEnded(9, 25*time.Second)
+		mu.Lock()
+		defer mu.Unlock()
+		if most != 3 {
+			t.Fatalf("at most %d rows ran at once; want 3 (slots)", most)
+		}
+	})
+	t.Run("command", func(t *testing.T) {
+		t.Parallel()
+		c := newCluster(t, 6, nil)
+		dir := filepath.Join(c.dir, "running")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// Each step counts the steps running beside it.
+		c.job.Step.Command = c.sh(`touch '` + dir + `'/$PAMPA_TASK_ID; ls '` + dir + `' | wc -l >> RUNS.n; sleep 0.5; rm '` + dir + `'/$PAMPA_TASK_ID`)
+		c.dispatcher()
+		c.worker("local.1", func(cfg *worker.Config) { cfg.Jobs[0].Slots = 2 })
+		c.waitEnded(6, 30*time.Second)
+		b, err := os.ReadFile(c.runs + ".n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, _ := strconv.Atoi(f); n > 2 {
+				t.Fatalf("%d command steps ran at once with slots = 2 (counts %q)", n, b)
+			}
+		}
+	})
+}

@@ -51,7 +51,7 @@ func (e *env) workerCommand() *cli.Command {
 				var jobs []worker.Job
 				for _, j := range cfg.Jobs {
 					if j.Step.SQL == "" && j.WorkerMatches(id) { // the dispatcher runs sql steps
-						jobs = append(jobs, worker.Job{Name: j.Name, Command: j.Step.Command, MaxJobDuration: j.MaxJobDuration})
+						jobs = append(jobs, worker.Job{Name: j.Name, Command: j.Step.Command, MaxJobDuration: j.MaxJobDuration, Slots: j.Slots})
 					}
 				}
 				w, err := worker.New(worker.Config{
