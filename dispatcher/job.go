@@ -86,6 +86,31 @@ type Job struct {
 	FatalExitCodes []int
 	// Slots is how many rows of the job one worker process runs at once.
 	Slots int
+	// Limits bound the rows held across the fleet.
+	Limits Limits
+}
+
+// Limits bound how many of a job's rows are held (queued or running) at
+// once, and how many are reserved per minute, across the whole fleet: they
+// are enforced in the statement that reserves rows. 0 means no limit.
+type Limits struct {
+	MaxRunning int
+	// Key is a SQL expression over the row's columns, such as
+	// "substring(url from '//([^/]+)')": MaxRunningPerKey and MaxPerMinute
+	// then count per value of it (a scraper's politeness per site).
+	Key              string
+	MaxRunningPerKey int
+	MaxPerMinute     int
+}
+
+// Any says whether some limit is set.
+func (l Limits) Any() bool { return l.MaxRunning > 0 || l.MaxRunningPerKey > 0 || l.MaxPerMinute > 0 }
+
+func (l Limits) keyExpr() string {
+	if l.Key == "" {
+		return "null::text"
+	}
+	return "(" + l.Key + ")"
 }
 
 // FieldsFor returns the seed's column naming for a prefix: prefix_reservation_id,
@@ -165,6 +190,14 @@ func (j Job) Validate() error {
 		return fmt.Errorf("job %q: max_job_duration_minutes must be positive", j.Name)
 	case j.MaxPendingTasks < 1:
 		return fmt.Errorf("job %q: max_pending_tasks must be at least 1, got %d", j.Name, j.MaxPendingTasks)
+	case j.Limits.MaxRunning < 0 || j.Limits.MaxRunningPerKey < 0 || j.Limits.MaxPerMinute < 0:
+		return fmt.Errorf("job %q: max_running, max_running_per_key and max_per_minute must not be negative", j.Name)
+	case j.Limits.MaxRunningPerKey > 0 && j.Limits.Key == "":
+		return fmt.Errorf("job %q: max_running_per_key needs limit_key, the column or expression to count by", j.Name)
+	case j.Limits.Any() && j.Snippets.SelectingSQL != "":
+		return fmt.Errorf("job %q: limits apply to Pampa's own selection; with selecting_sql, write them into the snippet", j.Name)
+	case j.Limits.Any() && j.Step.SQL != "":
+		return fmt.Errorf("job %q: limits apply to rows handed to workers; a sql step runs in the dispatcher (bound it with sql_sessions)", j.Name)
 	case j.Slots < 1:
 		return fmt.Errorf("job %q: slots must be at least 1, got %d", j.Name, j.Slots)
 	case j.MaxAssignedWorkers < 0:

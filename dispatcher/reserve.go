@@ -90,6 +90,12 @@ func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, afte
 		index[p.id] = i
 		ids[i], counts[i] = p.id, int32(r.asked[i])
 	}
+	if j.Limits.Any() && d.cfg.Flavor != CockroachDB {
+		// Limited reservations of a job take turns, even across
+		// dispatchers: each counts what the one before reserved. The lock
+		// lasts the batch's implicit transaction.
+		b.Queue(`select pg_advisory_xact_lock(hashtext('pampa reserve'), hashtext($1))`, q.limitLock)
+	}
 	read := func(rows pgx.Rows) error {
 		for rows.Next() {
 			var row protocol.Row

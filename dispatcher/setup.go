@@ -111,6 +111,9 @@ func setupJob(ctx context.Context, db DB, flavor Flavor, j Job) error {
 		indexes = append(indexes, struct{ suffix, cols, where string }{"scheduled", quote(f.RunAt),
 			fmt.Sprintf("%s is null and %s is null and %s is not null", id, en, quote(f.RunAt))})
 	}
+	if j.Limits.MaxPerMinute > 0 {
+		indexes = append(indexes, struct{ suffix, cols, where string }{"reserved", quote(f.Time), quote(f.Time) + " is not null"})
+	}
 	if j.RepeatEvery > 0 {
 		indexes = append(indexes, struct{ suffix, cols, where string }{"completed", en, fmt.Sprintf("%s is not null and %s", en, ok)})
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -40,6 +41,7 @@ type Queries struct {
 	job        Job
 	keyType    string // SQL type of the primary key, for casts from text
 	resultArgs int    // how many of $1 (key) and $2 (output) result_sql takes
+	limitLock  string // names the job's advisory lock: its table and name
 
 	// Reserve: $1 how many, $2 worker id, $3 max tries → (key, key text,
 	// attempt, row, worker). With a selecting_sql snippet, one statement
@@ -121,7 +123,7 @@ func NewQueries(j Job, keyType string) *Queries {
 		"{ST}", st, "{EN}", en, "{OK}", ok, "{ER}", er, "{PKT}", keyType, "{FIN}", fin,
 		"{USER}", "(to_jsonb(t)"+minus.String()+")",
 	)
-	q := &Queries{job: j, keyType: keyType}
+	q := &Queries{job: j, keyType: keyType, limitLock: j.Table + "/" + j.Name}
 	sql := func(s string) string { return r.Replace(s) }
 	// due keeps back cancelled rows whose worker let them go (until the
 	// next control pass ends them) and scheduled rows (run_at ahead).
@@ -151,14 +153,20 @@ where t.{PK} in (select {PK} from sel) and t.{ID} is null and t.{EN} is null
 		// each run finds other rows, reserving far more than asked. Slots
 		// (one per row a worker asked for) and candidates are numbered and
 		// joined on that number.
+		candidates := func(after string) string {
+			if !j.Limits.Any() {
+				return `select {PK} from {T}
+  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + due + after + `
+  order by {PK} limit (select coalesce(sum(n), 0) from want)
+  for update skip locked`
+			}
+			return limitedCandidates(j.Limits, `{ID} is null and {EN} is null and coalesce({TS}, 0) < $3`+due+after)
+		}
 		many := func(after string) string {
 			return sql(`with want as (select u.w, u.n from unnest($1::text[], $2::int[]) as u(w, n)),
 slots as (select want.w, row_number() over () as i from want, generate_series(1, want.n) as g),
 picked as (select c.k, row_number() over (order by c.k) as i from unnest(array(
-  select {PK} from {T}
-  where {ID} is null and {EN} is null and coalesce({TS}, 0) < $3` + due + after + `
-  order by {PK} limit (select coalesce(sum(n), 0) from want)
-  for update skip locked)) as c(k))
+  ` + candidates(after) + `)) as c(k))
 update {T} as t set {ID} = slots.w, {TM} = now()
 from picked join slots on slots.i = picked.i
 where t.{PK} = picked.k and t.{ID} is null and t.{EN} is null` + returning)
@@ -282,6 +290,52 @@ returning {PK}::text`)
 	q.Existing = sql(`select {PK}::text from {T} where {PK} = any($1::text[]::{PKT}[])`)
 	return q
 }
+
+// limitedCandidates selects the keys to reserve under the job's limits,
+// counting the rows held (queued or running) and reserved in the last
+// minute, per job and per limit_key value, with the rows picked in the same
+// statement. Window functions rule out SKIP LOCKED: the update re-checks
+// each row under its lock, and the dispatcher serializes limited
+// reservations per job (see limitLock), so neither two statements nor two
+// dispatchers exceed a limit. The candidates are the first available rows
+// in key order, limitScan times the rows wanted: rows of other keys behind
+// a long run of one saturated key wait until it drains.
+func limitedCandidates(l Limits, available string) string {
+	const held = `{ID} is not null and {EN} is null`
+	const recent = `{TM} > now() - interval '1 minute'`
+	var b strings.Builder
+	b.WriteString(`select cand.k from (
+    select c0.k, c0.lk, row_number() over (partition by c0.lk order by c0.k) as rn from (
+      select {PK} as k, ` + l.keyExpr() + ` as lk from {T} where ` + available + `
+      order by {PK} limit (select greatest(coalesce(sum(n), 0) * ` + strconv.Itoa(limitScan) + `, 1000) from want)) as c0) as cand`)
+	var where []string
+	if l.Key != "" && l.MaxRunningPerKey > 0 {
+		b.WriteString(`
+  left join (select (` + l.Key + `) as lk, count(*) as c from {T} where ` + held + ` group by 1) as h on h.lk is not distinct from cand.lk`)
+		where = append(where, fmt.Sprintf("cand.rn + coalesce(h.c, 0) <= %d", l.MaxRunningPerKey))
+	}
+	if l.Key != "" && l.MaxPerMinute > 0 {
+		b.WriteString(`
+  left join (select (` + l.Key + `) as lk, count(*) as c from {T} where ` + recent + ` group by 1) as r on r.lk is not distinct from cand.lk`)
+		where = append(where, fmt.Sprintf("cand.rn + coalesce(r.c, 0) <= %d", l.MaxPerMinute))
+	}
+	if len(where) > 0 {
+		b.WriteString("\n  where " + strings.Join(where, " and "))
+	}
+	cap := "coalesce(sum(n), 0)"
+	if l.MaxRunning > 0 {
+		cap = fmt.Sprintf("least(%s, greatest(%d - (select count(*) from {T} where %s), 0))", cap, l.MaxRunning, held)
+	}
+	if l.MaxPerMinute > 0 && l.Key == "" {
+		cap = fmt.Sprintf("least(%s, greatest(%d - (select count(*) from {T} where %s), 0))", cap, l.MaxPerMinute, recent)
+	}
+	b.WriteString("\n  order by cand.k limit (select " + cap + " from want)")
+	return b.String()
+}
+
+// limitScan is how many candidate rows a limited reservation reads per row
+// it wants.
+const limitScan = 20
 
 // Job returns the job the statements were built for.
 func (q *Queries) Job() Job { return q.job }

@@ -357,6 +357,10 @@ type rawJob struct {
 	RepeatEvery           duration  `toml:"repeat_every"`
 	FatalExitCodes        []int     `toml:"fatal_exit_codes"`
 	Slots                 *int      `toml:"slots"`
+	MaxRunning            int       `toml:"max_running"`
+	LimitKey              string    `toml:"limit_key"`
+	MaxRunningPerKey      int       `toml:"max_running_per_key"`
+	MaxPerMinute          int       `toml:"max_per_minute"`
 	SQL                   string    `toml:"sql"`
 	Command               []string  `toml:"command"`
 	SelectingSQL          string    `toml:"selecting_sql"`
@@ -694,6 +698,27 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 		} else {
 			j.MaxJobDuration = time.Duration(m * float64(time.Minute))
 		}
+	}
+	j.Limits = dispatcher.Limits{MaxRunning: rj.MaxRunning, Key: rj.LimitKey, MaxRunningPerKey: rj.MaxRunningPerKey, MaxPerMinute: rj.MaxPerMinute}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{".max_running", rj.MaxRunning}, {".max_running_per_key", rj.MaxRunningPerKey}, {".max_per_minute", rj.MaxPerMinute}} {
+		if n.v < 0 {
+			bad(n.key, "got %d; must not be negative (0 or unset: no limit)", n.v)
+		}
+	}
+	if rj.MaxRunningPerKey > 0 && rj.LimitKey == "" {
+		bad(".max_running_per_key", "needs limit_key: the column or SQL expression to count by, such as limit_key = \"substring(url from '//([^/]+)')\"")
+	}
+	if rj.LimitKey != "" && rj.MaxRunningPerKey == 0 && rj.MaxPerMinute == 0 {
+		bad(".limit_key", "limits nothing without max_running_per_key or max_per_minute")
+	}
+	if j.Limits.Any() && rj.SelectingSQL != "" {
+		bad(".selecting_sql", "cannot be combined with max_running, max_running_per_key or max_per_minute: write the limit into the snippet")
+	}
+	if j.Limits.Any() && rj.SQL != "" {
+		bad(".sql", "a sql step runs in the dispatcher: max_running, max_running_per_key and max_per_minute apply to command and Go handler jobs (bound sql steps with [dispatcher] sql_sessions)")
 	}
 	if rj.Slots != nil {
 		if *rj.Slots < 1 {

@@ -76,8 +76,9 @@ func TestExampleFileCommentedKeys(t *testing.T) {
 		if setting.MatchString(line) {
 			line = line[2:]
 		}
-		if strings.HasPrefix(line, "command = ") || strings.HasPrefix(line, "ssh_password = ") || strings.HasPrefix(line, "fatal_exit_codes = ") {
-			continue // would conflict with sql and ssh_password_env
+		if strings.HasPrefix(line, "command = ") || strings.HasPrefix(line, "ssh_password = ") || strings.HasPrefix(line, "fatal_exit_codes = ") ||
+			strings.HasPrefix(line, "limit_key = ") || strings.HasPrefix(line, "max_running_per_key = ") {
+			continue // would conflict with sql (the example job's step) and ssh_password_env
 		}
 		b.WriteString(line)
 	}
@@ -305,6 +306,12 @@ func TestErrors(t *testing.T) {
 		{"explicit zero queue", minimalJob + "queue_size = 0\n", []string{":5:1: jobs[0].queue_size", "got 0", "leave it out for the default, 5"}},
 		{"explicit zero tries", minimalJob + "max_try_times = 0\n", []string{":5:1: jobs[0].max_try_times", "got 0", "default, 3"}},
 		{"explicit zero minutes", minimalJob + "max_job_duration_minutes = 0\n", []string{":5:1: jobs[0].max_job_duration_minutes", "got 0"}},
+		{"per-key limit without key", minimalJob + "max_running_per_key = 2\n", []string{":5:1: jobs[0].max_running_per_key", "needs limit_key"}},
+		{"key without limit", minimalJob + "limit_key = \"domain\"\n", []string{":5:1: jobs[0].limit_key", "limits nothing"}},
+		{"limit on a sql job", minimalJob + "sql = \"select 1\"\nmax_running = 3\n", []string{":5:1: jobs[0].sql", "sql_sessions"}},
+		{"limit with selecting_sql", minimalJob + "selecting_sql = \"select id from t limit $1\"\nmax_per_minute = 3\n",
+			[]string{":5:1: jobs[0].selecting_sql", "write the limit into the snippet"}},
+		{"negative max_running", minimalJob + "max_running = -3\n", []string{":5:1: jobs[0].max_running", "must not be negative"}},
 		{"zero slots", minimalJob + "slots = 0\n", []string{":5:1: jobs[0].slots", "at least 1"}},
 		{"negative assigned", minimalJob + "max_assigned_workers = -1\n", []string{":5:1: jobs[0].max_assigned_workers", "0 means no limit"}},
 		{"negative minutes", minimalJob + "max_job_duration_minutes = -1.5\n", []string{":5:1: jobs[0].max_job_duration_minutes", "positive number"}},
