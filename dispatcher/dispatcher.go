@@ -233,6 +233,16 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 						ErrBadSQL, j.Name, q.resultArgs))
 				}
 			}
+			for _, s := range j.Snippets.workerSnippets() {
+				sd, err := conn.Prepare(ctx, "", s.name)
+				if err != nil {
+					return fail(fmt.Errorf("%w: job %q: %s: %w", ErrBadSQL, j.Name, s.key, err))
+				}
+				if len(sd.ParamOIDs) != 1 || len(sd.Fields) != 1 {
+					return fail(fmt.Errorf("%w: job %q: %s takes %d parameters and returns %d columns; it gets $1, the worker id, and returns one value",
+						ErrBadSQL, j.Name, s.key, len(sd.ParamOIDs), len(sd.Fields)))
+				}
+			}
 			d.queries = append(d.queries, q)
 			d.byJob[j.Name] = q
 		}

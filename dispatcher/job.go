@@ -56,6 +56,24 @@ type Snippets struct {
 	CompletedSQL   string
 	PendingSQL     string
 	FailedSQL      string
+	// The seed's per-worker functions, each with $1 = the worker id and
+	// evaluated at most once per worker per reservation round:
+	// AllowingSQL (a boolean: may the worker be given rows of the job now),
+	// QueueSlotsSQL (an integer: how many more rows it may be given) and
+	// OccupiedSQL (an integer: its rows counted as still pending, in place
+	// of the rows queued on it).
+	AllowingSQL, QueueSlotsSQL, OccupiedSQL string
+}
+
+// workerSnippets lists the job's per-worker snippets with their keys.
+func (s Snippets) workerSnippets() []column {
+	var out []column
+	for _, c := range []column{{"allowing_sql", s.AllowingSQL}, {"queue_slots_sql", s.QueueSlotsSQL}, {"occupied_sql", s.OccupiedSQL}} {
+		if c.name != "" {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // Job maps a table and its bookkeeping columns to a processing step.

@@ -2,9 +2,12 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -167,5 +170,45 @@ func TestMaxPerMinute(t *testing.T) {
 	e.cycle(d)
 	if n := e.work("n1.1", 10, true); n != 5 {
 		t.Fatalf("a minute later the worker got %d rows; want 5", n)
+	}
+}
+
+// The seed's allowing, queue_slots and occupied functions, as SQL with $1
+// the worker id: a client's remaining credits decide who gets rows.
+func TestWorkerSnippets(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 30, func(j *Job) {
+		j.QueueSize = 5
+		j.Snippets.AllowingSQL = `select coalesce((select credits > 0 from credits where worker = $1), false)`
+		// Credits left: less the rows it holds.
+		j.Snippets.QueueSlotsSQL = `select credits - (select count(*) from numbers
+  where odd_checking_reservation_id = $1 and odd_checking_end_time is null) from credits where worker = $1`
+		// n1.3 is busy with 4 things of another kind besides its queue.
+		j.Snippets.OccupiedSQL = `select count(*) + case when $1::text = 'n1.3' then 4 else 0 end from numbers
+  where odd_checking_reservation_id = $1 and odd_checking_start_time is null`
+	})
+	mustExec(t, e.pool, `create table credits (worker text primary key, credits int)`)
+	mustExec(t, e.pool, `insert into credits values ('n1.1', 2), ('n1.2', 0), ('n1.3', 10)`)
+	e.register("n1.1", "n1.2", "n1.3")
+	d := e.dispatcher()
+	e.cycle(d)
+	e.cycle(d)
+	for id, want := range map[string]int64{"n1.1": 2, "n1.2": 0, "n1.3": 1} {
+		if got := e.queued(id); got != want {
+			t.Errorf("worker %s queues %d rows; want %d", id, got, want)
+		}
+	}
+}
+
+func TestBadWorkerSnippetIsRefusedAtConnect(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 1, func(j *Job) { j.Snippets.AllowingSQL = `select nope from nowhere where w = $1` })
+	d, err := New(Config{DatabaseURL: e.url, Jobs: []Job{e.job}, Delay: time.Millisecond, HeartbeatTimeout: time.Second, Secret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	if err := d.connect(context.Background()); !errors.Is(err, ErrBadSQL) || !strings.Contains(err.Error(), "allowing_sql") {
+		t.Fatalf("connect = %v; want ErrBadSQL naming allowing_sql", err)
 	}
 }

@@ -297,7 +297,7 @@ where id = any($1)`, d.marks.stopped)
 			// While the marks commit on one session, the next rows are
 			// reserved on the other.
 			rb := &pgx.Batch{}
-			if rs = d.reservations(rb); len(rs) > 0 {
+			if rs = d.reservations(ctx, rb); len(rs) > 0 {
 				reserving = make(chan error, 1)
 				go func() { reserving <- d.rconn.SendBatch(ctx, rb).Close() }()
 			}

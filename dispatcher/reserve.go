@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -19,7 +20,7 @@ const rowsPerMessage = 500
 // all in one round trip (or in flush's, see reservations).
 func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error {
 	b := &pgx.Batch{}
-	rs := d.reservations(b)
+	rs := d.reservations(ctx, b)
 	if len(rs) == 0 {
 		return nil
 	}
@@ -58,7 +59,7 @@ type reservation struct {
 // reservations queues on b a reservation round for every job with hungry
 // workers. It resumes after the last key reserved; reserved serves the
 // workers left short once more from the first key.
-func (d *Dispatcher) reservations(b *pgx.Batch) []*reservation {
+func (d *Dispatcher) reservations(ctx context.Context, b *pgx.Batch) []*reservation {
 	var rs []*reservation
 	for _, q := range d.queries {
 		j := q.job
@@ -66,27 +67,86 @@ func (d *Dispatcher) reservations(b *pgx.Batch) []*reservation {
 			continue
 		}
 		var hungry []*peer
+		var room []int
 		for _, p := range d.assignedTo(j.Name) {
-			if p.sess != nil && !p.fresh && !p.leave && p.queued(j.Name) < j.QueueSize {
-				hungry = append(hungry, p)
+			if n := j.QueueSize - p.queued(j.Name); p.sess != nil && !p.fresh && !p.leave && n > 0 {
+				hungry, room = append(hungry, p), append(room, n)
 			}
+		}
+		if len(hungry) > 0 && len(j.Snippets.workerSnippets()) > 0 {
+			hungry, room = d.workerSnippets(ctx, q, hungry, room)
 		}
 		if len(hungry) == 0 {
 			continue
 		}
 		after, resume := d.after[j.Name]
-		rs = append(rs, d.queueReservation(b, q, hungry, after, resume && q.ReserveManyAfter != ""))
+		rs = append(rs, d.queueReservation(b, q, hungry, room, after, resume && q.ReserveManyAfter != ""))
 	}
 	return rs
 }
 
-func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, after any, resume bool) *reservation {
+// workerSnippets asks the job's allowing_sql, queue_slots_sql and
+// occupied_sql about each hungry worker, in one round trip, and returns
+// the workers that may get rows with how many each. A snippet that fails
+// keeps the job's rows back this round, logged: the snippet decides.
+func (d *Dispatcher) workerSnippets(ctx context.Context, q *Queries, ps []*peer, room []int) ([]*peer, []int) {
+	sn := q.job.Snippets
+	allowed := make([]bool, len(ps))
+	slots, occupied := make([]*int64, len(ps)), make([]*int64, len(ps))
+	b := &pgx.Batch{}
+	for i, p := range ps {
+		allowed[i] = true
+		if sn.AllowingSQL != "" {
+			b.Queue(sn.AllowingSQL, p.id).QueryRow(func(row pgx.Row) error {
+				var ok *bool
+				err := noRow(row.Scan(&ok))
+				allowed[i] = ok != nil && *ok
+				return err
+			})
+		}
+		if sn.QueueSlotsSQL != "" {
+			b.Queue(sn.QueueSlotsSQL, p.id).QueryRow(func(row pgx.Row) error { return noRow(row.Scan(&slots[i])) })
+		}
+		if sn.OccupiedSQL != "" {
+			b.Queue(sn.OccupiedSQL, p.id).QueryRow(func(row pgx.Row) error { return noRow(row.Scan(&occupied[i])) })
+		}
+	}
+	if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
+		d.log.Warn("a worker snippet failed; the job gets no rows this round", "job", q.job.Name, "err", err)
+		return nil, nil
+	}
+	var outPs []*peer
+	var outRoom []int
+	for i, p := range ps {
+		n := int64(room[i])
+		if occupied[i] != nil {
+			n = int64(q.job.QueueSize) - *occupied[i]
+		}
+		if slots[i] != nil {
+			n = min(n, *slots[i])
+		}
+		if allowed[i] && n > 0 {
+			outPs, outRoom = append(outPs, p), append(outRoom, int(n))
+		}
+	}
+	return outPs, outRoom
+}
+
+// noRow takes a snippet that returns no row for null.
+func noRow(err error) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	return err
+}
+
+func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, room []int, after any, resume bool) *reservation {
 	j := q.job
 	r := &reservation{q: q, ps: ps, asked: make([]int, len(ps)), got: make([][]protocol.Row, len(ps)), resume: resume}
 	index := make(map[string]int, len(ps))
 	ids, counts := make([]string, len(ps)), make([]int32, len(ps))
 	for i, p := range ps {
-		r.asked[i] = j.QueueSize - p.queued(j.Name)
+		r.asked[i] = room[i]
 		index[p.id] = i
 		ids[i], counts[i] = p.id, int32(r.asked[i])
 	}
@@ -140,12 +200,13 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 			d.after[j.Name] = r.last
 		}
 		var short []*peer
+		var shortBy []int
 		s := stats[j.Name]
 		for i, p := range r.ps {
 			rows := r.got[i]
 			s.Reserved += int64(len(rows))
 			if len(rows) < r.asked[i] {
-				short = append(short, p)
+				short, shortBy = append(short, p), append(shortBy, r.asked[i]-len(rows))
 			}
 			for _, row := range rows {
 				p.held[rowID{row.Job, row.Key}] = hold{attempt: row.Attempt}
@@ -162,7 +223,7 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 		}
 		delete(d.after, j.Name)
 		b := &pgx.Batch{}
-		again := d.queueReservation(b, r.q, short, nil, false)
+		again := d.queueReservation(b, r.q, short, shortBy, nil, false)
 		if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
 			d.resync([]*reservation{again})
 			return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)

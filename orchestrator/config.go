@@ -370,6 +370,9 @@ type rawJob struct {
 	PendingSQL            string    `toml:"pending_sql"`
 	FailedSQL             string    `toml:"failed_sql"`
 	ResultSQL             string    `toml:"result_sql"`
+	AllowingSQL           string    `toml:"allowing_sql"`
+	QueueSlotsSQL         string    `toml:"queue_slots_sql"`
+	OccupiedSQL           string    `toml:"occupied_sql"`
 }
 
 // duration is a TOML string parsed with time.ParseDuration ("1s", "500ms").
@@ -660,6 +663,7 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 		Snippets: dispatcher.Snippets{
 			SelectingSQL: rj.SelectingSQL, RelaunchingSQL: rj.RelaunchingSQL, TotalSQL: rj.TotalSQL,
 			CompletedSQL: rj.CompletedSQL, PendingSQL: rj.PendingSQL, FailedSQL: rj.FailedSQL,
+			AllowingSQL: rj.AllowingSQL, QueueSlotsSQL: rj.QueueSlotsSQL, OccupiedSQL: rj.OccupiedSQL,
 		},
 	}
 	if rj.Name == "" {
@@ -719,6 +723,13 @@ func (f *file) job(key string, rj rawJob) (dispatcher.Job, []error) {
 	}
 	if j.Limits.Any() && rj.SQL != "" {
 		bad(".sql", "a sql step runs in the dispatcher: max_running, max_running_per_key and max_per_minute apply to command and Go handler jobs (bound sql steps with [dispatcher] sql_sessions)")
+	}
+	if rj.SQL != "" {
+		for _, k := range []struct{ key, v string }{{".allowing_sql", rj.AllowingSQL}, {".queue_slots_sql", rj.QueueSlotsSQL}, {".occupied_sql", rj.OccupiedSQL}} {
+			if k.v != "" {
+				bad(k.key, "asks about workers, and a sql step runs in the dispatcher: no worker takes its rows")
+			}
+		}
 	}
 	if rj.Slots != nil {
 		if *rj.Slots < 1 {

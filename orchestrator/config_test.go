@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,9 +77,11 @@ func TestExampleFileCommentedKeys(t *testing.T) {
 		if setting.MatchString(line) {
 			line = line[2:]
 		}
-		if strings.HasPrefix(line, "command = ") || strings.HasPrefix(line, "ssh_password = ") || strings.HasPrefix(line, "fatal_exit_codes = ") ||
-			strings.HasPrefix(line, "limit_key = ") || strings.HasPrefix(line, "max_running_per_key = ") {
-			continue // would conflict with sql (the example job's step) and ssh_password_env
+		// Keys of command and handler jobs conflict with the example job's
+		// sql step, and ssh_password with ssh_password_env.
+		if slices.ContainsFunc([]string{"command", "fatal_exit_codes", "limit_key", "max_running_per_key", "allowing_sql",
+			"queue_slots_sql", "occupied_sql", "ssh_password"}, func(k string) bool { return strings.HasPrefix(line, k+" = ") }) {
+			continue
 		}
 		b.WriteString(line)
 	}
