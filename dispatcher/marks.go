@@ -251,6 +251,9 @@ where id = any($1)`, d.marks.stopped)
 	}
 	applied := map[ended]bool{}
 	results := false // some result_sql must run once the end marks are known
+	// Jobs whose end marks are counted in the second round, with their
+	// result_sql: a row that fails it counts as failed.
+	countLater := map[string]bool{}
 	for job, ms := range d.marks.outcomes {
 		q := d.byJob[job]
 		n := len(ms)
@@ -266,10 +269,11 @@ where id = any($1)`, d.marks.stopped)
 				e = errorText(e)
 				errs[i] = &e
 			}
-			results = results || (m.OK && q.job.ResultSQL != "")
+			countLater[job] = countLater[job] || (m.OK && q.job.ResultSQL != "")
 		}
+		results = results || countLater[job]
 		stmt := q.EndCounted
-		if q.job.ResultSQL != "" {
+		if countLater[job] {
 			stmt = q.End // counted below: result_sql may fail a row
 		}
 		b.Queue(stmt, keys, workers, attempts, oks, errs, millis, finals).Query(func(rows pgx.Rows) error {
@@ -328,7 +332,7 @@ where id = any($1)`, d.marks.stopped)
 	counts := map[string][2]int64{}
 	for job, ms := range d.marks.outcomes {
 		q := d.byJob[job]
-		if q.job.ResultSQL == "" {
+		if !countLater[job] {
 			continue // EndCounted counted them
 		}
 		for _, m := range ms {

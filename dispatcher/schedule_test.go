@@ -150,3 +150,23 @@ func TestPermanentFailuresAreNotTriedAgain(t *testing.T) {
 		t.Fatalf("RetryFailed = %d, %v; want the 2 permanent failures back", n, err)
 	}
 }
+
+// A flush holding only failures of a job with result_sql counts them: no
+// result runs, but the worker's counters must still move.
+func TestFailuresOfAResultSQLJobAreCounted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 2, func(j *Job) { j.ResultSQL = `update numbers set is_odd = true where value = $1::bigint` })
+	e.register("n1.1")
+	d := e.dispatcher()
+	e.cycle(d)
+	if n := e.work("n1.1", 1, false); n != 1 {
+		t.Fatalf("worked %d rows", n)
+	}
+	if n := count(t, e.pool, `select rows_failed from pampa_workers where id = 'n1.1'`); n != 1 {
+		t.Fatalf("rows_failed = %d after one failure; want 1", n)
+	}
+	e.work("n1.1", 1, true)
+	if n := count(t, e.pool, `select rows_done from pampa_workers where id = 'n1.1'`); n != 1 {
+		t.Fatalf("rows_done = %d after one success; want 1", n)
+	}
+}
