@@ -265,6 +265,24 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 				rp.Results = append(rp.Results, r)
 			}
 		}
+		for i := range features {
+			for _, q := range o.queueSizes {
+				s := pampaScenario{workers: 8, queueSize: q, feature: &features[i]}
+				rows := o.rows
+				if q < 100 {
+					rows = min(o.rows, o.smallQueueRows)
+				}
+				r, err := bestOf(ctx, o.repeat, done, func() (result, error) { return runPampa(ctx, e, s, rows, log) })
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err != nil {
+					failed(s.name(), err)
+					continue
+				}
+				rp.Results = append(rp.Results, r)
+			}
+		}
 	}
 	if want("ceiling") {
 		progress("Raw-SQL ceiling:")

@@ -260,10 +260,35 @@ func rowsDone(ctx context.Context, conn *pgx.Conn) (int64, error) {
 // pampaScenario is one throughput run of Pampa.
 type pampaScenario struct {
 	workers, queueSize int
+	feature            *feature // nil: the plain job
+}
+
+// feature is a job setting whose cost the bench shows beside the plain
+// scenario of the same shape.
+type feature struct {
+	name string
+	edit func(*dispatcher.Job)
+}
+
+// features are measured at 8 workers, queue_size 5 (a reservation round
+// per 5 rows: what costs per round shows most) and 1000.
+var features = []feature{
+	{"allowing_sql, queue_slots_sql and occupied_sql", func(j *dispatcher.Job) {
+		j.Snippets.AllowingSQL = "select $1::text <> ''"
+		j.Snippets.QueueSlotsSQL = "select length($1::text) + 1000"
+		j.Snippets.OccupiedSQL = "select count(*) from tasks where bench_reservation_id = $1 and bench_start_time is null"
+	}},
+	{"limit_key (id % 100), max_running_per_key 50", func(j *dispatcher.Job) {
+		j.Limits = dispatcher.Limits{Key: "id % 100", MaxRunningPerKey: 50}
+	}},
 }
 
 func (s pampaScenario) name() string {
-	return fmt.Sprintf("Pampa %d worker(s), queue_size %d", s.workers, s.queueSize)
+	n := fmt.Sprintf("Pampa %d worker(s), queue_size %d", s.workers, s.queueSize)
+	if s.feature != nil {
+		n += ", " + s.feature.name
+	}
+	return n
 }
 
 // runPampa measures rows per second from available to ended. The tasks
@@ -275,12 +300,18 @@ func (s pampaScenario) name() string {
 func runPampa(ctx context.Context, e *env, s pampaScenario, rows int, log *slog.Logger) (result, error) {
 	res := result{Kind: kindPampa, Name: s.name(), Workers: s.workers, QueueSize: s.queueSize}
 	schema := fmt.Sprintf("bench_w%d_q%d", s.workers, s.queueSize)
+	if s.feature != nil {
+		res.Kind, schema = kindPampaFeature, schema+"_f"
+	}
 	dbURL, err := e.freshSchema(ctx, schema)
 	if err != nil {
 		return res, err
 	}
 	defer e.dropSchema(schema)
 	job := benchJob(s.queueSize)
+	if s.feature != nil {
+		s.feature.edit(&job)
+	}
 	if err := prepareTasks(ctx, dbURL, "", rows, job); err != nil {
 		return res, err
 	}

@@ -13,6 +13,7 @@ const (
 	kindPampa kind = iota
 	kindRiver
 	kindCeiling
+	kindPampaFeature // Pampa with a feature that costs per round: not a target's figure
 )
 
 // result is one throughput measurement.
