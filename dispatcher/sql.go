@@ -298,7 +298,7 @@ returning {PK}::text`)
 // each row under its lock, and the dispatcher serializes limited
 // reservations per job (see limitLock), so neither two statements nor two
 // dispatchers exceed a limit. The candidates are the first available rows
-// in key order, limitScan times the rows wanted: rows of other keys behind
+// in key order, limitScan times the rows wanted (at least 100): rows of other keys behind
 // a long run of one saturated key wait until it drains.
 func limitedCandidates(l Limits, available string) string {
 	const held = `{ID} is not null and {EN} is null`
@@ -307,7 +307,7 @@ func limitedCandidates(l Limits, available string) string {
 	b.WriteString(`select cand.k from (
     select c0.k, c0.lk, row_number() over (partition by c0.lk order by c0.k) as rn from (
       select {PK} as k, ` + l.keyExpr() + ` as lk from {T} where ` + available + `
-      order by {PK} limit (select greatest(coalesce(sum(n), 0) * ` + strconv.Itoa(limitScan) + `, 1000) from want)) as c0) as cand`)
+      order by {PK} limit (select greatest(coalesce(sum(n), 0) * ` + strconv.Itoa(limitScan) + `, 100) from want)) as c0) as cand`)
 	var where []string
 	if l.Key != "" && l.MaxRunningPerKey > 0 {
 		b.WriteString(`
@@ -335,7 +335,7 @@ func limitedCandidates(l Limits, available string) string {
 
 // limitScan is how many candidate rows a limited reservation reads per row
 // it wants.
-const limitScan = 20
+const limitScan = 4
 
 // Job returns the job the statements were built for.
 func (q *Queries) Job() Job { return q.job }

@@ -70,6 +70,7 @@ type Config struct {
 	Dispatcher DispatcherSettings
 	Worker     WorkerSettings
 	Nodes      []Node
+	Relays     []Relay
 	Jobs       []dispatcher.Job // validated, with defaults applied
 	// Warnings are settings that load but are likely mistakes, each
 	// "file:line:col: key: what".
@@ -143,6 +144,31 @@ type Node struct {
 	// DispatcherAddress is where the node's workers dial the dispatcher
 	// directly (no tunnel); default [dispatcher] addresses.
 	DispatcherAddress string
+	// Relay names the relay the node's workers go through.
+	Relay string
+}
+
+// Relay is a [[relays]] section: a `pampactl relay run --name NAME`
+// process on a host near a group of nodes, which carries their workers'
+// streams to the dispatcher over one connection.
+type Relay struct {
+	Name   string
+	Listen string // where it serves the workers
+	// Address is where the nodes dial it; default Listen.
+	Address string
+	// Dispatchers are where it dials the dispatcher; default [dispatcher]
+	// addresses.
+	Dispatchers []string
+}
+
+// Relay returns the relay with the given name.
+func (c *Config) Relay(name string) (Relay, bool) {
+	for _, r := range c.Relays {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Relay{}, false
 }
 
 // WorkerIDs returns the ids of the node's workers: "name.1" .. "name.N".
@@ -277,7 +303,15 @@ type rawConfig struct {
 	Dispatcher rawDispatcher `toml:"dispatcher"`
 	Worker     rawWorker     `toml:"worker"`
 	Nodes      []rawNode     `toml:"nodes"`
+	Relays     []rawRelay    `toml:"relays"`
 	Jobs       []rawJob      `toml:"jobs"`
+}
+
+type rawRelay struct {
+	Name        string   `toml:"name"`
+	Listen      string   `toml:"listen"`
+	Address     string   `toml:"address"`
+	Dispatchers []string `toml:"dispatchers"`
 }
 
 type rawDatabase struct {
@@ -330,6 +364,7 @@ type rawNode struct {
 	Tunnel            bool   `toml:"tunnel"`
 	TunnelPort        *int   `toml:"tunnel_port"`
 	DispatcherAddress string `toml:"dispatcher_address"`
+	Relay             string `toml:"relay"`
 }
 
 type rawJob struct {
@@ -493,6 +528,52 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 		c.Nodes = append(c.Nodes, n)
 	}
 
+	relayAt := map[string]string{}
+	for i, rr := range raw.Relays {
+		key := fmt.Sprintf("relays[%d]", i)
+		r := Relay{Name: rr.Name, Listen: rr.Listen, Address: rr.Address, Dispatchers: rr.Dispatchers}
+		switch {
+		case r.Name == "":
+			bad(key, `name is required, such as name = "eu-west"`)
+		case !nodeNameRE.MatchString(r.Name):
+			bad(key+".name", "got %q; use letters, digits, _ and -", r.Name)
+		}
+		if prev, dup := relayAt[r.Name]; dup && r.Name != "" {
+			bad(key+".name", "relay name %q is already used by %s", r.Name, f.where(prev))
+		} else {
+			relayAt[r.Name] = key
+		}
+		if _, _, err := net.SplitHostPort(r.Listen); err != nil {
+			bad(key+".listen", "got %q; use host:port where the relay serves its nodes' workers, such as \"10.0.0.5:7545\"", r.Listen)
+		}
+		if r.Address == "" {
+			r.Address = r.Listen
+		} else if _, _, err := net.SplitHostPort(r.Address); err != nil {
+			bad(key+".address", "got %q; use host:port, where the nodes dial the relay", r.Address)
+		}
+		for _, a := range r.Dispatchers {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				bad(key+".dispatchers", "got %q; use host:port", a)
+			}
+		}
+		if len(r.Dispatchers) == 0 {
+			r.Dispatchers = c.Dispatcher.Addresses
+		}
+		c.Relays = append(c.Relays, r)
+	}
+	for i, n := range c.Nodes {
+		if n.Relay == "" {
+			continue
+		}
+		key := fmt.Sprintf("nodes[%d].relay", i)
+		switch {
+		case relayAt[n.Relay] == "":
+			bad(key, "no [[relays]] section is named %q", n.Relay)
+		case n.Tunnel || n.DispatcherAddress != "":
+			bad(key, "a node's workers go through a relay, a tunnel or dispatcher_address: set one")
+		}
+	}
+
 	jobAt := map[string]string{}
 	for i, rj := range raw.Jobs {
 		key := fmt.Sprintf("jobs[%d]", i)
@@ -535,7 +616,7 @@ func (f *file) node(key string, rn rawNode) (Node, []error) {
 		Name: rn.Name, Host: rn.NetRemoteIP, Port: DefaultSSHPort, MaxWorkers: DefaultMaxWorkers,
 		User: rn.SSHUsername, Password: rn.SSHPassword, PasswordEnv: rn.SSHPasswordEnv,
 		PrivateKeyFile: rn.SSHPrivateKeyFile, KnownHostsFile: rn.KnownHostsFile, WorkDir: rn.WorkDir,
-		Tunnel: rn.Tunnel, DispatcherAddress: rn.DispatcherAddress,
+		Tunnel: rn.Tunnel, DispatcherAddress: rn.DispatcherAddress, Relay: rn.Relay,
 	}
 	if n.Tunnel {
 		n.TunnelPort = DefaultTunnelPort

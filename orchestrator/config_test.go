@@ -78,9 +78,10 @@ func TestExampleFileCommentedKeys(t *testing.T) {
 			line = line[2:]
 		}
 		// Keys of command and handler jobs conflict with the example job's
-		// sql step, and ssh_password with ssh_password_env.
+		// sql step, ssh_password with ssh_password_env, and relay with
+		// dispatcher_address.
 		if slices.ContainsFunc([]string{"command", "fatal_exit_codes", "limit_key", "max_running_per_key", "allowing_sql",
-			"queue_slots_sql", "occupied_sql", "ssh_password"}, func(k string) bool { return strings.HasPrefix(line, k+" = ") }) {
+			"queue_slots_sql", "occupied_sql", "ssh_password", "relay"}, func(k string) bool { return strings.HasPrefix(line, k+" = ") }) {
 			continue
 		}
 		b.WriteString(line)
@@ -315,6 +316,10 @@ func TestErrors(t *testing.T) {
 		{"limit with selecting_sql", minimalJob + "selecting_sql = \"select id from t limit $1\"\nmax_per_minute = 3\n",
 			[]string{":5:1: jobs[0].selecting_sql", "write the limit into the snippet"}},
 		{"negative max_running", minimalJob + "max_running = -3\n", []string{":5:1: jobs[0].max_running", "must not be negative"}},
+		{"relay without listen", "[[relays]]\nname = \"eu\"\n", []string{":1:1: relays[0].listen", "host:port"}},
+		{"node names no relay", node + "relay = \"nowhere\"\n", []string{":4:1: nodes[0].relay", `no [[relays]] section is named "nowhere"`}},
+		{"relay and tunnel", "[[relays]]\nname = \"eu\"\nlisten = \"10.0.0.5:7545\"\n" + node + "relay = \"eu\"\ntunnel = true\n",
+			[]string{"nodes[0].relay", "set one"}},
 		{"zero slots", minimalJob + "slots = 0\n", []string{":5:1: jobs[0].slots", "at least 1"}},
 		{"negative assigned", minimalJob + "max_assigned_workers = -1\n", []string{":5:1: jobs[0].max_assigned_workers", "0 means no limit"}},
 		{"negative minutes", minimalJob + "max_job_duration_minutes = -1.5\n", []string{":5:1: jobs[0].max_job_duration_minutes", "positive number"}},
@@ -365,6 +370,38 @@ func TestFilterMatchingNoWorkerWarns(t *testing.T) {
 	c = parse(t, "[[nodes]]\nname = \"a\"\nnet_remote_ip = \"local\"\nmax_workers = 2\n"+minimalJob+"filter_worker_id = '\\.2$'\n")
 	if len(c.Warnings) != 0 {
 		t.Fatalf("warnings %q for a filter that matches a.2", c.Warnings)
+	}
+}
+
+// A node behind a relay dials the relay; the relay dials the dispatcher's
+// addresses unless told otherwise.
+func TestRelayRouting(t *testing.T) {
+	t.Parallel()
+	c := parse(t, `[dispatcher]
+addresses = ["10.0.0.1:7543"]
+[[relays]]
+name = "eu"
+listen = "0.0.0.0:7545"
+address = "10.1.0.5:7545"
+[[nodes]]
+name = "a"
+net_remote_ip = "local"
+relay = "eu"
+[[nodes]]
+name = "b"
+net_remote_ip = "local"
+`)
+	a, _ := c.Node("a")
+	b, _ := c.Node("b")
+	r, _ := c.Relay("eu")
+	if got := c.WorkerDispatchers(a); !slices.Equal(got, []string{"10.1.0.5:7545"}) {
+		t.Errorf("node a dials %v; want its relay", got)
+	}
+	if got := c.WorkerDispatchers(b); !slices.Equal(got, []string{"10.0.0.1:7543"}) {
+		t.Errorf("node b dials %v; want the dispatcher", got)
+	}
+	if !slices.Equal(r.Dispatchers, []string{"10.0.0.1:7543"}) {
+		t.Errorf("the relay dials %v; want [dispatcher] addresses", r.Dispatchers)
 	}
 }
 

@@ -24,6 +24,10 @@ func (c *Config) WorkerDispatchers(n Node) []string {
 		return []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(n.TunnelPort))}
 	case n.DispatcherAddress != "":
 		return []string{n.DispatcherAddress}
+	case n.Relay != "":
+		if r, ok := c.Relay(n.Relay); ok {
+			return []string{r.Address}
+		}
 	}
 	return c.Dispatcher.Addresses
 }

@@ -31,6 +31,8 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, tlsConfig *tls.
 		p.SetUnencryptedHTTP2(true)
 	}
 	srv.Protocols = p
+	// A relay carries all its workers' streams on one connection.
+	srv.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: 1 << 16}
 	shutDown := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(shutDown)

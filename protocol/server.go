@@ -118,6 +118,28 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, msg 
 	http.Error(w, msg, status)
 }
 
+// admit checks what every worker stream must bring, before its hello: a
+// POST over HTTP/2 with the cluster's secret. It returns the refusal's
+// status and reason, or 0.
+func admit(r *http.Request, secret []byte) (int, string) {
+	if r.Method != http.MethodPost {
+		return http.StatusMethodNotAllowed, "the worker protocol takes POST"
+	}
+	tok, ok := bearer(r)
+	if !ok {
+		return http.StatusUnauthorized, "no worker secret: a worker must send the cluster's worker secret"
+	}
+	if subtle.ConstantTimeCompare([]byte(tok), secret) != 1 {
+		return http.StatusUnauthorized, "wrong worker secret: deploy the cluster's secret to this node (pampactl nodes deploy)"
+	}
+	if r.ProtoMajor < 2 {
+		// HTTP/1 would carry the welcome but not the worker's later
+		// messages: the stream needs both bodies open at once.
+		return http.StatusHTTPVersionNotSupported, "the worker protocol needs HTTP/2"
+	}
+	return 0, ""
+}
+
 func bearer(r *http.Request) (string, bool) {
 	h := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(h, "Bearer ")
@@ -127,23 +149,8 @@ func bearer(r *http.Request) (string, bool) {
 // ServeHTTP authenticates the peer, reads its hello and serves the stream
 // until either side ends it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		s.refuse(w, r, http.StatusMethodNotAllowed, "the worker protocol takes POST")
-		return
-	}
-	tok, ok := bearer(r)
-	if !ok {
-		s.refuse(w, r, http.StatusUnauthorized, "no worker secret: a worker must send the cluster's worker secret")
-		return
-	}
-	if subtle.ConstantTimeCompare([]byte(tok), s.cfg.Secret) != 1 {
-		s.refuse(w, r, http.StatusUnauthorized, "wrong worker secret: deploy the cluster's secret to this node (pampactl nodes deploy)")
-		return
-	}
-	if r.ProtoMajor < 2 {
-		// HTTP/1 would carry the welcome but not the worker's later
-		// messages: the stream needs both bodies open at once.
-		s.refuse(w, r, http.StatusHTTPVersionNotSupported, "the worker protocol needs HTTP/2")
+	if status, msg := admit(r, s.cfg.Secret); status != 0 {
+		s.refuse(w, r, status, msg)
 		return
 	}
 	rc := http.NewResponseController(w)

@@ -23,7 +23,7 @@ var allowed = map[string][]string{
 	"worker":                {"protocol", "internal/*"},
 	"orchestrator":          {"deploy", "sshx", "dispatcher", "internal/*"},
 	"cmd/pampactl":          {"cmd/pampactl/pampacli"},
-	"cmd/pampactl/pampacli": {"orchestrator", "dispatcher", "worker", "sshx", "internal/*"},
+	"cmd/pampactl/pampacli": {"orchestrator", "dispatcher", "worker", "protocol", "sshx", "internal/*"},
 }
 
 // forbidden lists outside packages a package must not import: the leaf

@@ -142,6 +142,7 @@ func (e *env) app() *cli.App {
 			e.workersCommand(),
 			e.jobsCommand(),
 			e.rowsCommand(),
+			e.relayCommand(),
 			e.demoCommand(),
 			e.periodicCommand(),
 			e.nodesCommand(),
