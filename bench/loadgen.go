@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +32,13 @@ type loadStep struct {
 	HarnessCPU, PGCPU  time.Duration
 	DispatcherMem      procMem // after the rows; HWM is the peak
 	Note               string
+	// Relay: the clients went through a protocol.Relay in the harness,
+	// which opened RelayDials connections to the dispatcher.
+	Relay      bool
+	RelayDials int64
+	// DispatcherConns counts the established TCP connections to the
+	// dispatcher's port once every stream was up.
+	DispatcherConns int
 }
 
 func (r loadStep) rate() float64 {
@@ -86,9 +96,12 @@ func newSimWorker(addr string, secret []byte, id int, up *atomic.Int64, log *slo
 // runLoad connects clients simulated workers (a few hundred at a time) to
 // a dispatcher process while the table of rows rows is locked, then lifts
 // the lock and times the rows.
-func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connectLimit time.Duration, log *slog.Logger) (loadStep, error) {
-	res := loadStep{Clients: clients, Total: int64(rows)}
+func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, viaRelay bool, connectLimit time.Duration, log *slog.Logger) (loadStep, error) {
+	res := loadStep{Clients: clients, Total: int64(rows), Relay: viaRelay}
 	schema := fmt.Sprintf("bench_load_%d", clients)
+	if viaRelay {
+		schema += "_relay"
+	}
 	dbURL, err := e.freshSchema(ctx, schema)
 	if err != nil {
 		return res, err
@@ -125,10 +138,20 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connec
 	var wg sync.WaitGroup
 	defer func() { stopClients(); wg.Wait() }()
 	var up atomic.Int64
+	dial := cc.addr
+	if viaRelay {
+		relay, addr, stop, err := startRelay(cc.addr, cc.secret, log)
+		if err != nil {
+			return res, err
+		}
+		defer stop()
+		defer func() { res.RelayDials = relay.Dials() }()
+		dial = addr
+	}
 	began := time.Now()
 	const wave = 250
 	for i := 1; i <= clients; i++ {
-		s, err := newSimWorker(cc.addr, cc.secret, i, &up, log)
+		s, err := newSimWorker(dial, cc.secret, i, &up, log)
 		if err != nil {
 			return res, err
 		}
@@ -157,6 +180,9 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connec
 	if res.Connected == 0 {
 		return res, errors.New("no stream came up")
 	}
+	if _, port, err := net.SplitHostPort(cc.addr); err == nil {
+		res.DispatcherConns = establishedTo(port)
+	}
 
 	cpu0 := readCPU()
 	w, err := e.drain(ctx, d, lock, conn, rows)
@@ -180,4 +206,44 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, connec
 		return res, fmt.Errorf("wait for the rows to end: %w", err)
 	}
 	return res, nil
+}
+
+// startRelay serves a protocol.Relay to upstream on a free loopback port.
+func startRelay(upstream string, secret []byte, log *slog.Logger) (*protocol.Relay, string, func(), error) {
+	relay, err := protocol.NewRelay(protocol.RelayConfig{Name: "bench", Upstreams: []string{upstream}, Secret: secret, Logger: log})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = protocol.Serve(ctx, ln, relay, nil, log) }()
+	return relay, ln.Addr().String(), func() { cancel(); <-done; relay.Close() }, nil
+}
+
+// establishedTo counts this host's established TCP connections whose
+// local port is port (the server's side), from /proc/net/tcp and tcp6.
+func establishedTo(port string) int {
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return 0
+	}
+	want := fmt.Sprintf(":%04X", p)
+	n := 0
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			fs := strings.Fields(line)
+			if len(fs) > 3 && strings.HasSuffix(fs[1], want) && fs[3] == "01" {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -32,7 +32,7 @@ func main() {
 	os.Exit(code)
 }
 
-var allScenarios = []string{"pampa", "ceiling", "river", "latency", "idle", "fanin", "load", "fleet"}
+var allScenarios = []string{"pampa", "ceiling", "river", "latency", "idle", "fanin", "load", "relay", "fleet"}
 
 type options struct {
 	rows           int
@@ -57,6 +57,7 @@ type options struct {
 	idleWorkers    int
 	loadClients    []int
 	loadRows       int
+	relayClients   int
 	maxConnections int
 	quick          bool
 	profileDir     string
@@ -91,6 +92,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.faninRows, "fanin-rows", 100_000, "rows of the fan-in scenario")
 	fs.StringVar(&o.workerEnv, "worker-env", "", "environment of the fan-in worker processes, such as \"GOMAXPROCS=1 GOGC=50\"")
 	fs.IntVar(&o.idleWorkers, "idle-workers", 20, "worker processes per runtime setting of the idle scenario")
+	fs.IntVar(&o.relayClients, "relay-clients", 100, "simulated workers behind the relay of the relay scenario")
 	loadClients := fs.String("load-clients", "1000,2000,4000", "simulated workers of each load generator run")
 	fs.IntVar(&o.loadRows, "load-rows", 100_000, "rows of each load generator run")
 	fs.IntVar(&o.maxConnections, "max-connections", 100, "max_connections of the PostgreSQL server (100 is its default)")
@@ -377,7 +379,7 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	if want("load") {
 		progress("Load generator: simulated workers in this process, %d rows per run:", o.loadRows)
 		for _, n := range o.loadClients {
-			l, err := runLoad(ctx, e, bc, n, o.loadRows, 2*time.Minute, log)
+			l, err := runLoad(ctx, e, bc, n, o.loadRows, false, 2*time.Minute, log)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -388,6 +390,20 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 			progress("  %d clients: %d up in %s; %d rows in %.2fs = %.0f rows/s (steady %.0f); dispatcher CPU %.1fs, VmHWM %.1f MiB %s",
 				n, l.Connected, l.ConnectTime.Round(time.Millisecond), l.Rows, l.Elapsed.Seconds(), l.rate(), l.Steady,
 				l.DispatcherCPU.Seconds(), mib(l.DispatcherMem.HWM), l.Note)
+			rp.Load = append(rp.Load, l)
+		}
+	}
+	if want("relay") {
+		progress("Relay: %d simulated workers through one protocol.Relay, %d rows:", o.relayClients, o.loadRows)
+		l, err := runLoad(ctx, e, bc, o.relayClients, o.loadRows, true, 2*time.Minute, log)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			failed("relay", err)
+		} else {
+			progress("  %d up; %d rows in %.2fs = %.0f rows/s; the relay dialed %d connections; %d established at the dispatcher's port",
+				l.Connected, l.Rows, l.Elapsed.Seconds(), l.rate(), l.RelayDials, l.DispatcherConns)
 			rp.Load = append(rp.Load, l)
 		}
 	}

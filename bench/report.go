@@ -202,6 +202,12 @@ func (rp *report) markdown() string {
 		fmt.Fprintf(&b, "| Fan-in: idle worker VmRSS (%s, mean of %d) | %.1f MiB | < %d MiB | %s |\n", envName(f.WorkerEnv),
 			f.Connected, mib(f.IdleBefore.RSS), targetIdleRSSKB/1024, verdict(f.IdleBefore.RSS < targetIdleRSSKB))
 	}
+	for _, l := range rp.Load {
+		if l.Relay {
+			fmt.Fprintf(&b, "| Relay: %d workers behind one relay, connections at the dispatcher | %d | 1 | %s |\n",
+				l.Connected, l.DispatcherConns, verdict(l.DispatcherConns == 1 && l.Connected == l.Clients && l.Rows == l.Total))
+		}
+	}
 	if i := rp.Idle; i != nil {
 		// The target is about the worker as shipped (pampactl); the
 		// worker-only binary is a reference for what that costs.
@@ -268,16 +274,22 @@ func (rp *report) markdown() string {
 		b.WriteString("Load generator: simulated workers (protocol.Client, each its own TCP connection) in the harness process, " +
 			"each reporting every row as done the moment it arrives, against one `benchctl dispatcher run` process; " +
 			"queue_size 5. The streams come up a few hundred at a time while the table is locked; then the clock runs.\n\n")
-		b.WriteString("| Clients | Streams up | Connect s | Rows | Seconds | Rows/s | Steady rows/s | Dispatcher CPU s / 100k rows | " +
+		b.WriteString("The relay row: the clients dial a protocol.Relay in the harness, which carries their streams to the dispatcher; " +
+			"connections at the dispatcher: established TCP connections to its port once every stream is up (/proc/net/tcp).\n\n")
+		b.WriteString("| Clients | Via | Streams up | Connections at the dispatcher | Connect s | Rows | Seconds | Rows/s | Steady rows/s | Dispatcher CPU s / 100k rows | " +
 			"Harness CPU s | PostgreSQL CPU s | Dispatcher VmHWM MiB | Note |\n")
-		b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+		b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 		for _, l := range rp.Load {
 			rate := fmt.Sprintf("%.0f", l.rate())
 			if l.Partial {
 				rate += " (partial)"
 			}
-			fmt.Fprintf(&b, "| %d | %d | %.1f | %d | %.2f | %s | %.0f | %.2f | %.1f | %.1f | %.1f | %s |\n", l.Clients, l.Connected,
-				l.ConnectTime.Seconds(), l.Rows, l.Elapsed.Seconds(), rate, l.Steady, per100k(l.DispatcherCPU, l.Rows),
+			via := "direct"
+			if l.Relay {
+				via = fmt.Sprintf("one relay (%d dials)", l.RelayDials)
+			}
+			fmt.Fprintf(&b, "| %d | %s | %d | %d | %.1f | %d | %.2f | %s | %.0f | %.2f | %.1f | %.1f | %.1f | %s |\n", l.Clients, via, l.Connected,
+				l.DispatcherConns, l.ConnectTime.Seconds(), l.Rows, l.Elapsed.Seconds(), rate, l.Steady, per100k(l.DispatcherCPU, l.Rows),
 				l.HarnessCPU.Seconds(), l.PGCPU.Seconds(), mib(l.DispatcherMem.HWM), l.Note)
 		}
 		b.WriteString("\n")
