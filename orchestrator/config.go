@@ -24,6 +24,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/worker"
 )
 
 // ErrConfig is wrapped by every error about the configuration, so that cmd/
@@ -146,6 +147,9 @@ type Node struct {
 	DispatcherAddress string
 	// Relay names the relay the node's workers go through.
 	Relay string
+	// Limits bound each command step of the node's workers: max_ram
+	// (MiB), max_cpu (% of one CPU), max_disk_io and max_net_io (MB/s).
+	Limits worker.Limits
 }
 
 // Relay is a [[relays]] section: a `pampactl relay run --name NAME`
@@ -365,6 +369,10 @@ type rawNode struct {
 	TunnelPort        *int   `toml:"tunnel_port"`
 	DispatcherAddress string `toml:"dispatcher_address"`
 	Relay             string `toml:"relay"`
+	MaxRAM            int    `toml:"max_ram"`
+	MaxCPU            int    `toml:"max_cpu"`
+	MaxDiskIO         int    `toml:"max_disk_io"`
+	MaxNetIO          int    `toml:"max_net_io"`
 }
 
 type rawJob struct {
@@ -612,11 +620,20 @@ func (c *Config) anyWorkerMatches(j dispatcher.Job) bool {
 func (f *file) node(key string, rn rawNode) (Node, []error) {
 	var errs []error
 	bad := func(k, format string, args ...any) { errs = append(errs, f.errorf(key+k, format, args...)) }
+	for _, l := range []struct {
+		key, unit string
+		v         int
+	}{{".max_ram", "MiB", rn.MaxRAM}, {".max_cpu", "% of one CPU", rn.MaxCPU}, {".max_disk_io", "MB/s", rn.MaxDiskIO}, {".max_net_io", "MB/s", rn.MaxNetIO}} {
+		if l.v < 0 {
+			bad(l.key, "got %d; give a number of %s, or 0 for no limit", l.v, l.unit)
+		}
+	}
 	n := Node{
 		Name: rn.Name, Host: rn.NetRemoteIP, Port: DefaultSSHPort, MaxWorkers: DefaultMaxWorkers,
 		User: rn.SSHUsername, Password: rn.SSHPassword, PasswordEnv: rn.SSHPasswordEnv,
 		PrivateKeyFile: rn.SSHPrivateKeyFile, KnownHostsFile: rn.KnownHostsFile, WorkDir: rn.WorkDir,
 		Tunnel: rn.Tunnel, DispatcherAddress: rn.DispatcherAddress, Relay: rn.Relay,
+		Limits: worker.Limits{RAMMiB: rn.MaxRAM, CPUPercent: rn.MaxCPU, DiskMBps: rn.MaxDiskIO, NetMBps: rn.MaxNetIO},
 	}
 	if n.Tunnel {
 		n.TunnelPort = DefaultTunnelPort

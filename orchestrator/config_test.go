@@ -320,6 +320,7 @@ func TestErrors(t *testing.T) {
 		{"node names no relay", node + "relay = \"nowhere\"\n", []string{":4:1: nodes[0].relay", `no [[relays]] section is named "nowhere"`}},
 		{"relay and tunnel", "[[relays]]\nname = \"eu\"\nlisten = \"10.0.0.5:7545\"\n" + node + "relay = \"eu\"\ntunnel = true\n",
 			[]string{"nodes[0].relay", "set one"}},
+		{"negative max_ram", node + "max_ram = -1\n", []string{":4:1: nodes[0].max_ram", "MiB"}},
 		{"zero slots", minimalJob + "slots = 0\n", []string{":5:1: jobs[0].slots", "at least 1"}},
 		{"negative assigned", minimalJob + "max_assigned_workers = -1\n", []string{":5:1: jobs[0].max_assigned_workers", "0 means no limit"}},
 		{"negative minutes", minimalJob + "max_job_duration_minutes = -1.5\n", []string{":5:1: jobs[0].max_job_duration_minutes", "positive number"}},

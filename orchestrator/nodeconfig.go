@@ -26,6 +26,10 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 		Name        string `toml:"name"`
 		NetRemoteIP string `toml:"net_remote_ip"`
 		MaxWorkers  int    `toml:"max_workers"`
+		MaxRAM      int    `toml:"max_ram,omitempty"`
+		MaxCPU      int    `toml:"max_cpu,omitempty"`
+		MaxDiskIO   int    `toml:"max_disk_io,omitempty"`
+		MaxNetIO    int    `toml:"max_net_io,omitempty"`
 	}
 	type worker struct {
 		LogFile           string   `toml:"log_file"`
@@ -64,7 +68,9 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 		doc.Worker.CAPEM = string(pem)
 	}
 	// On the node, its workers run where they are: a local node.
-	doc.Nodes = []node{{Name: n.Name, NetRemoteIP: localHost, MaxWorkers: n.MaxWorkers}}
+	l := n.Limits
+	doc.Nodes = []node{{Name: n.Name, NetRemoteIP: localHost, MaxWorkers: n.MaxWorkers,
+		MaxRAM: l.RAMMiB, MaxCPU: l.CPUPercent, MaxDiskIO: l.DiskMBps, MaxNetIO: l.NetMBps}}
 	ids := n.WorkerIDs()
 	for _, j := range c.Jobs {
 		if j.Step.SQL != "" {

@@ -31,6 +31,8 @@ dispatcher_address = "203.0.113.9:7600"
 [[nodes]]
 name = "tunnelled"
 net_remote_ip = "10.0.0.2"
+max_ram = 512
+max_cpu = 150
 ssh_username = "bob"
 ssh_password = "bob-ssh-pass-88"
 tunnel = true
@@ -108,6 +110,9 @@ filter_worker_id = '^direct\.'
 			}
 			if !reflect.DeepEqual(jobs, tc.jobs) {
 				t.Errorf("jobs on %s = %v, want %v", tc.node, jobs, tc.jobs)
+			}
+			if n.Limits != got.Nodes[0].Limits {
+				t.Errorf("limits on %s = %+v, want %+v", tc.node, got.Nodes[0].Limits, n.Limits)
 			}
 			if got.Jobs[0].Slots != 4 {
 				t.Errorf("job scrape on %s runs %d slots, want 4", tc.node, got.Jobs[0].Slots)

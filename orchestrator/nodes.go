@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +17,28 @@ import (
 	"sync"
 
 	"github.com/pampa-go/pampa/deploy"
+	"github.com/pampa-go/pampa/worker"
 )
+
+// nodeLimits asks how a node enforces its limits: its own pampactl knows
+// (cgroups, root), run in its work dir; a local node is this host.
+func nodeLimits(ctx context.Context, n Node, c Conn, deployed bool) ([]worker.LimitPlan, error) {
+	if n.Local {
+		return worker.PlanLimits(n.Limits, n.WorkDir), nil
+	}
+	if !deployed {
+		return nil, errors.New("not known until pampactl is deployed (pampactl nodes deploy)")
+	}
+	out, err := c.Run(ctx, []string{"sh", "-c", `cd "$1" && ./` + RemoteBinary + ` --config ` + RemoteConfig + ` worker limits --json`, "sh", n.WorkDir}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("ask the node's pampactl: %w", err)
+	}
+	var plan []worker.LimitPlan
+	if err := json.Unmarshal(out, &plan); err != nil {
+		return nil, fmt.Errorf("the node's pampactl answered %q: %w", out, err)
+	}
+	return plan, nil
+}
 
 // BinaryFunc returns the local path of the pampactl build for a platform
 // (GOOS, GOARCH), or an error saying how to make one.
@@ -47,6 +69,9 @@ type NodeCheck struct {
 	Systemd *deploy.Systemd `json:"systemd,omitempty"`
 	// Warnings are problems that do not fail the check.
 	Warnings []string `json:"warnings,omitempty"`
+	// Limits says how the node enforces its max_ram and the rest, as its
+	// pampactl reports it (none when the node sets no limit).
+	Limits []worker.LimitPlan `json:"limits,omitempty"`
 }
 
 // Check probes the nodes: reachable and authenticated, OS and arch, free
@@ -100,6 +125,13 @@ func (f *Fleet) Check(ctx context.Context, names []string, binary BinaryFunc, co
 				}
 			} else if p.BinarySHA256 == "" {
 				r.Binary = "missing"
+			}
+		}
+		if n.Limits != (worker.Limits{}) {
+			if plan, err := nodeLimits(ctx, n, c, p.BinarySHA256 != ""); err != nil {
+				r.Warnings = append(r.Warnings, "resource limits: "+err.Error())
+			} else {
+				r.Limits = plan
 			}
 		}
 		if len(p.MissingTools) > 0 {

@@ -36,6 +36,8 @@ type command struct {
 	log         *slog.Logger
 	// started, if set, is told the process group as soon as it exists.
 	started func(pgid int)
+	// limits, if set, holds the step to the node's max_ram and the rest.
+	limits *stepLimits
 }
 
 // errOutputTooLong fails a row whose command printed past the limit.
@@ -52,6 +54,10 @@ func (c command) run(ctx context.Context) (string, error) {
 	// Its own process group, so TERM and KILL reach the command's children;
 	// the parent-death signal, so it does not outlive a killed worker.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if c.limits != nil {
+		c.limits.sysProcAttr(cmd.SysProcAttr)
+		defer c.limits.remove()
+	}
 	tail := &tailBuffer{max: stderrTail}
 	budget := &logBudget{left: logLimit}
 	outLog := &lineLogger{log: c.log, msg: "task output", budget: budget}
@@ -65,9 +71,13 @@ func (c command) run(ctx context.Context) (string, error) {
 	if c.started != nil {
 		c.started(cmd.Process.Pid)
 	}
+	stopWatch := func() {}
+	if c.limits != nil {
+		stopWatch = c.limits.started(cmd.Process.Pid)
+	}
 	done := make(chan struct{})
 	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(done) }()
+	go func() { waitErr = cmd.Wait(); stopWatch(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -86,6 +96,11 @@ func (c command) run(ctx context.Context) (string, error) {
 	errLog.Flush()
 	if budget.dropped > 0 {
 		c.log.Info("task output not logged past the limit", "bytes", budget.dropped, "limit", logLimit)
+	}
+	if c.limits != nil {
+		if v := c.limits.verdict(); v != "" {
+			return "", fmt.Errorf("%s: %s", c.argv[0], v)
+		}
 	}
 	if ctx.Err() != nil {
 		return "", fmt.Errorf("%s was stopped: %w", c.argv[0], ctx.Err())

@@ -86,8 +86,12 @@ type Config struct {
 	WorkDir     string             // where command steps run
 	// StartCommand runs once before the worker connects.
 	StartCommand []string
-	OutputLimit  int    // bytes of a command's stdout kept as output; default DefaultOutputLimit
-	DatabaseURL  string // what Task.DB opens; "" for none
+	OutputLimit  int // bytes of a command's stdout kept as output; default DefaultOutputLimit
+	// Limits bound each command step (the node's max_ram and the rest);
+	// NoKernelLimits keeps them out of cgroups, to the worker's own means.
+	Limits         Limits
+	NoKernelLimits bool
+	DatabaseURL    string // what Task.DB opens; "" for none
 	// StepsFile records the running step's process group; default
 	// WORK_DIR/run/ID.steps.
 	StepsFile string
@@ -146,6 +150,8 @@ type Worker struct {
 	client *protocol.Client
 	steps  stepRecord
 	runs   sync.WaitGroup // the rows running, one goroutine each
+	cg     cgroups
+	plan   []LimitPlan // how each of cfg.Limits is enforced
 
 	mu    sync.Mutex
 	queue []protocol.Row
@@ -173,6 +179,10 @@ func New(cfg Config) (*Worker, error) {
 		steps: stepRecord{path: cfg.StepsFile}, running: map[protocol.Ref]context.CancelCauseFunc{}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1)}
 	for _, j := range cfg.Jobs {
 		w.jobs[j.Name] = j
+	}
+	if cfg.Limits.any() {
+		w.cg = findCgroups(cfg.WorkDir)
+		w.plan = planLimits(cfg.Limits, w.cg, cfg.NoKernelLimits)
 	}
 	instance := make([]byte, 8)
 	_, _ = rand.Read(instance)
@@ -349,6 +359,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	clientDone := make(chan error, 1)
 	go func() { clientDone <- w.client.Run(cctx) }()
 	w.log.Info("worker started", "pid", os.Getpid(), "jobs", len(w.jobs), "dispatchers", w.cfg.Dispatchers)
+	for _, p := range w.plan {
+		w.log.Info("resource limit", "limit", p.Limit, "value", fmt.Sprintf("%d %s", p.Value, p.Unit), "by", p.By, "why", p.Reason)
+	}
 
 	refused := w.loop(ctx, work, clientDone)
 	w.runs.Wait() // the rows running finish (or the grace period ends them)
@@ -463,9 +476,16 @@ func (w *Worker) step(ctx context.Context, j Job, r protocol.Row) (*string, erro
 		env := append(os.Environ(),
 			"PAMPA_TASK_ID="+r.Key, "PAMPA_JOB="+j.Name,
 			"PAMPA_WORKER_ID="+w.cfg.ID, fmt.Sprintf("PAMPA_ATTEMPT=%d", r.Attempt))
+		var limits *stepLimits
+		if len(w.plan) > 0 {
+			var err error
+			if limits, err = newStepLimits(w.cfg.Limits, w.plan, w.cg, w.cfg.ID); err != nil {
+				return nil, fmt.Errorf("resource limits: %w", err)
+			}
+		}
 		pgid := 0
 		out, err := command{argv: j.Command, stdin: r.Data, dir: w.cfg.WorkDir, env: env, killDelay: 5 * time.Second,
-			outputLimit: w.cfg.OutputLimit, log: log, started: func(p int) { pgid = p; w.steps.add(p) }}.run(ctx)
+			outputLimit: w.cfg.OutputLimit, log: log, started: func(p int) { pgid = p; w.steps.add(p) }, limits: limits}.run(ctx)
 		if pgid != 0 {
 			w.steps.remove(pgid)
 		}

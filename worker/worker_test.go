@@ -1040,3 +1040,53 @@ func TestSlotsRunRowsAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// max_ram kills a step whose processes outgrow it, by the kernel (a
+// cgroup of the step's own) where the worker may make one, else by the
+// worker's own watch; the row fails naming the limit, other rows succeed.
+func TestMaxRAMStopsAStep(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		noKernel bool
+		by, want string
+	}{
+		{"kernel", false, worker.ByKernel, "the kernel killed it"},
+		{"worker", true, worker.ByWorker, "the worker killed them"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if !tc.noKernel {
+				plan := worker.PlanLimits(worker.Limits{RAMMiB: 64}, t.TempDir())
+				if plan[0].By != worker.ByKernel {
+					if os.Getenv("CI") != "" && os.Geteuid() == 0 {
+						t.Fatalf("CI runs as root, yet max_ram is not enforced by the kernel: %s", plan[0].Reason)
+					}
+					t.Skipf("no kernel limits here: %s", plan[0].Reason)
+				}
+			}
+			c := newCluster(t, 4, func(j *dispatcher.Job) { j.MaxTryTimes = 1 })
+			// Row 2 grows past 64 MiB: tail keeps all of a line-less input.
+			c.job.Step.Command = c.sh(`if [ $PAMPA_TASK_ID = 2 ]; then head -c 400000000 /dev/zero | tail > /dev/null; fi`)
+			c.dispatcher()
+			c.worker("local.1", func(cfg *worker.Config) {
+				cfg.Limits = worker.Limits{RAMMiB: 64}
+				cfg.NoKernelLimits = tc.noKernel
+			})
+			c.waitEnded(4, 60*time.Second)
+			var desc string
+			if err := c.pool.QueryRow(context.Background(), `select odd_checking_error_description from numbers where value = 2`).Scan(&desc); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(desc, "max_ram 64 MiB") || !strings.Contains(desc, tc.want) {
+				t.Fatalf("row 2 failed with %q; want max_ram 64 MiB and %q", desc, tc.want)
+			}
+			if n := c.count(`select count(*) from numbers where odd_checking_success`); n != 3 {
+				t.Fatalf("%d rows succeeded; want the 3 others", n)
+			}
+			if len(c.log.saw("resource limit", "max_ram", "by="+tc.by)) == 0 {
+				t.Errorf("the worker did not log how it enforces max_ram")
+			}
+		})
+	}
+}

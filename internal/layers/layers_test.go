@@ -21,7 +21,7 @@ var allowed = map[string][]string{
 	"deploy":                {"internal/*"},
 	"dispatcher":            {"protocol", "internal/*"},
 	"worker":                {"protocol", "internal/*"},
-	"orchestrator":          {"deploy", "sshx", "dispatcher", "internal/*"},
+	"orchestrator":          {"deploy", "sshx", "dispatcher", "worker", "internal/*"},
 	"cmd/pampactl":          {"cmd/pampactl/pampacli"},
 	"cmd/pampactl/pampacli": {"orchestrator", "dispatcher", "worker", "protocol", "sshx", "internal/*"},
 }

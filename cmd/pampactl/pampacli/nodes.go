@@ -200,6 +200,11 @@ func (e *env) nodesCheck(c *cli.Context) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.Addr, status, dash(r.Platform), free, r.Binary, r.Config, systemd)
 	}
 	tw.Flush()
+	for _, r := range res {
+		for _, l := range r.Limits {
+			fmt.Fprintf(e.stdout, "%s: %s %d %s by %s: %s\n", r.Node, l.Limit, l.Value, l.Unit, l.By, l.Reason)
+		}
+	}
 	e.printCheckWarnings(res)
 	return err
 }

@@ -82,6 +82,7 @@ type node struct {
 	keyFile    string
 	password   string
 	maxWorkers int
+	extra      string // more keys of the node's section
 }
 
 func sshNode(t testing.TB, name string, srv *sshtest.Server) node {
@@ -122,6 +123,7 @@ func writeConfig(t testing.TB, dbURL string, nodes ...node) string {
 		if n.password != "" {
 			fmt.Fprintf(&b, "ssh_password = %q\n", n.password)
 		}
+		b.WriteString(n.extra)
 		b.WriteString("\n")
 	}
 	path := filepath.Join(t.TempDir(), "cluster.toml")
@@ -408,5 +410,49 @@ func TestBootstrap(t *testing.T) {
 	}
 	if r := pampactl(t.Context(), t, nil, "--config", keyCfg, "nodes", "check"); r.code != 0 {
 		t.Fatalf("check with the installed key:\n%s", r)
+	}
+}
+
+// nodes check reports how a node enforces each resource limit, as the
+// node's own pampactl finds it: kernel (a cgroup per step), worker, or
+// none, with the reason. Before deploy it says it cannot know yet.
+func TestCheckReportsResourceLimits(t *testing.T) {
+	t.Parallel()
+	bin := pampactlBinary(t)
+	srv := sshtest.NewServer(t)
+	n := sshNode(t, "w1", srv)
+	n.extra = "max_ram = 256\nmax_cpu = 50\nmax_net_io = 10\n"
+	cfg := writeConfig(t, "postgres://x@127.0.0.1/db", n)
+	r := pampactl(t.Context(), t, nil, "--config", cfg, "nodes", "check", "--binary", bin)
+	if r.code != 0 || !strings.Contains(r.stderr, "resource limits: not known until pampactl is deployed") {
+		t.Fatalf("check before deploy:\n%s", r)
+	}
+	if r := pampactl(t.Context(), t, nil, "--config", cfg, "nodes", "deploy", "--binary", bin); r.code != 0 {
+		t.Fatalf("deploy:\n%s", r)
+	}
+	r = pampactl(t.Context(), t, nil, "--config", cfg, "nodes", "check", "--json", "--binary", bin)
+	var rows []struct {
+		Limits []struct{ Limit, By, Reason string } `json:"limits"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil || r.code != 0 || len(rows) != 1 {
+		t.Fatalf("check --json: %v\n%s", err, r)
+	}
+	by := map[string]string{}
+	for _, l := range rows[0].Limits {
+		by[l.Limit] = l.By
+		if l.Reason == "" {
+			t.Errorf("limit %s: no reason given", l.Limit)
+		}
+	}
+	if len(by) != 3 || by["max_net_io"] != "none" || (by["max_ram"] != "kernel" && by["max_ram"] != "worker") ||
+		(by["max_cpu"] != "kernel" && by["max_cpu"] != "worker") {
+		t.Fatalf("limits reported: %+v\n%s", rows[0].Limits, r)
+	}
+	if os.Geteuid() == 0 && os.Getenv("CI") != "" && by["max_ram"] != "kernel" {
+		t.Errorf("as root in CI, max_ram should be the kernel's: %+v", rows[0].Limits)
+	}
+	r = pampactl(t.Context(), t, nil, "--config", cfg, "nodes", "check", "--binary", bin)
+	if !strings.Contains(r.stdout, "w1: max_net_io 10 MB/s by none: cgroups do not limit network bandwidth") {
+		t.Errorf("nodes check does not show the limits:\n%s", r)
 	}
 }

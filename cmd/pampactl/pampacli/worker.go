@@ -1,6 +1,7 @@
 package pampacli
 
 import (
+	"fmt"
 	"os"
 	"strings"
 
@@ -57,13 +58,49 @@ func (e *env) workerCommand() *cli.Command {
 				w, err := worker.New(worker.Config{
 					ID: id, Node: nodeName, Dispatchers: cfg.WorkerDispatchers(node), Secret: secret, TLS: tlsConfig,
 					Jobs: jobs, Handlers: e.opts.Handlers, GracePeriod: cfg.Worker.GracePeriod,
-					WorkDir: workDir, StartCommand: cfg.Worker.StartCommand,
+					WorkDir: workDir, StartCommand: cfg.Worker.StartCommand, Limits: node.Limits,
 					DatabaseURL: e.getenv("PAMPA_DATABASE_URL"), Logger: log,
 				})
 				if err != nil {
 					return usageError{err}
 				}
 				return w.Run(c.Context)
+			},
+		}, {
+			Name:  "limits",
+			Usage: "how this host enforces a node's max_ram, max_cpu, max_disk_io and max_net_io (nodes check asks it)",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "node", Usage: "the node (default: the config's only node)"},
+				&cli.BoolFlag{Name: "json", Usage: "print JSON: a list of {limit,value,unit,by,reason}"},
+			},
+			Action: func(c *cli.Context) error {
+				cfg, err := e.loadConfig(c)
+				if err != nil {
+					return err
+				}
+				name := c.String("node")
+				if name == "" && len(cfg.Nodes) == 1 {
+					name = cfg.Nodes[0].Name
+				}
+				node, ok := cfg.Node(name)
+				if !ok {
+					return usagef("--node %q: no such node", name)
+				}
+				workDir := node.WorkDir
+				if !node.Local {
+					workDir, _ = os.Getwd()
+				}
+				plan := worker.PlanLimits(node.Limits, workDir)
+				if c.Bool("json") {
+					if plan == nil {
+						plan = []worker.LimitPlan{}
+					}
+					return e.printJSON(plan)
+				}
+				for _, p := range plan {
+					fmt.Fprintf(e.stdout, "%s %d %s: %s (%s)\n", p.Limit, p.Value, p.Unit, p.By, p.Reason)
+				}
+				return nil
 			},
 		}},
 	}
