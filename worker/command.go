@@ -50,6 +50,9 @@ var errOutputTooLong = errors.New("stdout is longer than the output limit")
 func (c command) run(ctx context.Context) (string, error) {
 	cmd := exec.Command(c.argv[0], c.argv[1:]...)
 	cmd.Dir, cmd.Env = c.dir, c.env
+	if c.limits != nil {
+		c.limits.wrap(cmd)
+	}
 	cmd.Stdin = bytes.NewReader(c.stdin)
 	// Its own process group, so TERM and KILL reach the command's children;
 	// the parent-death signal, so it does not outlive a killed worker.

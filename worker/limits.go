@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -324,15 +325,34 @@ func (s *stepLimits) sysProcAttr(a *syscall.SysProcAttr) {
 	}
 }
 
-// started moves the step into its v1 groups, lowers its priority when the
-// worker caps CPU by niceness, and watches its memory when the worker caps
-// that. stop ends the watch.
-func (s *stepLimits) started(pid int) (stop func()) {
-	if !s.cg.v2 {
-		for _, d := range s.dirs {
-			_ = os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
-		}
+// v1Enter is the shell that puts itself in the step's v1 groups and then
+// becomes the step: moved from outside after it starts, the step could
+// fork first and leave its children out.
+const v1Enter = `IFS=:; for f in $PAMPA_CGROUP_PROCS; do echo $$ > "$f" || exit 126; done; unset PAMPA_CGROUP_PROCS; exec "$@"`
+
+// wrap makes cmd enter the step's v1 groups before it runs (v2 clones it
+// straight into its group, see sysProcAttr).
+func (s *stepLimits) wrap(cmd *exec.Cmd) {
+	if s.cg.v2 || len(s.dirs) == 0 || cmd.Err != nil {
+		return
 	}
+	var procs []string
+	for _, d := range s.dirs {
+		procs = append(procs, filepath.Join(d, "cgroup.procs"))
+	}
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		return // nodes check requires sh; without it the step runs outside its groups
+	}
+	cmd.Args = append([]string{"sh", "-c", v1Enter, "sh", cmd.Path}, cmd.Args[1:]...)
+	cmd.Path = sh
+	cmd.Env = append(cmd.Env, "PAMPA_CGROUP_PROCS="+strings.Join(procs, ":"))
+}
+
+// started lowers the step's priority when the worker caps CPU by
+// niceness, and watches its memory when the worker caps that. stop ends
+// the watch.
+func (s *stepLimits) started(pid int) (stop func()) {
 	if s.plan["max_cpu"] == ByWorker {
 		_ = syscall.Setpriority(syscall.PRIO_PGRP, pid, 19)
 	}

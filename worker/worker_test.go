@@ -1090,3 +1090,38 @@ func TestMaxRAMStopsAStep(t *testing.T) {
 		})
 	}
 }
+
+// max_cpu by the kernel caps a busy step: two seconds of a spinning loop
+// at 20% of one CPU use at most about 0.4 s of CPU, whatever else runs.
+func TestMaxCPUCapsAStep(t *testing.T) {
+	t.Parallel()
+	plan := worker.PlanLimits(worker.Limits{CPUPercent: 20}, t.TempDir())
+	if plan[0].By != worker.ByKernel {
+		if os.Getenv("CI") != "" && os.Geteuid() == 0 {
+			t.Fatalf("CI runs as root, yet max_cpu is not enforced by the kernel: %s", plan[0].Reason)
+		}
+		t.Skipf("no kernel limits here: %s", plan[0].Reason)
+	}
+	c := newCluster(t, 1, func(j *dispatcher.Job) {
+		j.MaxTryTimes = 1
+		j.ResultSQL = `update numbers set result = $2 where value = $1::bigint`
+	})
+	// The step spins for 2 s, then prints the CPU ticks its children used
+	// (fields 16 and 17 of /proc/self/stat: cutime, cstime).
+	c.job.Step.Command = c.sh(`timeout 2 sh -c 'while :; do :; done'
+read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ cu cs _ < /proc/$$/stat; echo $((cu + cs))`)
+	c.dispatcher()
+	c.worker("local.1", func(cfg *worker.Config) { cfg.Limits = worker.Limits{CPUPercent: 20} })
+	c.waitEnded(1, 60*time.Second)
+	var out string
+	if err := c.pool.QueryRow(context.Background(), `select coalesce(result, '') from numbers where value = 1`).Scan(&out); err != nil {
+		t.Fatal(err)
+	}
+	ticks, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("step output %q: %v", out, err)
+	}
+	if cpu := float64(ticks) / 100; cpu > 0.7 || cpu < 0.05 {
+		t.Fatalf("the step used %.2f s of CPU in 2 s at max_cpu 20%%; want about 0.4 (at most 0.7)", cpu)
+	}
+}
