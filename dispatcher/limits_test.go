@@ -212,3 +212,22 @@ func TestBadWorkerSnippetIsRefusedAtConnect(t *testing.T) {
 		t.Fatalf("connect = %v; want ErrBadSQL naming allowing_sql", err)
 	}
 }
+
+// With limit_key, max_per_minute counts per value of the key.
+func TestMaxPerMinutePerKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 30, func(j *Job) {
+		j.QueueSize = 20
+		j.Limits = Limits{Key: "value % 3", MaxPerMinute: 2}
+	})
+	e.register("n1.1")
+	d := e.dispatcher()
+	e.cycle(d)
+	if n := e.work("n1.1", 20, true); n != 6 {
+		t.Fatalf("the worker got %d rows in the first minute; want 2 per key, 6", n)
+	}
+	e.cycle(d)
+	if n := e.work("n1.1", 20, true); n != 0 {
+		t.Fatalf("the worker got %d more rows within the minute; want 0", n)
+	}
+}
