@@ -139,14 +139,14 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, viaRel
 	defer func() { stopClients(); wg.Wait() }()
 	var up atomic.Int64
 	dial := cc.addr
+	var relay *protocol.Relay
 	if viaRelay {
-		relay, addr, stop, err := startRelay(cc.addr, cc.secret, log)
+		r, addr, stop, err := startRelay(cc.addr, cc.secret, log)
 		if err != nil {
 			return res, err
 		}
 		defer stop()
-		defer func() { res.RelayDials = relay.Dials() }()
-		dial = addr
+		relay, dial = r, addr
 	}
 	began := time.Now()
 	const wave = 250
@@ -182,6 +182,9 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, viaRel
 	}
 	if _, port, err := net.SplitHostPort(cc.addr); err == nil {
 		res.DispatcherConns = establishedTo(port)
+	}
+	if relay != nil {
+		res.RelayDials = relay.Dials()
 	}
 
 	cpu0 := readCPU()
