@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +44,11 @@ type Config struct {
 	SQLSessions int
 	// Ping is how often the protocol speaks on a quiet stream; default 2s.
 	Ping time.Duration
+	// Metrics, if set, are kept up to date; MetricsHandler, if set, is
+	// served at /metrics beside the worker protocol (to loopback peers, and
+	// to others that bring the worker secret as a bearer token).
+	Metrics        *Metrics
+	MetricsHandler http.Handler
 }
 
 func (c *Config) validate() error {
@@ -142,7 +149,25 @@ func New(cfg Config) (*Dispatcher, error) {
 func (d *Dispatcher) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(protocol.Path, d.srv)
+	if h := d.cfg.MetricsHandler; h != nil {
+		mux.Handle("/metrics", LoopbackOrBearer(d.cfg.Secret, h))
+	}
 	return mux
+}
+
+// LoopbackOrBearer serves h to peers on loopback and to others that send
+// secret as a bearer token; the rest get 401.
+func LoopbackOrBearer(secret []byte, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		ip := net.ParseIP(host)
+		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if (ip == nil || !ip.IsLoopback()) && subtle.ConstantTimeCompare([]byte(tok), secret) != 1 {
+			http.Error(w, "metrics: send the worker secret as a bearer token, or scrape from loopback", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // leaseTTL is how long a dispatcher stays leader without renewing; a second
@@ -166,7 +191,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			bo.Wait(ctx)
 			continue
 		}
-		if _, err := d.cycle(ctx); err != nil {
+		began := time.Now()
+		stats, err := d.cycle(ctx)
+		if err != nil {
 			if ctx.Err() != nil {
 				break
 			}
@@ -175,6 +202,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			bo.Wait(ctx)
 			continue
 		}
+		d.cfg.Metrics.cycled(time.Since(began), stats)
 		bo.Reset()
 		d.wait(ctx)
 	}
@@ -274,7 +302,14 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 // open connects a session and runs start_sql on it: every session the
 // dispatcher holds runs with the settings it makes (a search_path, say).
 func (d *Dispatcher) open(ctx context.Context) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, d.cfg.DatabaseURL)
+	cc, err := pgx.ParseConfig(d.cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("database URL: %w", err)
+	}
+	if d.cfg.Metrics != nil {
+		cc.Tracer = tracer{d.cfg.Metrics}
+	}
+	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
@@ -406,6 +441,7 @@ func (d *Dispatcher) setLeader(on bool) {
 	}
 	d.leader = on
 	d.leading.Store(on)
+	d.cfg.Metrics.leading(on)
 }
 
 // lease takes or renews the dispatcher lease; false means another dispatcher
@@ -469,6 +505,15 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 		}
 		if err := d.liveness(ctx, stats); err != nil {
 			return nil, err
+		}
+		if d.cfg.Metrics != nil {
+			byNode := map[string]int{}
+			for _, p := range d.peers {
+				if p.sess != nil {
+					byNode[p.hello.Node]++
+				}
+			}
+			d.cfg.Metrics.workers(byNode)
 		}
 		for _, q := range d.queries {
 			if err := d.relaunch(ctx, q, stats); err != nil {

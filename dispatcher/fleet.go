@@ -36,8 +36,9 @@ type rowID struct{ job, key string }
 type hold struct {
 	attempt   int
 	started   bool
-	told      bool // asked to give it back (its job is paused)
-	cancelled bool // told to stop it
+	reserved  time.Time // when it was sent, for the queue wait
+	told      bool      // asked to give it back (its job is paused)
+	cancelled bool      // told to stop it
 }
 
 func (p *peer) queued(job string) int {
@@ -160,6 +161,9 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 		for _, r := range m.Refs {
 			id := rowID{r.Job, r.Key}
 			if h, ok := p.held[id]; ok && h.attempt == r.Attempt && d.byJob[r.Job] != nil {
+				if !h.started {
+					d.cfg.Metrics.rowStarted(r.Job, time.Since(h.reserved))
+				}
 				h.started = true
 				p.held[id] = h
 				d.marks.start(p.id, r)
@@ -170,6 +174,12 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 			// The outcome of an attempt relaunched since leaves the newer
 			// attempt in hand: its start must still be marked.
 			if id := (rowID{o.Job, o.Key}); p.held[id].attempt == o.Attempt {
+				if h := p.held[id]; !h.started && !h.reserved.IsZero() {
+					// Its start went out with its outcome: the client drops
+					// a start whose outcome shares the write.
+					ran := time.Duration(o.Millis) * time.Millisecond
+					d.cfg.Metrics.rowStarted(o.Job, max(time.Since(h.reserved)-ran, 0))
+				}
 				delete(p.held, id)
 			}
 			if d.byJob[o.Job] == nil {

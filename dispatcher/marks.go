@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -145,6 +146,8 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 			if !applied[endedBy(job, m)] {
 				d.log.Warn("late outcome refused: the row was relaunched or ended meanwhile", "worker", m.worker, "job", job,
 					"key", m.Key, "attempt", m.Attempt, "ok", m.OK)
+			} else {
+				d.cfg.Metrics.rowEnded(job, m.OK, time.Duration(m.Millis)*time.Millisecond)
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -208,8 +209,9 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 			if len(rows) < r.asked[i] {
 				short, shortBy = append(short, p), append(shortBy, r.asked[i]-len(rows))
 			}
+			now := time.Now()
 			for _, row := range rows {
-				p.held[rowID{row.Job, row.Key}] = hold{attempt: row.Attempt}
+				p.held[rowID{row.Job, row.Key}] = hold{attempt: row.Attempt, reserved: now}
 			}
 			for len(rows) > 0 {
 				n := min(len(rows), rowsPerMessage)

@@ -6,7 +6,11 @@ import (
 	"net"
 	"os"
 	"slices"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
@@ -92,17 +96,34 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 	if created {
 		log.Info("created the worker secret (mode 0600); nodes deploy pushes it to the nodes", "file", cfg.Dispatcher.SecretFile)
 	}
+	reg, metrics, rows := dispatcherMetrics(url, cfg)
 	d, err := dispatcher.New(dispatcher.Config{
 		DatabaseURL: url, Flavor: flavor(cfg), Jobs: cfg.Jobs, Delay: delay,
 		HeartbeatTimeout: cfg.Dispatcher.HeartbeatTimeout, StartSQL: cfg.Dispatcher.StartSQL, Logger: log,
 		Secret: secret, KnownWorker: cfg.KnownWorker, SQLSessions: cfg.Dispatcher.SQLSessions,
+		Metrics: metrics, MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 	})
 	if err != nil {
 		closeLog()
 		return nil, nil, err
 	}
-	return d, closeLog, nil
+	return d, func() { rows.Close(); closeLog() }, nil
 }
+
+// dispatcherMetrics is the registry /metrics serves: the dispatcher's
+// own, the rows by state (counted at most every rowGaugeInterval, on a
+// session opened at the first scrape), and the Go runtime's and process's.
+func dispatcherMetrics(url string, cfg *orchestrator.Config) (*prometheus.Registry, *dispatcher.Metrics, *dispatcher.RowGauges) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rows := dispatcher.NewRowGauges(url, cfg.Jobs, rowGaugeInterval)
+	reg.MustRegister(rows)
+	return reg, dispatcher.NewMetrics(reg), rows
+}
+
+// rowGaugeInterval bounds how often a scrape counts the rows: the counts
+// walk the tables.
+const rowGaugeInterval = 10 * time.Second
 
 // keepTunnels keeps the db tunnels of the config's tunnel nodes open
 // while the dispatcher runs, so that workers started by `workers start`
