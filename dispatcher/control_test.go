@@ -154,7 +154,7 @@ func TestListRowsByState(t *testing.T) {
 	for state, want := range map[string][]string{
 		"failed": {"1"}, "running": {"2"}, "pending": {"3", "4", "5"}, "completed": nil, "": {"1", "2", "3", "4", "5"},
 	} {
-		rows, err := ListRows(ctx, e.pool, e.job, state, 10)
+		rows, err := ListRows(ctx, e.pool, e.job, RowFilter{State: state, Limit: 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +169,7 @@ func TestListRowsByState(t *testing.T) {
 			t.Errorf("ListRows(%q) = %v; want %v", state, keys, want)
 		}
 	}
-	rows, _ := ListRows(ctx, e.pool, e.job, "failed", 10)
+	rows, _ := ListRows(ctx, e.pool, e.job, RowFilter{State: "failed", Limit: 10})
 	if r := rows[0]; r.Attempts != 1 || r.Worker == nil || *r.Worker != "n1.1" || r.Error == nil || *r.Error != "boom" || r.End == nil {
 		t.Fatalf("failed row %+v; want attempts 1, worker n1.1, error boom, an end", r)
 	}

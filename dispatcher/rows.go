@@ -25,16 +25,24 @@ type RowInfo struct {
 	Error    *string    `json:"error"`
 }
 
-// ListRows returns up to limit rows of the job in key order, those in
-// state only unless it is "". Each state's filter is the predicate of its
-// partial index, so a big table is not read whole.
-func ListRows(ctx context.Context, db DB, j Job, state string, limit int) ([]RowInfo, error) {
-	f := j.Fields
-	pk, id, ts, st, en, ok, er, fin := quote(f.PrimaryKey), quote(f.ID), quote(f.Times), quote(f.StartTime),
-		quote(f.EndTime), quote(f.Success), quote(f.ErrorDescription), quote(f.Final)
+// RowFilter selects rows for ListRows.
+type RowFilter struct {
+	State string // one of RowStates; "" for any
+	Key   string // only the row with this key; "" for any
+	Limit int
+}
+
+// ListRows returns up to f.Limit rows of the job in key order, those in
+// f.State only unless it is "". Each state's filter is the predicate of
+// its partial index, so a big table is not read whole.
+func ListRows(ctx context.Context, db DB, j Job, f RowFilter) ([]RowInfo, error) {
+	state, limit := f.State, f.Limit
+	fl := j.Fields
+	pk, id, ts, st, en, ok, er, fin := quote(fl.PrimaryKey), quote(fl.ID), quote(fl.Times), quote(fl.StartTime),
+		quote(fl.EndTime), quote(fl.Success), quote(fl.ErrorDescription), quote(fl.Final)
 	scheduled := "false"
-	if f.RunAt != "" {
-		scheduled = fmt.Sprintf("(%s is null and %s is null and %s > now())", id, en, quote(f.RunAt))
+	if fl.RunAt != "" {
+		scheduled = fmt.Sprintf("(%s is null and %s is null and %s > now())", id, en, quote(fl.RunAt))
 	}
 	failed := fmt.Sprintf("(%s is not null and %s = false and (coalesce(%s, 0) >= $1 or coalesce(%s, false)))", en, ok, ts, fin)
 	where := map[string]string{
@@ -53,11 +61,20 @@ func ListRows(ctx context.Context, db DB, j Job, state string, limit int) ([]Row
 		}
 		filter = where[state]
 	}
+	args := []any{j.MaxTryTimes, limit}
+	if f.Key != "" {
+		kt, err := KeyType(ctx, db, j)
+		if err != nil {
+			return nil, err
+		}
+		filter += fmt.Sprintf(" and %s = $3::text::%s", pk, kt)
+		args = append(args, f.Key)
+	}
 	stateOf := fmt.Sprintf(`case when %s then 'completed' when %s then 'failed' when %s then 'running'
   when %s then 'queued' when %s then 'scheduled' else 'pending' end`,
 		where["completed"], failed, where["running"], where["queued"], scheduled)
 	rows, err := db.Query(ctx, fmt.Sprintf(`select %s::text, %s, coalesce(%s, 0), %s, %s, %s, %s from %s
-where %s order by %s limit $2`, pk, stateOf, ts, id, st, en, er, quoteTable(j.Table), filter, pk), j.MaxTryTimes, limit)
+where %s order by %s limit $2`, pk, stateOf, ts, id, st, en, er, quoteTable(j.Table), filter, pk), args...)
 	if err != nil {
 		return nil, fmt.Errorf("job %q: list rows: %w", j.Name, err)
 	}

@@ -72,6 +72,7 @@ type Config struct {
 	Worker     WorkerSettings
 	Nodes      []Node
 	Relays     []Relay
+	Console    ConsoleSettings
 	Jobs       []dispatcher.Job // validated, with defaults applied
 	// Warnings are settings that load but are likely mistakes, each
 	// "file:line:col: key: what".
@@ -151,6 +152,20 @@ type Node struct {
 	// (MiB), max_cpu (% of one CPU), max_disk_io and max_net_io (MB/s).
 	Limits worker.Limits
 }
+
+// ConsoleSettings is the [console] section: the web console that
+// pampactl console, dispatcher run and up serve.
+type ConsoleSettings struct {
+	Listen   string // "" turns it off in dispatcher run and up
+	ReadOnly bool
+	BasePath string // where a reverse proxy mounts it
+	// AuthEnv names the variable holding "user:password" for basic auth;
+	// without it a console off loopback prints a token to use.
+	AuthEnv string
+}
+
+// DefaultConsoleListen is where the console listens unless told otherwise.
+const DefaultConsoleListen = "127.0.0.1:7544"
 
 // Relay is a [[relays]] section: a `pampactl relay run --name NAME`
 // process on a host near a group of nodes, which carries their workers'
@@ -308,7 +323,15 @@ type rawConfig struct {
 	Worker     rawWorker     `toml:"worker"`
 	Nodes      []rawNode     `toml:"nodes"`
 	Relays     []rawRelay    `toml:"relays"`
+	Console    rawConsole    `toml:"console"`
 	Jobs       []rawJob      `toml:"jobs"`
+}
+
+type rawConsole struct {
+	Listen   *string `toml:"listen"`
+	ReadOnly bool    `toml:"read_only"`
+	BasePath string  `toml:"base_path"`
+	AuthEnv  *string `toml:"auth_env"`
 }
 
 type rawRelay struct {
@@ -536,6 +559,21 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 		c.Nodes = append(c.Nodes, n)
 	}
 
+	c.Console = ConsoleSettings{Listen: DefaultConsoleListen, ReadOnly: raw.Console.ReadOnly, BasePath: raw.Console.BasePath, AuthEnv: "PAMPA_CONSOLE_AUTH"}
+	if raw.Console.Listen != nil {
+		c.Console.Listen = *raw.Console.Listen
+	}
+	if raw.Console.AuthEnv != nil {
+		c.Console.AuthEnv = *raw.Console.AuthEnv
+	}
+	if l := c.Console.Listen; l != "" {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			bad("console.listen", "got %q; use host:port, or \"\" for no console", l)
+		}
+	}
+	if b := c.Console.BasePath; b != "" && (!strings.HasPrefix(b, "/") || strings.HasSuffix(b, "/")) {
+		bad("console.base_path", "got %q; use a path such as \"/pampa\" (a leading slash, no trailing one)", b)
+	}
 	relayAt := map[string]string{}
 	for i, rr := range raw.Relays {
 		key := fmt.Sprintf("relays[%d]", i)

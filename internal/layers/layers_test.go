@@ -23,7 +23,8 @@ var allowed = map[string][]string{
 	"worker":                {"protocol", "internal/*"},
 	"orchestrator":          {"deploy", "sshx", "dispatcher", "worker", "internal/*"},
 	"cmd/pampactl":          {"cmd/pampactl/pampacli"},
-	"cmd/pampactl/pampacli": {"orchestrator", "dispatcher", "worker", "protocol", "sshx", "internal/*"},
+	"console":               {"orchestrator", "dispatcher", "internal/*"},
+	"cmd/pampactl/pampacli": {"orchestrator", "dispatcher", "worker", "protocol", "console", "sshx", "internal/*"},
 }
 
 // forbidden lists outside packages a package must not import: the leaf

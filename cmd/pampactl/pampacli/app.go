@@ -143,6 +143,7 @@ func (e *env) app() *cli.App {
 			e.jobsCommand(),
 			e.rowsCommand(),
 			e.relayCommand(),
+			e.consoleCommand(),
 			e.demoCommand(),
 			e.periodicCommand(),
 			e.nodesCommand(),

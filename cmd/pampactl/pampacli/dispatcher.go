@@ -30,7 +30,7 @@ func (e *env) dispatcherCommand() *cli.Command {
 				&cli.BoolFlag{Name: "once", Usage: "run one cycle and exit"},
 				&cli.BoolFlag{Name: "no-tunnels", Usage: "do not keep the tunnels of tunnel nodes open (another process does)"},
 				&cli.StringFlag{Name: "listen", Usage: "host:port for workers, instead of [dispatcher] listen (a standby beside the leader)"},
-			}, logFlags()...), sshFlags()...),
+			}, append(logFlags(), consoleFlags()...)...), sshFlags()...),
 			Action: func(c *cli.Context) error {
 				cfg, err := e.loadConfig(c)
 				if err != nil {
@@ -62,6 +62,7 @@ func (e *env) dispatcherCommand() *cli.Command {
 					}
 					return nil
 				}
+				defer e.consoleBeside(c, cfg)()
 				return e.serveDispatcher(c, cfg, d)
 			},
 		}},

@@ -94,7 +94,7 @@ func (e *env) rowsList(c *cli.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	rows, err := dispatcher.ListRows(c.Context, conn, j, state, c.Int("limit"))
+	rows, err := dispatcher.ListRows(c.Context, conn, j, dispatcher.RowFilter{State: state, Limit: c.Int("limit")})
 	if err != nil {
 		return err
 	}

@@ -17,9 +17,9 @@ func (e *env) upCommand() *cli.Command {
 		Name: "up",
 		Usage: "deploy to the nodes, open db tunnels, start the workers, then run the dispatcher in the foreground " +
 			"(workers keep running when it stops: pampactl down stops them)",
-		Flags: append(withSSHFlags(binaryFlag(),
+		Flags: append(append(withSSHFlags(binaryFlag(),
 			&cli.DurationFlag{Name: "delay", Usage: "dispatcher idle poll period (default: [dispatcher] delay)"},
-		), logFlags()...),
+		), logFlags()...), consoleFlags()...),
 		Action: e.up,
 	}
 }
@@ -154,5 +154,6 @@ func (e *env) up(c *cli.Context) error {
 	}
 	defer closeLog()
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
+	defer e.consoleBeside(c, f.Config)()
 	return e.serveDispatcher(c, f.Config, d)
 }
