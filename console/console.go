@@ -56,6 +56,12 @@ type Config struct {
 	// ReportEvery bounds how often the jobs' counts are read, however many
 	// viewers poll; default 1s.
 	ReportEvery time.Duration
+	// Decisions, if set, are the assignment decisions of the dispatcher
+	// beside the console (dispatcher run, up).
+	Decisions func() []dispatcher.Decision
+	// Metrics, if set, is served at /metrics (behind the console's
+	// authentication).
+	Metrics http.Handler
 }
 
 // Console serves the pages and the API.
@@ -129,6 +135,10 @@ func (c *Console) routes() {
 	m.HandleFunc("GET /api/jobs/{job}/rows", c.apiRows)
 	m.HandleFunc("GET /api/jobs/{job}/throughput", c.apiThroughput)
 	m.HandleFunc("GET /api/workers", c.apiWorkers)
+	m.HandleFunc("GET /api/decisions", c.apiDecisions)
+	if c.cfg.Metrics != nil {
+		m.Handle("GET /metrics", c.cfg.Metrics)
+	}
 	m.HandleFunc("POST /api/jobs/{job}/pause", c.action(c.pause(true)))
 	m.HandleFunc("POST /api/jobs/{job}/resume", c.action(c.pause(false)))
 	m.HandleFunc("POST /api/jobs/{job}/rows/retry", c.action(c.rowsAction("retry")))

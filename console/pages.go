@@ -225,11 +225,30 @@ func (c *Console) workersPage(w http.ResponseWriter, r *http.Request) {
 	for _, n := range c.cfg.Cluster.Nodes {
 		nodes = append(nodes, n.Name)
 	}
+	var decisions []dispatcher.Decision
+	if c.cfg.Decisions != nil {
+		decisions = c.cfg.Decisions()
+		decisions = decisions[:min(len(decisions), 50)]
+	}
 	p.Data = struct {
-		Nodes  []string
-		ByNode map[string][]workerRow
-	}{nodes, byNode}
+		Nodes        []string
+		ByNode       map[string][]workerRow
+		HasDecisions bool
+		Decisions    []dispatcher.Decision
+	}{nodes, byNode, c.cfg.Decisions != nil, decisions}
 	c.render(w, "workers.html", p)
+}
+
+func (c *Console) apiDecisions(w http.ResponseWriter, r *http.Request) {
+	if c.cfg.Decisions == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no dispatcher beside this console: run it with dispatcher run or up"})
+		return
+	}
+	ds := c.cfg.Decisions()
+	if ds == nil {
+		ds = []dispatcher.Decision{}
+	}
+	writeJSON(w, http.StatusOK, ds)
 }
 
 func (c *Console) apiWorkers(w http.ResponseWriter, r *http.Request) {

@@ -126,6 +126,9 @@ type Dispatcher struct {
 	// paused holds the jobs operators paused, as of the last full cycle;
 	// the sql runners read it too.
 	paused atomic.Pointer[map[string]bool]
+
+	decMu     sync.Mutex
+	decisions []Decision // the last assignment decisions, oldest first
 }
 
 // New validates cfg and returns a dispatcher; nothing is written until Run.
@@ -154,6 +157,9 @@ func (d *Dispatcher) Handler() http.Handler {
 	}
 	return mux
 }
+
+// MetricsHandler is the handler the dispatcher serves at /metrics, or nil.
+func (d *Dispatcher) MetricsHandler() http.Handler { return d.cfg.MetricsHandler }
 
 // LoopbackOrBearer serves h to peers on loopback and to others that send
 // secret as a bearer token; the rest get 401.

@@ -369,6 +369,7 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 			assigned = append(assigned, p)
 			s.Assigned++
 			d.log.Info("worker assigned", "job", j.Name, "worker", p.id, "pending", pending)
+			d.decided(Decision{Job: j.Name, Worker: p.id, Assigned: true, Pending: pending, Want: want})
 		}
 	case len(assigned) > want:
 		// Let go of idle workers only: one holding rows finishes them first.
@@ -378,9 +379,44 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 				p.job = ""
 				surplus--
 				d.log.Info("worker unassigned", "job", j.Name, "worker", p.id, "pending", pending)
+				d.decided(Decision{Job: j.Name, Worker: p.id, Pending: pending, Want: want})
 			}
 		}
 	}
 	stats[j.Name] = s
 	return nil
+}
+
+// Decision is one assignment the elastic rule made: a worker given to a
+// job, or let go of it, with the pending rows and the workers it wanted.
+type Decision struct {
+	At       time.Time `json:"at"`
+	Job      string    `json:"job"`
+	Worker   string    `json:"worker"`
+	Assigned bool      `json:"assigned"` // false: unassigned
+	Pending  int64     `json:"pending"`
+	Want     int       `json:"want"`
+}
+
+// keptDecisions is how many of the last decisions Decisions returns.
+const keptDecisions = 200
+
+func (d *Dispatcher) decided(x Decision) {
+	x.At = time.Now()
+	d.decMu.Lock()
+	defer d.decMu.Unlock()
+	d.decisions = append(d.decisions, x)
+	if len(d.decisions) > keptDecisions {
+		d.decisions = slices.Clone(d.decisions[len(d.decisions)-keptDecisions:])
+	}
+}
+
+// Decisions returns the last assignment decisions, newest first; safe
+// from any goroutine (the console asks).
+func (d *Dispatcher) Decisions() []Decision {
+	d.decMu.Lock()
+	defer d.decMu.Unlock()
+	out := slices.Clone(d.decisions)
+	slices.Reverse(out)
+	return out
 }

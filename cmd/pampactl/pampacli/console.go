@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/console"
@@ -56,16 +59,17 @@ func (e *env) consoleCommand() *cli.Command {
 				return err
 			}
 			defer closeLog()
-			return e.serveConsole(c.Context, c, cfg, listen, true, log)
+			return e.serveConsole(c.Context, c, cfg, listen, nil, log)
 		},
 	}
 }
 
 // serveConsole serves the console on listen until ctx ends. Its sessions
 // open on demand and close when idle: beside a dispatcher, an unwatched
-// console holds none. check verifies the schema first (a dispatcher beside
-// it has).
-func (e *env) serveConsole(ctx context.Context, c *cli.Context, cfg *orchestrator.Config, listen string, check bool, log *slog.Logger) error {
+// console holds none. beside is the dispatcher of the same process
+// (dispatcher run, up): its decisions and metrics show; without one the
+// console checks the schema and counts the rows for /metrics itself.
+func (e *env) serveConsole(ctx context.Context, c *cli.Context, cfg *orchestrator.Config, listen string, beside *dispatcher.Dispatcher, log *slog.Logger) error {
 	url, err := cfg.DatabaseURL(e.getenv)
 	if err != nil {
 		return err
@@ -80,13 +84,21 @@ func (e *env) serveConsole(ctx context.Context, c *cli.Context, cfg *orchestrato
 		return fmt.Errorf("connect to the database: %w", err)
 	}
 	defer pool.Close()
-	if check {
+	ccfg := console.Config{Cluster: cfg, DB: pool, Logger: log, ProcessTimeout: 5 * time.Second,
+		ReadOnly: cfg.Console.ReadOnly || c.Bool("read-only"), BasePath: cfg.Console.BasePath}
+	if beside != nil {
+		ccfg.Decisions, ccfg.Metrics = beside.Decisions, beside.MetricsHandler()
+	} else {
 		if err := dispatcher.Check(ctx, pool, cfg.Jobs); err != nil {
 			return err
 		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		rows := dispatcher.NewRowGauges(url, cfg.Jobs, rowGaugeInterval)
+		defer rows.Close()
+		reg.MustRegister(rows)
+		ccfg.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	}
-	ccfg := console.Config{Cluster: cfg, DB: pool, Logger: log, ProcessTimeout: 5 * time.Second,
-		ReadOnly: cfg.Console.ReadOnly || c.Bool("read-only"), BasePath: cfg.Console.BasePath}
 	if c.IsSet("base-path") {
 		ccfg.BasePath = c.String("base-path")
 	}
@@ -137,7 +149,7 @@ func (e *env) serveConsole(ctx context.Context, c *cli.Context, cfg *orchestrato
 // runs ([console] listen, or --console-listen; "" for none). It returns
 // what stops it. A console that cannot start is logged, and the
 // dispatcher runs on.
-func (e *env) consoleBeside(c *cli.Context, cfg *orchestrator.Config) (stop func()) {
+func (e *env) consoleBeside(c *cli.Context, cfg *orchestrator.Config, d *dispatcher.Dispatcher) (stop func()) {
 	listen := cfg.Console.Listen
 	if c.IsSet("console-listen") {
 		listen = c.String("console-listen")
@@ -154,7 +166,7 @@ func (e *env) consoleBeside(c *cli.Context, cfg *orchestrator.Config) (stop func
 	go func() {
 		defer close(done)
 		defer closeLog()
-		if err := e.serveConsole(ctx, c, cfg, listen, false, log); err != nil && ctx.Err() == nil {
+		if err := e.serveConsole(ctx, c, cfg, listen, d, log); err != nil && ctx.Err() == nil {
 			log.Warn("the console did not start; the dispatcher runs without it", "err", err)
 		}
 	}()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
 	"github.com/pampa-go/pampa/dispatcher"
@@ -48,5 +49,41 @@ func TestConsoleCommand(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "console at http://"+addr+"/") || strings.Contains(out.String(), "token=") {
 		t.Errorf("a loopback console should say where it is, with no token:\n%s", out.String())
+	}
+}
+
+// dispatcher run serves the console beside it: with its assignment
+// decisions and its metrics.
+func TestDispatcherServesTheConsole(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, 20, 1, 1, "echo $PAMPA_TASK_ID >> OK")
+	addr := freeAddr(t)
+	r.dispatcher(0, "--console-listen", addr)
+	r.worker("local.1")
+	r.waitSucceeded(20, 60*time.Second)
+	var ds []dispatcher.Decision
+	poll(t, "the console's decisions", func() string {
+		resp, err := http.Get("http://" + addr + "/api/decisions")
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &ds); err != nil || len(ds) == 0 {
+			return string(b)
+		}
+		return ""
+	})
+	if d := ds[len(ds)-1]; d.Job != "work" || d.Worker != "local.1" || !d.Assigned {
+		t.Errorf("first decision %+v; want local.1 assigned to work", d)
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `pampa_rows_succeeded_total{job="work"} 20`) {
+		t.Errorf("the console's /metrics lacks the dispatcher's counters:\n%.2000s", b)
 	}
 }

@@ -62,7 +62,7 @@ func (e *env) dispatcherCommand() *cli.Command {
 					}
 					return nil
 				}
-				defer e.consoleBeside(c, cfg)()
+				defer e.consoleBeside(c, cfg, d)()
 				return e.serveDispatcher(c, cfg, d)
 			},
 		}},

@@ -131,8 +131,8 @@ func (r *rig) start(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func (r *rig) dispatcher(i int) *exec.Cmd {
-	return r.start(fmt.Sprintf("dispatcher%d", i), "dispatcher", "run", "--no-log-file", "--no-tunnels", "--listen", r.listen[i])
+func (r *rig) dispatcher(i int, extra ...string) *exec.Cmd {
+	return r.start(fmt.Sprintf("dispatcher%d", i), append([]string{"dispatcher", "run", "--no-log-file", "--no-tunnels", "--listen", r.listen[i]}, extra...)...)
 }
 
 func (r *rig) worker(id string) *exec.Cmd {

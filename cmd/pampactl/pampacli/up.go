@@ -154,6 +154,6 @@ func (e *env) up(c *cli.Context) error {
 	}
 	defer closeLog()
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
-	defer e.consoleBeside(c, f.Config)()
+	defer e.consoleBeside(c, f.Config, d)()
 	return e.serveDispatcher(c, f.Config, d)
 }
