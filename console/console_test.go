@@ -214,6 +214,20 @@ func TestConsoleInChromium(t *testing.T) {
 		return ""
 	})
 
+	// Every other page renders.
+	for path, h1 := range map[string]string{"/workers": "Workers", "/nodes": "Nodes", "/logs": "Logs"} {
+		if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+path), chromedp.WaitVisible(chromedp.CSS(`h1`))); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		got, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(`h1`)))
+		if err != nil || strings.TrimSpace(got) != h1 {
+			t.Errorf("%s shows %q (%v); want %q", path, got, err, h1)
+		}
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/workers"), chromedp.WaitVisible(chromedp.CSS(`section.node[data-node="local"]`))); err != nil {
+		t.Fatalf("the workers page has no section for node local: %v", err)
+	}
+
 	// Another origin's page posts to the console: refused, nothing changes.
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, `<!doctype html><script>

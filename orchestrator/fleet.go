@@ -6,7 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -173,18 +175,51 @@ func (f *Fleet) collect(ctx context.Context, op string, names []string, fn func(
 	return out, err
 }
 
-// StartWorkers starts the missing workers of the nodes, up to max_workers.
-func (f *Fleet) StartWorkers(ctx context.Context, names []string) ([]NodeWorkers, error) {
+// StartWorkers starts the missing workers of the nodes, up to max_workers;
+// with ids, only those of them.
+func (f *Fleet) StartWorkers(ctx context.Context, names []string, ids ...string) ([]NodeWorkers, error) {
 	return f.collect(ctx, "start workers", names, func(ctx context.Context, n Node, c Conn, l deploy.Node) ([]deploy.ProcessState, error) {
-		return deploy.Start(ctx, c, l, n.WorkerIDs())
+		return deploy.Start(ctx, c, l, only(n.WorkerIDs(), ids))
 	})
 }
 
-// StopWorkers stops the nodes' workers: TERM, then KILL after grace.
-func (f *Fleet) StopWorkers(ctx context.Context, names []string, grace time.Duration) ([]NodeWorkers, error) {
+// StopWorkers stops the nodes' workers (with ids, only those): TERM, then
+// KILL after grace.
+func (f *Fleet) StopWorkers(ctx context.Context, names []string, grace time.Duration, ids ...string) ([]NodeWorkers, error) {
 	return f.collect(ctx, "stop workers", names, func(ctx context.Context, n Node, c Conn, l deploy.Node) ([]deploy.ProcessState, error) {
-		return deploy.Stop(ctx, c, l, n.WorkerIDs(), grace)
+		return deploy.Stop(ctx, c, l, only(n.WorkerIDs(), ids), grace)
 	})
+}
+
+// only keeps the ids of all that are in some, or all of them when some is
+// empty.
+func only(all, some []string) []string {
+	if len(some) == 0 {
+		return all
+	}
+	var out []string
+	for _, id := range all {
+		if slices.Contains(some, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// WorkerNodes checks worker ids against the config and returns their
+// nodes, for the operations that take ids.
+func (c *Config) WorkerNodes(ids []string) ([]string, error) {
+	var nodes []string
+	for _, id := range ids {
+		if err := c.KnownWorker(id); err != nil {
+			return nil, err
+		}
+		n, _, _ := strings.Cut(id, ".")
+		if !slices.Contains(nodes, n) {
+			nodes = append(nodes, n)
+		}
+	}
+	return nodes, nil
 }
 
 // WorkerProcesses reports which of the nodes' workers run.

@@ -168,6 +168,17 @@ func (e *env) app() *cli.App {
 func markUsageErrors(parent string, cmds []*cli.Command) {
 	for _, c := range cmds {
 		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error { return usageError{err} }
+		if len(c.Subcommands) == 0 && c.Action != nil && c.ArgsUsage == "" {
+			// A command that takes no arguments says so rather than
+			// ignoring them (workers stop local.2 once stopped them all).
+			name, action := parent+c.Name, c.Action
+			c.Action = func(ctx *cli.Context) error {
+				if ctx.NArg() > 0 {
+					return usagef("pampactl %s takes no arguments, got %q; see pampactl %s --help", name, ctx.Args().Slice(), name)
+				}
+				return action(ctx)
+			}
+		}
 		if len(c.Subcommands) > 0 && c.Action == nil {
 			group, subs := parent+c.Name+" ", c.Subcommands
 			c.Action = func(ctx *cli.Context) error {

@@ -323,3 +323,49 @@ func TestSetupMissingTableWritesNothing(t *testing.T) {
 		t.Fatalf("%d tables were created despite the error", n)
 	}
 }
+
+// workers start, stop and restart act on the workers named, and only
+// them; an id the config does not have is refused with exit 2.
+func TestWorkersByID(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	cfg, _, _ := localNumbers(t, 1)
+	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
+	t.Cleanup(func() { c("workers", "stop") })
+	if r := c("workers", "start"); r.code != 0 || strings.Count(r.stdout, "started") != 2 {
+		t.Fatalf("workers start: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	r := c("workers", "stop", "local.2")
+	if r.code != 0 || !strings.Contains(r.stdout, "local.2\tstopped") || strings.Contains(r.stdout, "local.1") {
+		t.Fatalf("workers stop local.2: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	procs := func() map[string]string {
+		r := c("workers", "status", "--json")
+		var rows []workerRow
+		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+			t.Fatalf("workers status --json: %v %q", err, r.stdout)
+		}
+		out := map[string]string{}
+		for _, w := range rows {
+			out[w.ID] = w.Process
+		}
+		return out
+	}
+	if p := procs(); p["local.1"] != "running" || p["local.2"] != "none" {
+		t.Fatalf("after stopping local.2: %v; want local.1 running, local.2 none", p)
+	}
+	if r := c("workers", "start", "local.2"); r.code != 0 || !strings.Contains(r.stdout, "local.2\tstarted") || strings.Contains(r.stdout, "local.1") {
+		t.Fatalf("workers start local.2: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	for _, args := range [][]string{{"workers", "stop", "local.9"}, {"workers", "start", "w9.1"}, {"workers", "stop", "local.1", "--node", "local"}} {
+		if r := c(args...); r.code != ExitUsage {
+			t.Errorf("pampactl %s: exit %d, want 2: %q", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+	if p := procs(); p["local.1"] != "running" || p["local.2"] != "running" {
+		t.Fatalf("refused commands changed workers: %v", p)
+	}
+	if r := c("jobs", "status", "extra"); r.code != ExitUsage || !strings.Contains(r.stderr, "takes no arguments") {
+		t.Errorf("jobs status extra: exit %d %q; want 2 saying it takes no arguments", r.code, r.stderr)
+	}
+}

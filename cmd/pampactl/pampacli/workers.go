@@ -27,18 +27,41 @@ func (e *env) fleet(c *cli.Context) (*orchestrator.Fleet, error) {
 }
 
 func (e *env) workersCommand() *cli.Command {
+	// selection is the nodes and worker ids a command names: --node,
+	// and worker ids as arguments (their nodes too).
+	selection := func(c *cli.Context, f *orchestrator.Fleet) ([]string, []string, error) {
+		ids := c.Args().Slice()
+		nodes, err := f.Config.WorkerNodes(ids)
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		if len(ids) == 0 {
+			nodes = c.StringSlice("node")
+		} else if len(c.StringSlice("node")) > 0 {
+			return nil, nil, usagef("name workers or --node, not both")
+		}
+		return nodes, ids, nil
+	}
 	stop := func(c *cli.Context) error {
 		f, err := e.fleet(c)
 		if err != nil {
 			return err
 		}
+		nodes, ids, err := selection(c, f)
+		if err != nil {
+			return err
+		}
 		grace := f.Config.Worker.GracePeriod + 5*time.Second
-		res, err := f.StopWorkers(c.Context, c.StringSlice("node"), grace)
+		res, err := f.StopWorkers(c.Context, nodes, grace, ids...)
 		e.printProcesses(res)
 		return err
 	}
 	start := func(c *cli.Context) error {
 		f, err := e.fleet(c)
+		if err != nil {
+			return err
+		}
+		nodes, ids, err := selection(c, f)
 		if err != nil {
 			return err
 		}
@@ -48,7 +71,7 @@ func (e *env) workersCommand() *cli.Command {
 		} else if created {
 			fmt.Fprintf(e.stderr, "pampactl: created the worker secret %s (mode 0600)\n", f.Config.Dispatcher.SecretFile)
 		}
-		res, err := f.StartWorkers(c.Context, c.StringSlice("node"))
+		res, err := f.StartWorkers(c.Context, nodes, ids...)
 		e.printProcesses(res)
 		return err
 	}
@@ -56,9 +79,11 @@ func (e *env) workersCommand() *cli.Command {
 		Name:  "workers",
 		Usage: "start, stop and list the worker processes of the nodes",
 		Subcommands: []*cli.Command{
-			{Name: "start", Usage: "start the missing workers, up to max_workers per node (idempotent)", Flags: []cli.Flag{newNodeFlag()}, Action: start},
-			{Name: "stop", Usage: "stop workers: TERM, then KILL after the grace period", Flags: []cli.Flag{newNodeFlag()}, Action: stop},
-			{Name: "restart", Usage: "stop, then start", Flags: []cli.Flag{newNodeFlag()}, Action: func(c *cli.Context) error {
+			{Name: "start", Usage: "start the missing workers, up to max_workers per node (idempotent); only the ids named, if any",
+				ArgsUsage: "[ID...]", Flags: []cli.Flag{newNodeFlag()}, Action: start},
+			{Name: "stop", Usage: "stop workers: TERM, then KILL after the grace period; only the ids named, if any",
+				ArgsUsage: "[ID...]", Flags: []cli.Flag{newNodeFlag()}, Action: stop},
+			{Name: "restart", Usage: "stop, then start; only the ids named, if any", ArgsUsage: "[ID...]", Flags: []cli.Flag{newNodeFlag()}, Action: func(c *cli.Context) error {
 				if err := stop(c); err != nil {
 					return err
 				}
