@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"sync"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -63,6 +64,18 @@ type env struct {
 	warned         bool // the config's warnings were printed
 }
 
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
 // usageError marks errors in how the command was called (exit code 2).
 type usageError struct{ error }
 
@@ -78,7 +91,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		}
 		opts.Handlers = h
 	}
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, opts: opts}
+	// Loggers of goroutines that run side by side (the dispatcher and the
+	// console beside it) share these streams: one write at a time.
+	e := &env{stdin: stdin, stdout: &lockedWriter{w: stdout}, stderr: &lockedWriter{w: stderr}, getenv: getenv, opts: opts}
 	app := e.app()
 	ownHelpCommands(app) // concurrent Runs must not share urfave's help command
 	if len(args) == 2 && (args[1] == "--help" || args[1] == "-h") {

@@ -55,6 +55,9 @@ func (e *env) demoCommand() *cli.Command {
 }
 
 func isTerminal(w any) bool {
+	if l, ok := w.(*lockedWriter); ok {
+		w = l.w
+	}
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
