@@ -2,11 +2,13 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/pgtest"
 	"github.com/pampa-go/pampa/protocol"
 )
 
@@ -168,5 +170,37 @@ func TestFailuresOfAResultSQLJobAreCounted(t *testing.T) {
 	e.work("n1.1", 1, true)
 	if n := count(t, e.pool, `select rows_done from pampa_workers where id = 'n1.1'`); n != 1 {
 		t.Fatalf("rows_done = %d after one success; want 1", n)
+	}
+}
+
+// db setup refuses, before writing anything, a primary key that is not a
+// column and bookkeeping keys naming columns that cannot be Pampa's.
+func TestSetupRefusesColumnsThatDoNotFit(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.Pool(t)
+	ctx := context.Background()
+	mustExec(t, pool, `create table pages (id bigint primary key, url varchar(8000) not null, tries text, owner uuid)`)
+	base := Job{Name: "scrape", Table: "pages", Fields: FieldsFor("scrape", "id")}.WithDefaults()
+	for name, tc := range map[string]struct {
+		edit func(*Fields)
+		want string
+	}{
+		"primary key":       {func(f *Fields) { f.PrimaryKey = "nope" }, `field_primary_key = "nope" is not a column`},
+		"user data":         {func(f *Fields) { f.ErrorDescription = "url" }, `field_error_description = "url" is NOT NULL`},
+		"text attempts":     {func(f *Fields) { f.Times = "tries" }, `field_times = "tries" is a column of type text`},
+		"uuid reservations": {func(f *Fields) { f.ID = "owner" }, `field_id = "owner" is a column of type uuid`},
+	} {
+		j := base
+		tc.edit(&j.Fields)
+		err := Setup(ctx, pool, Postgres, []Job{j})
+		if !errors.Is(err, ErrBadColumn) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Setup = %v; want ErrBadColumn saying %q", name, err, tc.want)
+		}
+	}
+	if n := count(t, pool, `select count(*) from information_schema.columns where table_name = 'pages' and table_schema = current_schema()`); n != 4 {
+		t.Fatalf("pages has %d columns after refused setups; want its 4: nothing written", n)
+	}
+	if n := count(t, pool, `select count(*) from information_schema.tables where table_name = 'pampa_workers' and table_schema = current_schema()`); n != 0 {
+		t.Fatal("a refused setup created Pampa's tables")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -64,11 +65,15 @@ var ownTables = []string{
 // missing on its table and the partial indexes that keep selection fast. It
 // is idempotent and never drops or rewrites user data.
 func Setup(ctx context.Context, db DB, flavor Flavor, jobs []Job) error {
-	// Every table must exist before anything is written.
+	// Every table and named column must fit before anything is written.
+	var errs []error
 	for _, j := range jobs {
-		if _, err := tableColumns(ctx, db, j.Table); err != nil {
-			return fmt.Errorf("job %q: %w", j.Name, err)
+		if err := checkColumns(ctx, db, j); err != nil {
+			errs = append(errs, err)
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	for _, s := range ownTables {
 		if _, err := db.Exec(ctx, s); err != nil {
@@ -137,6 +142,81 @@ func setupJob(ctx context.Context, db DB, flavor Flavor, j Job) error {
 		}
 	}
 	return nil
+}
+
+// ErrBadColumn means a field_* key names a column that cannot hold what
+// Pampa writes there: the wrong type, NOT NULL, or missing (the key).
+var ErrBadColumn = errors.New("a bookkeeping column does not fit")
+
+// columnKinds are the types each bookkeeping column may have, by the
+// names information_schema gives them.
+var columnKinds = map[string][]string{
+	"text":        {"text", "character varying"},
+	"timestamptz": {"timestamp with time zone"},
+	"int":         {"integer", "bigint", "smallint"},
+	"boolean":     {"boolean"},
+}
+
+// checkColumns verifies, writing nothing, that the job's table exists,
+// that its primary key is a column, and that every bookkeeping column
+// that exists already has a type Pampa can write and takes null: such a
+// column is most likely a user's (field_error_description = "url" would
+// overwrite the URLs).
+func checkColumns(ctx context.Context, db DB, j Job) error {
+	schema, name, found := strings.Cut(j.Table, ".")
+	if !found {
+		schema, name = "", j.Table
+	}
+	rows, err := db.Query(ctx, `select column_name, data_type, is_nullable = 'YES' from information_schema.columns
+where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2`, schema, name)
+	if err != nil {
+		return fmt.Errorf("job %q: read columns of table %s: %w", j.Name, j.Table, err)
+	}
+	type col struct {
+		typ      string
+		nullable bool
+	}
+	cols := map[string]col{}
+	for rows.Next() {
+		var n string
+		var c col
+		if err := rows.Scan(&n, &c.typ, &c.nullable); err != nil {
+			return err
+		}
+		cols[n] = c
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("job %q: read columns of table %s: %w", j.Name, j.Table, err)
+	}
+	if len(cols) == 0 {
+		return fmt.Errorf("job %q: %w: %s is not in the database (check the job's table key and the connection's search_path)", j.Name, ErrNoTable, j.Table)
+	}
+	var errs []error
+	if _, ok := cols[j.Fields.PrimaryKey]; !ok {
+		errs = append(errs, fmt.Errorf("%w: job %q: field_primary_key = %q is not a column of table %s; set it to the table's primary key",
+			ErrBadColumn, j.Name, j.Fields.PrimaryKey, j.Table))
+	}
+	f := j.Fields
+	for _, c := range []struct{ key, name, kind string }{
+		{"field_id", f.ID, "text"}, {"field_time", f.Time, "timestamptz"}, {"field_times", f.Times, "int"},
+		{"field_start_time", f.StartTime, "timestamptz"}, {"field_end_time", f.EndTime, "timestamptz"},
+		{"field_success", f.Success, "boolean"}, {"field_error_description", f.ErrorDescription, "text"},
+		{"field_final", f.Final, "boolean"}, {"field_run_at", f.RunAt, "timestamptz"},
+	} {
+		have, ok := cols[c.name]
+		if c.name == "" || !ok {
+			continue // db setup adds it
+		}
+		switch {
+		case !slices.Contains(columnKinds[c.kind], have.typ):
+			errs = append(errs, fmt.Errorf("%w: job %q: %s = %q is a column of type %s; Pampa writes %s there: name another column (db setup adds it)",
+				ErrBadColumn, j.Name, c.key, c.name, have.typ, c.kind))
+		case !have.nullable:
+			errs = append(errs, fmt.Errorf("%w: job %q: %s = %q is NOT NULL; Pampa writes null to it, so it is likely your own data: name another column",
+				ErrBadColumn, j.Name, c.key, c.name))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // notifyFunction wakes the dispatcher when rows are inserted, so new rows

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -630,6 +631,18 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 		} else {
 			jobAt[j.Name] = key
 		}
+		for pi, prev := range c.Jobs {
+			if prev.Table != j.Table || j.Name == "" {
+				continue
+			}
+			for _, col := range bookkeeping(j) {
+				if slices.Contains(bookkeeping(prev), col) {
+					bad(key, "job %q shares column %q of table %s with job %q (jobs[%d]); give each job its own field_prefix",
+						j.Name, col, j.Table, prev.Name, pi)
+					break
+				}
+			}
+		}
 		c.Jobs = append(c.Jobs, j)
 		if j.FilterWorkerID != nil && j.Step.SQL == "" && len(c.Nodes) > 0 && !c.anyWorkerMatches(j) {
 			c.Warnings = append(c.Warnings, f.errorf(key+".filter_worker_id",
@@ -642,6 +655,13 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// bookkeeping lists a job's own columns (not the primary key, which jobs
+// of one table share).
+func bookkeeping(j dispatcher.Job) []string {
+	f := j.Fields
+	return []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription, f.Final}
 }
 
 func (c *Config) anyWorkerMatches(j dispatcher.Job) bool {

@@ -321,6 +321,8 @@ func TestErrors(t *testing.T) {
 		{"relay and tunnel", "[[relays]]\nname = \"eu\"\nlisten = \"10.0.0.5:7545\"\n" + node + "relay = \"eu\"\ntunnel = true\n",
 			[]string{"nodes[0].relay", "set one"}},
 		{"negative max_ram", node + "max_ram = -1\n", []string{":4:1: nodes[0].max_ram", "MiB"}},
+		{"two jobs, one table, one prefix", minimalJob + "\n[[jobs]]\nname = \"k\"\ntable = \"t\"\nfield_prefix = \"j\"\n",
+			[]string{"jobs[1]", `job "k" shares column "j_reservation_id" of table t with job "j"`, "field_prefix"}},
 		{"zero slots", minimalJob + "slots = 0\n", []string{":5:1: jobs[0].slots", "at least 1"}},
 		{"negative assigned", minimalJob + "max_assigned_workers = -1\n", []string{":5:1: jobs[0].max_assigned_workers", "0 means no limit"}},
 		{"negative minutes", minimalJob + "max_job_duration_minutes = -1.5\n", []string{":5:1: jobs[0].max_job_duration_minutes", "positive number"}},

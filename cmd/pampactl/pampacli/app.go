@@ -126,7 +126,8 @@ func (e *env) exitCode(ctx context.Context, err error) int {
 	switch {
 	case errors.As(err, &partial):
 		return ExitPartial
-	case errors.As(err, &ue), errors.Is(err, orchestrator.ErrConfig), errors.Is(err, dispatcher.ErrNotSetUp), errors.Is(err, dispatcher.ErrNoTable), errors.Is(err, dispatcher.ErrBadSQL):
+	case errors.As(err, &ue), errors.Is(err, orchestrator.ErrConfig), errors.Is(err, dispatcher.ErrNotSetUp), errors.Is(err, dispatcher.ErrNoTable), errors.Is(err, dispatcher.ErrBadSQL),
+		errors.Is(err, dispatcher.ErrBadColumn):
 		return ExitUsage
 	case ctx.Err() != nil:
 		return ExitInterrupted

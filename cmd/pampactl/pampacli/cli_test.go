@@ -324,6 +324,42 @@ func TestSetupMissingTableWritesNothing(t *testing.T) {
 	}
 }
 
+// db setup with a bookkeeping key naming a user's column (NOT NULL, of
+// another type) or a primary key that is not a column exits 2 naming the
+// key, and adds no column.
+func TestSetupBadColumnsWritesNothing(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(t.Context(), `create table numbers (value bigint primary key, url varchar(8000) not null)`); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	text := fmt.Sprintf(localConfig, url, freeAddr(t), dir)
+	for _, tc := range []struct{ key, want string }{
+		{`field_error_description = "url"`, `field_error_description = "url" is NOT NULL`},
+		{`field_primary_key = "id"`, `field_primary_key = "id" is not a column`},
+	} {
+		bad := strings.Replace(text, `field_primary_key = "value"`, `field_primary_key = "value"`+"\n"+tc.key, 1)
+		if strings.HasPrefix(tc.key, "field_primary_key") {
+			bad = strings.Replace(text, `field_primary_key = "value"`, tc.key, 1)
+		}
+		cfg := writeConfig(t, t.TempDir(), bad)
+		r := run(t, t.Context(), nil, "--config", cfg, "db", "setup")
+		if r.code != ExitUsage || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("db setup with %s: exit %d, stderr %q; want 2 saying %q", tc.key, r.code, r.stderr, tc.want)
+		}
+	}
+	var n int
+	if err := conn.QueryRow(t.Context(), `select count(*) from information_schema.columns where table_name = 'numbers' and table_schema = current_schema()`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("numbers has %d columns (%v); want its 2: nothing written", n, err)
+	}
+}
+
 // workers start, stop and restart act on the workers named, and only
 // them; an id the config does not have is refused with exit 2.
 func TestWorkersByID(t *testing.T) {
