@@ -109,6 +109,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		// So is its version flag, which would also take -v from --verbose.
 		args = []string{args[0], "version"}
 	}
+	// Only when a shell asks: urfave's completion flag is a package
+	// variable that concurrent Runs would share.
+	app.EnableBashCompletion = slices.Contains(args, completeFlag)
 	err := app.RunContext(ctx, args)
 	return e.exitCode(ctx, err)
 }
@@ -160,6 +163,7 @@ func (e *env) app() *cli.App {
 			e.rowsCommand(),
 			e.relayCommand(),
 			e.consoleCommand(),
+			e.completionCommand(),
 			e.demoCommand(),
 			e.periodicCommand(),
 			e.nodesCommand(),

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -20,28 +21,60 @@ func (e *env) jobsCommand() *cli.Command {
 		Subcommands: []*cli.Command{{
 			Name:  "status",
 			Usage: "rows per job: total, pending, scheduled, queued, running, completed, failed, and whether it is paused",
-			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON: a list of {job,total,pending,scheduled,queued,running,completed,failed,paused}"}},
+			Flags: []cli.Flag{
+				&cli.BoolFlag{Name: "json", Usage: "print JSON: a list of {job,total,pending,scheduled,queued,running,completed,failed,paused}"},
+				&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "report again every --interval until interrupted (a terminal is redrawn)"},
+				&cli.DurationFlag{Name: "interval", Value: 2 * time.Second, Usage: "with --watch, the time between two reports"},
+			},
 			Action: func(c *cli.Context) error {
+				if c.Duration("interval") <= 0 {
+					return usagef("--interval %s: must be positive", c.Duration("interval"))
+				}
 				cfg, conn, err := e.connect(c)
 				if err != nil {
 					return err
 				}
-				defer conn.Close(c.Context)
+				defer conn.Close(context.Background())
 				// Missing columns get the db setup hint, not an SQL error.
 				if err := dispatcher.Check(c.Context, conn, cfg.Jobs); err != nil {
 					return err
 				}
-				st, err := dispatcher.Report(c.Context, conn, cfg.Jobs)
-				if err != nil {
-					return err
+				tick := time.NewTicker(c.Duration("interval"))
+				defer tick.Stop()
+				for {
+					st, err := dispatcher.Report(c.Context, conn, cfg.Jobs)
+					if err != nil {
+						if c.Context.Err() != nil {
+							return nil // interrupted while reading
+						}
+						return err
+					}
+					switch {
+					case c.Bool("json"):
+						enc := json.NewEncoder(e.stdout)
+						enc.SetIndent("", "  ")
+						if err := enc.Encode(st); err != nil {
+							return err
+						}
+					case c.Bool("watch") && isTerminal(e.stdout):
+						fmt.Fprint(e.stdout, "\033[H\033[2J") // redraw in place
+						fmt.Fprintf(e.stdout, "%s (every %s; interrupt to stop)\n\n", time.Now().Format("15:04:05"), c.Duration("interval"))
+						printJobs(e, st)
+					case c.Bool("watch"):
+						fmt.Fprintf(e.stdout, "%s\n", time.Now().Format(time.RFC3339))
+						printJobs(e, st)
+					default:
+						printJobs(e, st)
+					}
+					if !c.Bool("watch") {
+						return nil
+					}
+					select {
+					case <-c.Context.Done():
+						return nil
+					case <-tick.C:
+					}
 				}
-				if c.Bool("json") {
-					enc := json.NewEncoder(e.stdout)
-					enc.SetIndent("", "  ")
-					return enc.Encode(st)
-				}
-				printJobs(e, st)
-				return nil
 			},
 		}, {
 			Name:  "retry",

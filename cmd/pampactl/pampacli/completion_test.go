@@ -1,0 +1,70 @@
+package pampacli_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
+)
+
+// pampactl completion bash, sourced in a real bash, completes subcommands
+// by asking pampactl; fish gets a script; other shells exit 2.
+func TestCompletion(t *testing.T) {
+	t.Parallel()
+	bin := pampactlBinary(t)
+	dir := t.TempDir()
+	if err := os.Symlink(bin, filepath.Join(dir, "pampactl")); err != nil {
+		t.Fatal(err)
+	}
+	script := `source <(pampactl completion bash)
+COMP_WORDS=(pampactl jobs ""); COMP_CWORD=2; _pampactl_complete; echo "${COMPREPLY[@]}"
+COMP_WORDS=(pampactl wor); COMP_CWORD=1; _pampactl_complete; echo "${COMPREPLY[@]}"`
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bash: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 || lines[0] != "status retry pause resume" || lines[1] != "worker workers" {
+		t.Fatalf("bash completion gave %q; want the jobs subcommands, then worker workers", lines)
+	}
+	if r := pampactl(t.Context(), t, nil, "completion", "fish"); r.code != 0 || !strings.Contains(r.stdout, "complete -c pampactl") {
+		t.Errorf("completion fish: %d %q", r.code, r.stdout)
+	}
+	if r := pampactl(t.Context(), t, nil, "completion", "pwsh"); r.code != pampacli.ExitUsage {
+		t.Errorf("completion pwsh: exit %d, want 2", r.code)
+	}
+}
+
+// jobs status --watch reports again every --interval until interrupted,
+// then exits 130 as an interrupted command does.
+func TestJobsStatusWatch(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, 3, 1, 1, "true")
+	ctx, cancel := context.WithCancel(t.Context())
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- pampacli.Run(ctx, []string{"pampactl", "--config", r.cfg, "jobs", "status", "--watch", "--interval", "100ms"},
+			strings.NewReader(""), &out, &out, func(string) string { return "" }, pampacli.Options{})
+	}()
+	poll(t, "three reports", func() string {
+		if n := strings.Count(out.String(), "JOB "); n < 3 {
+			return fmt.Sprintf("%d reports:\n%s", n, out.String())
+		}
+		return ""
+	})
+	cancel()
+	if code := <-done; code != pampacli.ExitInterrupted {
+		t.Fatalf("jobs status --watch exited %d after the interrupt; want 130:\n%s", code, out.String())
+	}
+	if !strings.Contains(out.String(), "work") {
+		t.Errorf("no job in the reports:\n%s", out.String())
+	}
+}
