@@ -405,3 +405,22 @@ func TestWorkersByID(t *testing.T) {
 		t.Errorf("jobs status extra: exit %d %q; want 2 saying it takes no arguments", r.code, r.stderr)
 	}
 }
+
+// workers start says so when a worker dies at once, with the end of its
+// log, instead of reporting it started.
+func TestWorkersStartReportsWorkersThatDie(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	url := pgtest.Schema(t)
+	dir := t.TempDir()
+	// A job with no step: the stock worker refuses to start.
+	text := strings.Replace(fmt.Sprintf(localConfig, url, freeAddr(t), dir), `command = ["sh", "-c", "echo $((PAMPA_TASK_ID % 2 == 1))"]`, "", 1)
+	cfg := writeConfig(t, dir, text)
+	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
+	t.Cleanup(func() { c("workers", "stop") })
+	r := c("workers", "start", "local.1")
+	if r.code != ExitFailure || !strings.Contains(r.stdout, "local.1\tdied at once") ||
+		!strings.Contains(r.stderr, "has no command") || !strings.Contains(r.stderr, "died within") {
+		t.Fatalf("workers start of a worker that cannot run: exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+}

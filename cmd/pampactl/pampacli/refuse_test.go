@@ -25,7 +25,7 @@ func TestWorkerRunRefusesWhatCannotWork(t *testing.T) {
 	}{
 		{"id beyond max_workers", "", "local.7", "max_workers = 2"},
 		{"id of no node", "", "w9.1", `no node "w9"`},
-		{"job without a step", "\n[[jobs]]\nname = \"nostep\"\ntable = \"tasks\"\nfield_prefix = \"work\"\n", "local.1",
+		{"job without a step", "\n[[jobs]]\nname = \"nostep\"\ntable = \"tasks\"\nfield_prefix = \"nostep\"\n", "local.1",
 			`job "nostep" has no command`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

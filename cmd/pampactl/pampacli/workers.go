@@ -2,8 +2,11 @@ package pampacli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -73,6 +76,9 @@ func (e *env) workersCommand() *cli.Command {
 		}
 		res, err := f.StartWorkers(c.Context, nodes, ids...)
 		e.printProcesses(res)
+		if died := e.diedAtOnce(c, f, res); died != nil {
+			return errors.Join(err, died)
+		}
 		return err
 	}
 	return &cli.Command{
@@ -223,4 +229,59 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// startGrace is how long a started worker must live to count as started:
+// one that cannot run (a bad config on the node, a missing secret) exits
+// within it.
+const startGrace = time.Second
+
+// diedAtOnce looks again at the workers just started and reports those
+// already gone, each with the end of its log.
+func (e *env) diedAtOnce(c *cli.Context, f *orchestrator.Fleet, res []orchestrator.NodeWorkers) error {
+	var started, nodes []string
+	for _, n := range res {
+		for _, w := range n.Workers {
+			if w.State == "started" {
+				started = append(started, w.ID)
+				if !slices.Contains(nodes, n.Node) {
+					nodes = append(nodes, n.Node)
+				}
+			}
+		}
+	}
+	if len(started) == 0 {
+		return nil
+	}
+	select {
+	case <-c.Context.Done():
+		return nil
+	case <-time.After(startGrace):
+	}
+	now, err := f.WorkerProcesses(c.Context, nodes)
+	if err != nil {
+		return nil // the nodes said nothing more; the start itself went through
+	}
+	var dead []string
+	for _, n := range now {
+		for _, w := range n.Workers {
+			if slices.Contains(started, w.ID) && w.State != "running" {
+				dead = append(dead, w.ID)
+			}
+		}
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+	tails := map[string][]string{}
+	_ = f.TailLogs(c.Context, orchestrator.TailOptions{Names: nodes, Workers: dead, Lines: 5,
+		Emit: func(_, worker, line string) { tails[worker] = append(tails[worker], line) }})
+	for _, id := range dead {
+		fmt.Fprintf(e.stdout, "%s\tdied at once\n", id)
+		for _, l := range tails[id] {
+			fmt.Fprintf(e.stderr, "  %s: %s\n", id, l)
+		}
+	}
+	return fmt.Errorf("%d of %d workers started died within %s: %s (their logs end above)",
+		len(dead), len(started), startGrace, strings.Join(dead, " "))
 }
