@@ -68,3 +68,17 @@ func TestJobsStatusWatch(t *testing.T) {
 		t.Errorf("no job in the reports:\n%s", out.String())
 	}
 }
+
+// Help tells the truth: --delay's default is the config's, and -n is
+// --node in logs tail as everywhere else.
+func TestHelpTexts(t *testing.T) {
+	t.Parallel()
+	r := pampactl(t.Context(), t, nil, "dispatcher", "run", "--help")
+	if !strings.Contains(r.stdout, "(default: [dispatcher] delay)") || strings.Contains(r.stdout, "(default: 0s)") {
+		t.Errorf("dispatcher run --help on --delay:\n%s", r.stdout)
+	}
+	r = pampactl(t.Context(), t, nil, "logs", "tail", "--help")
+	if !strings.Contains(r.stdout, "--node value, -n value") || !strings.Contains(r.stdout, "--lines value, -l value") {
+		t.Errorf("logs tail --help:\n%s", r.stdout)
+	}
+}

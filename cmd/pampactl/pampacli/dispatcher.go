@@ -26,7 +26,7 @@ func (e *env) dispatcherCommand() *cli.Command {
 			Name:  "run",
 			Usage: "reserve rows for workers, relaunch failed and late rows, assign workers to jobs",
 			Flags: append(append([]cli.Flag{
-				&cli.DurationFlag{Name: "delay", Usage: "idle poll period (default: [dispatcher] delay)"},
+				&cli.DurationFlag{Name: "delay", Usage: "idle poll period", DefaultText: "[dispatcher] delay"},
 				&cli.BoolFlag{Name: "once", Usage: "run one cycle and exit"},
 				&cli.BoolFlag{Name: "no-tunnels", Usage: "do not keep the tunnels of tunnel nodes open (another process does)"},
 				&cli.StringFlag{Name: "listen", Usage: "host:port for workers, instead of [dispatcher] listen (a standby beside the leader)"},

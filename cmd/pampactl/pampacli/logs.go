@@ -19,9 +19,10 @@ func (e *env) logsCommand() *cli.Command {
 			Name:  "tail",
 			Usage: "print the last lines of every worker's log; with -f, follow them all, each line prefixed with its worker",
 			Flags: append([]cli.Flag{
-				&cli.StringSliceFlag{Name: "node", Usage: "only this node (repeatable); all nodes by default"},
+				newNodeFlag(),
 				&cli.StringSliceFlag{Name: "worker", Aliases: []string{"w"}, Usage: "only this worker id, such as w1.2 (repeatable)"},
-				&cli.IntFlag{Name: "lines", Aliases: []string{"n"}, Value: 100, Usage: "last lines of each log to print"},
+				// -n is --node in every command; lines get -l.
+				&cli.IntFlag{Name: "lines", Aliases: []string{"l"}, Value: 100, Usage: "last lines of each log to print"},
 				&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new lines until interrupted; a node that drops is reconnected and its logs resume where they were left (no line lost or repeated)"},
 			}, sshFlags()...),
 			Action: e.logsTail,

@@ -176,12 +176,12 @@ func testLogsTail(t *testing.T, srv *sshtest.Server) {
 	appendLog("w1.2", "alpha\n\nbeta\n")
 	cfg := writeConfig(t, "postgres://x@127.0.0.1/db", n)
 
-	r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "-n", "2")
+	r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "-l", "2")
 	want := "w1.1 | two\nw1.1 | three\nw1.2 | \nw1.2 | beta\n"
 	if r.code != 0 || r.stdout != want {
 		t.Fatalf("logs tail -n 2: got\n%s\nwant stdout:\n%s", r, want)
 	}
-	if r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "-n", "1", "--worker", "w1.2"); r.stdout != "w1.2 | beta\n" {
+	if r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "-l", "1", "--worker", "w1.2"); r.stdout != "w1.2 | beta\n" {
 		t.Fatalf("logs tail --worker w1.2:\n%s", r)
 	}
 	if r := pampactl(t.Context(), t, nil, "--config", cfg, "logs", "tail", "--worker", "w9.1"); r.code != 2 {
@@ -192,7 +192,7 @@ func testLogsTail(t *testing.T, srv *sshtest.Server) {
 	var out syncBuffer
 	done := make(chan int)
 	go func() {
-		done <- runTo(ctx, &out, "--config", cfg, "logs", "tail", "-n", "1", "-f")
+		done <- runTo(ctx, &out, "--config", cfg, "logs", "tail", "-l", "1", "-f")
 	}()
 	poll(t, "follow prints the last lines", func() string {
 		if !strings.Contains(out.String(), "w1.1 | three\n") {

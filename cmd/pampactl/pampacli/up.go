@@ -18,7 +18,7 @@ func (e *env) upCommand() *cli.Command {
 		Usage: "deploy to the nodes, open db tunnels, start the workers, then run the dispatcher in the foreground " +
 			"(workers keep running when it stops: pampactl down stops them)",
 		Flags: append(append(withSSHFlags(binaryFlag(),
-			&cli.DurationFlag{Name: "delay", Usage: "dispatcher idle poll period (default: [dispatcher] delay)"},
+			&cli.DurationFlag{Name: "delay", Usage: "dispatcher idle poll period", DefaultText: "[dispatcher] delay"},
 		), logFlags()...), consoleFlags()...),
 		Action: e.up,
 	}
