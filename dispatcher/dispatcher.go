@@ -129,6 +129,10 @@ type Dispatcher struct {
 
 	decMu     sync.Mutex
 	decisions []Decision // the last assignment decisions, oldest first
+
+	// For Progress, read from other goroutines.
+	ended atomic.Int64 // attempts whose end mark this dispatcher wrote
+	alive atomic.Int64 // workers with a live stream at the last full cycle
 }
 
 // New validates cfg and returns a dispatcher; nothing is written until Run.
@@ -156,6 +160,13 @@ func (d *Dispatcher) Handler() http.Handler {
 		mux.Handle("/metrics", LoopbackOrBearer(d.cfg.Secret, h))
 	}
 	return mux
+}
+
+// Progress says how many attempts this dispatcher has ended so far and
+// how many workers were connected at its last full cycle; safe from any
+// goroutine.
+func (d *Dispatcher) Progress() (ended int64, alive int, leader bool) {
+	return d.ended.Load(), int(d.alive.Load()), d.leading.Load()
 }
 
 // MetricsHandler is the handler the dispatcher serves at /metrics, or nil.
@@ -512,6 +523,13 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 		if err := d.liveness(ctx, stats); err != nil {
 			return nil, err
 		}
+		live := 0
+		for _, p := range d.peers {
+			if p.sess != nil {
+				live++
+			}
+		}
+		d.alive.Store(int64(live))
 		if d.cfg.Metrics != nil {
 			byNode := map[string]int{}
 			for _, p := range d.peers {

@@ -148,6 +148,7 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 					"key", m.Key, "attempt", m.Attempt, "ok", m.OK)
 			} else {
 				d.cfg.Metrics.rowEnded(job, m.OK, time.Duration(m.Millis)*time.Millisecond)
+				d.ended.Add(1)
 			}
 		}
 	}

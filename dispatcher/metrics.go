@@ -154,6 +154,9 @@ func (g *RowGauges) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// Counts returns the jobs' rows by state, read at most once per interval.
+func (g *RowGauges) Counts() []JobStatus { return g.read() }
+
 func (g *RowGauges) read() []JobStatus {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -30,13 +30,14 @@ func (e *env) dispatcherCommand() *cli.Command {
 				&cli.BoolFlag{Name: "once", Usage: "run one cycle and exit"},
 				&cli.BoolFlag{Name: "no-tunnels", Usage: "do not keep the tunnels of tunnel nodes open (another process does)"},
 				&cli.StringFlag{Name: "listen", Usage: "host:port for workers, instead of [dispatcher] listen (a standby beside the leader)"},
+				&cli.BoolFlag{Name: "progress", Usage: "print a status line every second (rows/s, pending, workers); the default on a terminal", DefaultText: "on a terminal"},
 			}, append(logFlags(), consoleFlags()...)...), sshFlags()...),
 			Action: func(c *cli.Context) error {
 				cfg, err := e.loadConfig(c)
 				if err != nil {
 					return err
 				}
-				d, closeLog, err := e.newDispatcher(c, cfg)
+				d, rows, closeLog, err := e.newDispatcher(c, cfg)
 				if err != nil {
 					return err
 				}
@@ -63,20 +64,21 @@ func (e *env) dispatcherCommand() *cli.Command {
 					return nil
 				}
 				defer e.consoleBeside(c, cfg, d)()
+				defer e.progressLine(c, d, rows)()
 				return e.serveDispatcher(c, cfg, d)
 			},
 		}},
 	}
 }
 
-func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatcher.Dispatcher, func(), error) {
+func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatcher.Dispatcher, *dispatcher.RowGauges, func(), error) {
 	url, err := cfg.DatabaseURL(e.getenv)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	log, closeLog, err := e.logger(c, logFileFlag(c, cfg.Dispatcher.LogFile))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	delay := cfg.Dispatcher.Delay
 	if c.IsSet("delay") {
@@ -86,13 +88,13 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 		p := worker.Periodic{RunOnce: true, Logger: log, Func: worker.CommandFunc(cfg.Dispatcher.StartCommand, "", os.Environ())}
 		if err := p.Run(c.Context); err != nil {
 			closeLog()
-			return nil, nil, fmt.Errorf("dispatcher start_command: %w", err)
+			return nil, nil, nil, fmt.Errorf("dispatcher start_command: %w", err)
 		}
 	}
 	secret, created, err := cfg.EnsureSecret(e.getenv)
 	if err != nil {
 		closeLog()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if created {
 		log.Info("created the worker secret (mode 0600); nodes deploy pushes it to the nodes", "file", cfg.Dispatcher.SecretFile)
@@ -106,9 +108,9 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 	})
 	if err != nil {
 		closeLog()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return d, func() { rows.Close(); closeLog() }, nil
+	return d, rows, func() { rows.Close(); closeLog() }, nil
 }
 
 // dispatcherMetrics is the registry /metrics serves: the dispatcher's
@@ -173,4 +175,56 @@ func dispatcherDialer(cfg *orchestrator.Config) func(context.Context) (net.Conn,
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
 	}
+}
+
+// progressLine prints, on a terminal (or with --progress), a status line
+// every second: rows ended per second, rows waiting, workers connected.
+// It returns what stops it.
+func (e *env) progressLine(c *cli.Context, d *dispatcher.Dispatcher, rows *dispatcher.RowGauges) (stop func()) {
+	on := isTerminal(e.stderr)
+	if c.IsSet("progress") {
+		on = c.Bool("progress")
+	}
+	if !on {
+		return func() {}
+	}
+	tty := isTerminal(e.stderr)
+	ctx, cancel := context.WithCancel(c.Context)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		last, lastAt := int64(0), time.Now()
+		for {
+			select {
+			case <-ctx.Done():
+				if tty {
+					fmt.Fprintln(e.stderr)
+				}
+				return
+			case <-t.C:
+			}
+			ended, alive, leader := d.Progress()
+			now := time.Now()
+			rate := float64(ended-last) / now.Sub(lastAt).Seconds()
+			last, lastAt = ended, now
+			var waiting, running int64
+			for _, s := range rows.Counts() {
+				waiting += s.Pending + s.Scheduled + s.Queued
+				running += s.Running
+			}
+			role := "leader"
+			if !leader {
+				role = "standing by"
+			}
+			line := fmt.Sprintf("%s: %.0f rows/s, %d waiting, %d running, %d workers, %d ended", role, rate, waiting, running, alive, ended)
+			if tty {
+				fmt.Fprintf(e.stderr, "\r\033[K%s", line)
+			} else {
+				fmt.Fprintln(e.stderr, line)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }

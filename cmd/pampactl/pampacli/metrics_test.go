@@ -32,3 +32,15 @@ func TestDispatcherServesMetrics(t *testing.T) {
 		return ""
 	})
 }
+
+// dispatcher run --progress (the default on a terminal) prints a status
+// line every second: its role, rows/s, rows waiting, workers.
+func TestDispatcherProgressLine(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, 50, 1, 1, "echo $PAMPA_TASK_ID >> OK")
+	r.dispatcher(0, "--progress")
+	r.worker("local.1")
+	r.waitSucceeded(50, 60*time.Second)
+	r.waitLog("dispatcher0", "0 waiting, 0 running, 1 workers, 50 ended", 30*time.Second)
+	r.waitLog("dispatcher0", "leader: ", 5*time.Second)
+}

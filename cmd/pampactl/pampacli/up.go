@@ -19,7 +19,8 @@ func (e *env) upCommand() *cli.Command {
 			"(workers keep running when it stops: pampactl down stops them)",
 		Flags: append(append(withSSHFlags(binaryFlag(),
 			&cli.DurationFlag{Name: "delay", Usage: "dispatcher idle poll period", DefaultText: "[dispatcher] delay"},
-		), logFlags()...), consoleFlags()...),
+		), logFlags()...), append(consoleFlags(),
+			&cli.BoolFlag{Name: "progress", Usage: "print a status line every second; the default on a terminal", DefaultText: "on a terminal"})...),
 		Action: e.up,
 	}
 }
@@ -148,12 +149,13 @@ func (e *env) up(c *cli.Context) error {
 	if err := e.proceed(err); err != nil {
 		return err
 	}
-	d, closeLog, err := e.newDispatcher(c, f.Config)
+	d, rows, closeLog, err := e.newDispatcher(c, f.Config)
 	if err != nil {
 		return err
 	}
 	defer closeLog()
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
 	defer e.consoleBeside(c, f.Config, d)()
+	defer e.progressLine(c, d, rows)()
 	return e.serveDispatcher(c, f.Config, d)
 }
