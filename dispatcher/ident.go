@@ -31,6 +31,9 @@ func ValidateIdentifier(name string) error {
 	return nil
 }
 
+// ValidateTable checks a "table" or "schema.table" name.
+func ValidateTable(table string) error { return validateTable(table) }
+
 func validateTable(table string) error {
 	parts := strings.Split(table, ".")
 	if len(parts) > 2 {

@@ -164,6 +164,7 @@ func (e *env) app() *cli.App {
 			e.relayCommand(),
 			e.consoleCommand(),
 			e.completionCommand(),
+			e.initCommand(),
 			e.demoCommand(),
 			e.periodicCommand(),
 			e.nodesCommand(),

@@ -9,7 +9,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
+	"github.com/pampa-go/pampa/internal/pgtest"
+	"github.com/pampa-go/pampa/orchestrator"
 )
 
 // pampactl completion bash, sourced in a real bash, completes subcommands
@@ -80,5 +84,55 @@ func TestHelpTexts(t *testing.T) {
 	r = pampactl(t.Context(), t, nil, "logs", "tail", "--help")
 	if !strings.Contains(r.stdout, "--node value, -n value") || !strings.Contains(r.stdout, "--lines value, -l value") {
 		t.Errorf("logs tail --help:\n%s", r.stdout)
+	}
+}
+
+// init --table writes a config for the table, its primary key read from
+// the database, that loads and that db setup takes; it overwrites nothing
+// and refuses tables without a one-column key.
+func TestInitTable(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(t.Context(), `create table pages (page_id bigint primary key, url text);
+create table pairs (a int, b int, primary key (a, b)); create table loose (x int)`); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "cluster.toml")
+	env := map[string]string{"PAMPA_DATABASE_URL": url}
+	r := pampactl(t.Context(), t, env, "init", "--table", "pages", "--out", out)
+	if r.code != 0 || !strings.Contains(r.stdout, "primary key page_id") {
+		t.Fatalf("init --table pages:\n%s", r)
+	}
+	cfg, err := orchestrator.Load(out)
+	if err != nil {
+		t.Fatalf("the written config does not load: %v", err)
+	}
+	if j, ok := cfg.Job("pages"); !ok || j.Table != "pages" || j.Fields.PrimaryKey != "page_id" {
+		t.Fatalf("job = %+v", j)
+	}
+	if b, _ := os.ReadFile(out); strings.Contains(string(b), url) {
+		t.Error("the database URL was written into the file")
+	}
+	if r := pampactl(t.Context(), t, env, "--config", out, "db", "setup"); r.code != 0 {
+		t.Fatalf("db setup on the written config:\n%s", r)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"init", "--table", "pages", "--out", out}, "exists; pass --force"},
+		{[]string{"init", "--table", "pairs", "--out", filepath.Join(dir, "b.toml")}, "primary key of 2 columns"},
+		{[]string{"init", "--table", "loose", "--out", filepath.Join(dir, "c.toml")}, "has no primary key"},
+		{[]string{"init", "--table", "nope", "--out", filepath.Join(dir, "d.toml")}, "nope is not in the database"},
+	} {
+		if r := pampactl(t.Context(), t, env, tc.args...); r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("pampactl %s: exit %d, want 2 with %q:\n%s", strings.Join(tc.args, " "), r.code, tc.want, r)
+		}
 	}
 }
