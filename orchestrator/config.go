@@ -497,6 +497,7 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 		return out
 	}
 	c.Dispatcher.SecretFile = inDir("dispatcher.secret_file", raw.Dispatcher.SecretFile)
+	c.Dispatcher.LogFile = inDir("dispatcher.log_file", c.Dispatcher.LogFile)
 	c.Dispatcher.TLSCertFile = inDir("dispatcher.tls_cert_file", raw.Dispatcher.TLSCertFile)
 	c.Dispatcher.TLSKeyFile = inDir("dispatcher.tls_key_file", raw.Dispatcher.TLSKeyFile)
 	c.Worker.CAFile = inDir("worker.ca_file", raw.Worker.CAFile)

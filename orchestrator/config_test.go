@@ -42,7 +42,7 @@ func TestExampleFile(t *testing.T) {
 	if c.Database.Flavor != FlavorPostgres || c.Database.URLEnv != "PAMPA_DATABASE_URL" || c.Database.URL == "" {
 		t.Errorf("Database = %+v", c.Database)
 	}
-	if c.Dispatcher.Delay != time.Second || c.Dispatcher.HeartbeatTimeout != 30*time.Second || c.Dispatcher.LogFile != "dispatcher.log" {
+	if c.Dispatcher.Delay != time.Second || c.Dispatcher.HeartbeatTimeout != 30*time.Second || c.Dispatcher.LogFile != filepath.Join("..", "dispatcher.log") {
 		t.Errorf("Dispatcher = %+v", c.Dispatcher)
 	}
 	if c.Worker.HeartbeatInterval != 5*time.Second || c.Worker.GracePeriod != 30*time.Second || c.Worker.LogFile != "worker.{id}.log" {
@@ -131,7 +131,7 @@ ssh_username = "u"
 		Path:     "/etc/pampa/cluster.toml",
 		Database: Database{URLEnv: "PAMPA_DATABASE_URL", Flavor: "postgres"},
 		Dispatcher: DispatcherSettings{
-			Delay: time.Second, LogFile: "dispatcher.log", HeartbeatTimeout: 30 * time.Second,
+			Delay: time.Second, LogFile: "/etc/pampa/dispatcher.log", HeartbeatTimeout: 30 * time.Second,
 		},
 		Worker: WorkerSettings{
 			Delay: time.Second, LogFile: "worker.{id}.log", HeartbeatInterval: 5 * time.Second, GracePeriod: 30 * time.Second,

@@ -136,3 +136,31 @@ create table pairs (a int, b int, primary key (a, b)); create table loose (x int
 		}
 	}
 }
+
+// dispatcher run resolves a relative log_file and runs start_command in
+// the config's directory, wherever it is started, as every relative path
+// of the config.
+func TestDispatcherPathsAreTheConfigsDir(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, 1, 1, 1, "true")
+	text, err := os.ReadFile(r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgText := strings.Replace(string(text), `log_file = ""`, `log_file = "logs/dispatcher.log"
+start_command = ["sh", "-c", "pwd > started.txt"]`, 1)
+	if err := os.WriteFile(r.cfg, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The test runs in the package's directory, not the config's.
+	if res := pampactl(t.Context(), t, nil, "--config", r.cfg, "dispatcher", "run", "--once", "--no-tunnels"); res.code != 0 {
+		t.Fatalf("dispatcher run --once:\n%s", res)
+	}
+	got, err := os.ReadFile(filepath.Join(r.dir, "started.txt"))
+	if err != nil || strings.TrimSpace(string(got)) != r.dir {
+		t.Errorf("start_command ran in %q (%v); want the config's directory %s", got, err, r.dir)
+	}
+	if _, err := os.Stat(filepath.Join(r.dir, "logs", "dispatcher.log")); err != nil {
+		t.Errorf("the dispatcher's log is not beside the config: %v", err)
+	}
+}

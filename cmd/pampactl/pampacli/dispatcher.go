@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -85,7 +86,8 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 		delay = c.Duration("delay")
 	}
 	if len(cfg.Dispatcher.StartCommand) > 0 {
-		p := worker.Periodic{RunOnce: true, Logger: log, Func: worker.CommandFunc(cfg.Dispatcher.StartCommand, "", os.Environ())}
+		// In the config's directory, as every relative path of the config.
+		p := worker.Periodic{RunOnce: true, Logger: log, Func: worker.CommandFunc(cfg.Dispatcher.StartCommand, filepath.Dir(cfg.Path), os.Environ())}
 		if err := p.Run(c.Context); err != nil {
 			closeLog()
 			return nil, nil, nil, fmt.Errorf("dispatcher start_command: %w", err)

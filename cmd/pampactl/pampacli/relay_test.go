@@ -114,6 +114,14 @@ command = ["sh", "-c", %q]
 		})
 		return cmd, &out
 	}
+	// The relay's one connection is counted from when the dispatcher leads:
+	// before, it refuses streams, and may close their connection.
+	poll(t, "the dispatcher to lead", func() string {
+		if !strings.Contains(dlog.String(), "dispatcher is the leader") {
+			return dlog.String()
+		}
+		return ""
+	})
 	_, relayLog := inSite("relay", "relay", "run", "--name", "site")
 	for i := 1; i <= 3; i++ {
 		for k := 1; k <= perNode; k++ {
