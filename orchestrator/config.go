@@ -103,7 +103,21 @@ type DispatcherSettings struct {
 	SQLSessions int    // sessions that run sql steps
 	TLSCertFile string // serve the worker protocol over TLS
 	TLSKeyFile  string
+	Logs        LogCap // bounds LogFile
 }
+
+// LogCap bounds a log file: past MaxMB it is copied to .1 (older copies
+// shift up to .Keep) and truncated. MaxMB 0 keeps everything.
+type LogCap struct {
+	MaxMB int
+	Keep  int
+}
+
+// Defaults of log_max_mb and log_keep.
+const (
+	DefaultLogMaxMB = 64
+	DefaultLogKeep  = 3
+)
 
 // WorkerSettings configure every worker process.
 type WorkerSettings struct {
@@ -120,6 +134,7 @@ type WorkerSettings struct {
 	CAFile      string // the CA that signed the dispatcher's TLS certificate (control host)
 	CAPEM       string // the same, inline (in a node's config)
 	TLS         bool   // dial the dispatcher over TLS (in a node's config; set by a CA too)
+	Logs        LogCap // bounds each worker's log
 }
 
 // Node is a computer that runs workers: the control host itself (Local) or
@@ -361,6 +376,8 @@ type rawDispatcher struct {
 	SQLSessions      int      `toml:"sql_sessions"`
 	TLSCertFile      string   `toml:"tls_cert_file"`
 	TLSKeyFile       string   `toml:"tls_key_file"`
+	LogMaxMB         *int     `toml:"log_max_mb"`
+	LogKeep          *int     `toml:"log_keep"`
 }
 
 type rawWorker struct {
@@ -375,6 +392,8 @@ type rawWorker struct {
 	CAFile            string   `toml:"ca_file"`
 	CAPEM             string   `toml:"ca_pem"`
 	TLS               bool     `toml:"tls"`
+	LogMaxMB          *int     `toml:"log_max_mb"`
+	LogKeep           *int     `toml:"log_keep"`
 }
 
 type rawNode struct {
@@ -498,6 +517,22 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 	}
 	c.Dispatcher.SecretFile = inDir("dispatcher.secret_file", raw.Dispatcher.SecretFile)
 	c.Dispatcher.LogFile = inDir("dispatcher.log_file", c.Dispatcher.LogFile)
+	logCap := func(section string, maxMB, keep *int) LogCap {
+		l := LogCap{MaxMB: DefaultLogMaxMB, Keep: DefaultLogKeep}
+		if maxMB != nil {
+			if l.MaxMB = *maxMB; l.MaxMB < 0 {
+				bad(section+".log_max_mb", "got %d; give MiB, or 0 to keep the whole log", l.MaxMB)
+			}
+		}
+		if keep != nil {
+			if l.Keep = *keep; l.Keep < 1 {
+				bad(section+".log_keep", "got %d; keep at least 1 rotated copy", l.Keep)
+			}
+		}
+		return l
+	}
+	c.Dispatcher.Logs = logCap("dispatcher", raw.Dispatcher.LogMaxMB, raw.Dispatcher.LogKeep)
+	c.Worker.Logs = logCap("worker", raw.Worker.LogMaxMB, raw.Worker.LogKeep)
 	c.Dispatcher.TLSCertFile = inDir("dispatcher.tls_cert_file", raw.Dispatcher.TLSCertFile)
 	c.Dispatcher.TLSKeyFile = inDir("dispatcher.tls_key_file", raw.Dispatcher.TLSKeyFile)
 	c.Worker.CAFile = inDir("worker.ca_file", raw.Worker.CAFile)

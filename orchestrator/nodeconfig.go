@@ -40,6 +40,8 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 		Secret            string   `toml:"secret"`
 		CAPEM             string   `toml:"ca_pem,omitempty"`
 		TLS               bool     `toml:"tls,omitempty"`
+		LogMaxMB          int      `toml:"log_max_mb"`
+		LogKeep           int      `toml:"log_keep"`
 	}
 	type dispatcher struct {
 		// The node's workers are told the heartbeat timeout in the welcome;
@@ -58,7 +60,8 @@ func (c *Config) NodeConfig(n Node, secret []byte) ([]byte, error) {
 		LogFile: c.Worker.LogFile, HeartbeatInterval: c.Worker.HeartbeatInterval.String(),
 		GracePeriod: c.Worker.GracePeriod.String(), StartCommand: c.Worker.StartCommand,
 		Dispatchers: c.WorkerDispatchers(n), Secret: string(secret),
-		TLS: c.Dispatcher.TLSCertFile != "" || c.Worker.TLS,
+		TLS:      c.Dispatcher.TLSCertFile != "" || c.Worker.TLS,
+		LogMaxMB: c.Worker.Logs.MaxMB, LogKeep: c.Worker.Logs.Keep,
 	}
 	if c.Worker.CAFile != "" {
 		pem, err := os.ReadFile(c.Worker.CAFile)

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/pampa-go/pampa/deploy"
 	"os"
 	"strconv"
 	"strings"
@@ -65,3 +66,6 @@ func (c *Config) WorkerTLS() (*tls.Config, error) {
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
+
+// WorkerLogFile is where a started worker's output goes, in its work dir.
+func WorkerLogFile(id string) string { return deploy.LogFile(id) }

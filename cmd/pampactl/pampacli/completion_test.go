@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -162,5 +163,46 @@ start_command = ["sh", "-c", "pwd > started.txt"]`, 1)
 	}
 	if _, err := os.Stat(filepath.Join(r.dir, "logs", "dispatcher.log")); err != nil {
 		t.Errorf("the dispatcher's log is not beside the config: %v", err)
+	}
+}
+
+// A worker's log stays under [worker] log_max_mb: past it the log is
+// copied to .1 and starts again, while the worker goes on writing.
+func TestWorkerLogIsCapped(t *testing.T) {
+	t.Parallel()
+	// Each row's step prints 600 lines (60 KB) to stderr, which the worker logs.
+	r := newRig(t, 40, 1, 1, `yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -n 600 >&2; echo $PAMPA_TASK_ID >> OK`)
+	text, _ := os.ReadFile(r.cfg)
+	if err := os.WriteFile(r.cfg, []byte(strings.Replace(string(text), "[worker]\n", "[worker]\nlog_max_mb = 1\nlog_keep = 1\n", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := pampactl(t.Context(), t, nil, "--config", r.cfg, "workers", "start", "local.1"); res.code != 0 {
+		t.Fatalf("workers start:\n%s", res)
+	}
+	t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", r.cfg, "workers", "stop") })
+	r.dispatcher(0)
+	r.waitSucceeded(40, 90*time.Second)
+	log := filepath.Join(r.dir, "worker.local.1.log")
+	poll(t, "the worker's log to be capped", func() string {
+		st, err := os.Stat(log + ".1")
+		if err != nil {
+			cur, _ := os.Stat(log)
+			size := int64(-1)
+			if cur != nil {
+				size = cur.Size()
+			}
+			return fmt.Sprintf("%v (the log holds %d bytes)", err, size)
+		}
+		cur, err := os.Stat(log)
+		if err != nil || cur.Size() > 1<<20 {
+			return fmt.Sprintf("log %v, %v", cur, err)
+		}
+		if st.Size() <= 1<<20 {
+			return fmt.Sprintf("the copy holds %d bytes; it was rotated past 1 MiB", st.Size())
+		}
+		return ""
+	})
+	if _, err := os.Stat(log + ".2"); err == nil {
+		t.Error("a second copy was kept with log_keep = 1")
 	}
 }

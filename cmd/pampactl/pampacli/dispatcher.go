@@ -77,7 +77,8 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	log, closeLog, err := e.logger(c, logFileFlag(c, cfg.Dispatcher.LogFile))
+	logFile := logFileFlag(c, cfg.Dispatcher.LogFile)
+	log, closeLog, err := e.logger(c, logFile)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -112,7 +113,9 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 		closeLog()
 		return nil, nil, nil, err
 	}
-	return d, rows, func() { rows.Close(); closeLog() }, nil
+	capCtx, stopCap := context.WithCancel(c.Context)
+	go capLog(capCtx, logFile, cfg.Dispatcher.Logs)
+	return d, rows, func() { stopCap(); rows.Close(); closeLog() }, nil
 }
 
 // dispatcherMetrics is the registry /metrics serves: the dispatcher's

@@ -1,12 +1,18 @@
 package pampacli
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/pampa-go/pampa/internal/logcap"
+	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/worker"
 )
 
@@ -48,6 +54,11 @@ func (e *env) workerCommand() *cli.Command {
 				workDir := node.WorkDir
 				if !node.Local {
 					workDir, _ = os.Getwd() // started in the work dir
+				}
+				// The output workers start writes (workers start's >>), and
+				// the worker's own log file, stay under log_max_mb.
+				for _, p := range slices.Compact([]string{filepath.Join(workDir, orchestrator.WorkerLogFile(id)), logFile}) {
+					go capLog(c.Context, p, cfg.Worker.Logs)
 				}
 				var jobs []worker.Job
 				for _, j := range cfg.Jobs {
@@ -104,4 +115,12 @@ func (e *env) workerCommand() *cli.Command {
 			},
 		}},
 	}
+}
+
+// capLog keeps the log at path under its bound until ctx ends.
+func capLog(ctx context.Context, path string, l orchestrator.LogCap) {
+	if path == "" || l.MaxMB == 0 {
+		return
+	}
+	logcap.Cap{Path: path, Max: int64(l.MaxMB) << 20, Keep: l.Keep, Every: 10 * time.Second}.Run(ctx)
 }
