@@ -206,3 +206,28 @@ func TestWorkerLogIsCapped(t *testing.T) {
 		t.Error("a second copy was kept with log_keep = 1")
 	}
 }
+
+// workers status without a database still shows what the nodes say, says
+// which columns are missing, and exits 1.
+func TestWorkersStatusWithoutDatabase(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "cluster.toml")
+	text := `[database]
+url = "postgres://nobody@127.0.0.1:1/none?connect_timeout=2"
+url_env = ""
+[[nodes]]
+name = "local"
+net_remote_ip = "local"
+max_workers = 2
+work_dir = "` + dir + `"
+`
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := pampactl(t.Context(), t, nil, "--config", cfg, "workers", "status")
+	if r.code != pampacli.ExitFailure || !strings.Contains(r.stdout, "local.1") || !strings.Contains(r.stdout, "local.2") ||
+		!strings.Contains(r.stderr, "registry is not readable") {
+		t.Fatalf("workers status without a database:\n%s", r)
+	}
+}

@@ -1,6 +1,7 @@
 package pampacli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -133,18 +134,12 @@ func (e *env) workersStatus(c *cli.Context) error {
 		return err
 	}
 	procs, nodeErr := f.WorkerProcesses(c.Context, c.StringSlice("node"))
-	url, err := f.Config.DatabaseURL(e.getenv)
-	if err != nil {
-		return err
-	}
-	conn, err := pgx.Connect(c.Context, url)
-	if err != nil {
-		return fmt.Errorf("connect to the database: %w", err)
-	}
-	defer conn.Close(c.Context)
-	reg, err := dispatcher.ListWorkers(c.Context, conn)
-	if err != nil {
-		return err
+	// Without the database the nodes' side is shown all the same, and the
+	// command fails after: the registry columns are left empty.
+	reg, dbErr := e.registry(c, f.Config)
+	if dbErr != nil {
+		fmt.Fprintf(e.stderr, "pampactl: the registry is not readable, so STATE, HEARTBEAT, JOB, DONE and FAILED are empty: %v\n", dbErr)
+		nodeErr = errors.Join(nodeErr, dbErr)
 	}
 	byID := map[string]dispatcher.WorkerStatus{}
 	for _, w := range reg {
@@ -284,4 +279,20 @@ func (e *env) diedAtOnce(c *cli.Context, f *orchestrator.Fleet, res []orchestrat
 	}
 	return fmt.Errorf("%d of %d workers started died within %s: %s (their logs end above)",
 		len(dead), len(started), startGrace, strings.Join(dead, " "))
+}
+
+// registry reads pampa_workers.
+func (e *env) registry(c *cli.Context, cfg *orchestrator.Config) ([]dispatcher.WorkerStatus, error) {
+	url, err := cfg.DatabaseURL(e.getenv)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the database: %w", err)
+	}
+	defer conn.Close(context.Background())
+	return dispatcher.ListWorkers(ctx, conn)
 }
