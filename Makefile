@@ -13,8 +13,9 @@ help: ## list the targets
 build: ## build bin/pampactl (controller, dispatcher and worker in one binary)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/pampactl ./cmd/pampactl
 
-test: ## run every test with the race detector (needs PostgreSQL and OpenSSH server binaries; .ci/run installs them)
+test: ## run every test with the race detector (needs PostgreSQL, OpenSSH server and chromium; .ci/run installs them)
 	$(GO) vet $(PKGS)
+	cd bench && $(GO) vet ./... # the bench harness is a module of its own: it must keep building
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 
 test-short: ## tests without the race detector, for a quick loop

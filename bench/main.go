@@ -246,44 +246,36 @@ func bench(ctx context.Context, o options, stdout, stderr io.Writer) error {
 
 	if want("pampa") {
 		progress("Pampa throughput, %d rows per scenario, no-op Go step on in-process workers over loopback:", o.rows)
+		// The plain job at every shape, then each per-round feature at 8
+		// workers.
+		var scenarios []pampaScenario
 		for _, q := range o.queueSizes {
 			for _, n := range o.workers {
-				s := pampaScenario{workers: n, queueSize: q}
-				rows, runs := o.rows, o.repeat
-				if q < 100 {
-					rows = min(o.rows, o.smallQueueRows)
-					if n == 1 {
-						runs = 1 // long; one worker at a time is not noise-bound
-					}
-				}
-				r, err := bestOf(ctx, runs, done, func() (result, error) { return runPampa(ctx, e, s, rows, log) })
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if err != nil {
-					failed(s.name(), err)
-					continue
-				}
-				rp.Results = append(rp.Results, r)
+				scenarios = append(scenarios, pampaScenario{workers: n, queueSize: q})
 			}
 		}
 		for i := range features {
 			for _, q := range o.queueSizes {
-				s := pampaScenario{workers: 8, queueSize: q, feature: &features[i]}
-				rows := o.rows
-				if q < 100 {
-					rows = min(o.rows, o.smallQueueRows)
-				}
-				r, err := bestOf(ctx, o.repeat, done, func() (result, error) { return runPampa(ctx, e, s, rows, log) })
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if err != nil {
-					failed(s.name(), err)
-					continue
-				}
-				rp.Results = append(rp.Results, r)
+				scenarios = append(scenarios, pampaScenario{workers: 8, queueSize: q, feature: &features[i]})
 			}
+		}
+		for _, s := range scenarios {
+			rows, runs := o.rows, o.repeat
+			if s.queueSize < 100 {
+				rows = min(o.rows, o.smallQueueRows)
+				if s.workers == 1 {
+					runs = 1 // long; one worker at a time is not noise-bound
+				}
+			}
+			r, err := bestOf(ctx, runs, done, func() (result, error) { return runPampa(ctx, e, s, rows, log) })
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err != nil {
+				failed(s.name(), err)
+				continue
+			}
+			rp.Results = append(rp.Results, r)
 		}
 	}
 	if want("ceiling") {

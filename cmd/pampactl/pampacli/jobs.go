@@ -9,9 +9,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/urfave/cli/v2"
 
 	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/orchestrator"
 )
 
 func (e *env) jobsCommand() *cli.Command {
@@ -109,22 +111,11 @@ func (e *env) jobsPause(c *cli.Context, pause bool) error {
 	if c.NArg() == 0 {
 		return usagef("name the jobs to %s, such as: pampactl jobs %s JOB", c.Command.Name, c.Command.Name)
 	}
-	cfg, err := e.loadConfig(c)
-	if err != nil {
-		return err
-	}
-	jobs, err := selectJobs(cfg.Jobs, c.Args().Slice())
-	if err != nil {
-		return err
-	}
-	conn, err := e.dial(c, cfg)
+	cfg, jobs, conn, err := e.connectJobs(c, c.Args().Slice())
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if err := dispatcher.Check(c.Context, conn, jobs); err != nil {
-		return err
-	}
 	names := make([]string, len(jobs))
 	for i, j := range jobs {
 		names[i] = j.Name
@@ -143,24 +134,11 @@ func (e *env) jobsPause(c *cli.Context, pause bool) error {
 }
 
 func (e *env) jobsRetry(c *cli.Context) error {
-	cfg, err := e.loadConfig(c)
-	if err != nil {
-		return err
-	}
-	// Job names are checked before connecting: a typo needs no database.
-	jobs, err := selectJobs(cfg.Jobs, c.StringSlice("job"))
-	if err != nil {
-		return err
-	}
-	conn, err := e.dial(c, cfg)
+	cfg, jobs, conn, err := e.connectJobs(c, c.StringSlice("job"))
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	// Missing columns are reported with the db setup hint, not as SQL errors.
-	if err := dispatcher.Check(c.Context, conn, jobs); err != nil {
-		return err
-	}
 	dry := c.Bool("dry-run")
 	var total int64
 	for _, j := range jobs {
@@ -191,6 +169,30 @@ func (e *env) jobsRetry(c *cli.Context) error {
 		}
 	}
 	return nil
+}
+
+// connectJobs loads the config, selects the jobs named (all when none)
+// before connecting, since a typo needs no database, and connects with the
+// schema checked, so that missing columns get the db setup hint rather
+// than an SQL error.
+func (e *env) connectJobs(c *cli.Context, names []string) (*orchestrator.Config, []dispatcher.Job, *pgx.Conn, error) {
+	cfg, err := e.loadConfig(c)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	jobs, err := selectJobs(cfg.Jobs, names)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	conn, err := e.dial(c, cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := dispatcher.Check(c.Context, conn, jobs); err != nil {
+		conn.Close(context.Background())
+		return nil, nil, nil, err
+	}
+	return cfg, jobs, conn, nil
 }
 
 // selectJobs returns the jobs named, in config order, or every job when

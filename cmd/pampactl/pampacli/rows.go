@@ -52,30 +52,22 @@ func (e *env) rowsCommand() *cli.Command {
 	}
 }
 
-// rowsJob loads the config, finds --job and connects; keys must be given
-// unless allowNone.
-func (e *env) rowsJob(c *cli.Context, allowNone bool) (*orchestrator.Config, dispatcher.Job, *pgx.Conn, error) {
-	var none dispatcher.Job
+// rowsJob connects for --job's rows, with the statements of the job; keys
+// must be given unless allowNone.
+func (e *env) rowsJob(c *cli.Context, allowNone bool) (*orchestrator.Config, *dispatcher.Queries, *pgx.Conn, error) {
 	if !allowNone && c.NArg() == 0 {
-		return nil, none, nil, usagef("name the rows by key, such as: pampactl rows %s --job %s 17 42", c.Command.Name, c.String("job"))
+		return nil, nil, nil, usagef("name the rows by key, such as: pampactl rows %s --job %s 17 42", c.Command.Name, c.String("job"))
 	}
-	cfg, err := e.loadConfig(c)
+	cfg, jobs, conn, err := e.connectJobs(c, []string{c.String("job")})
 	if err != nil {
-		return nil, none, nil, err
+		return nil, nil, nil, err
 	}
-	jobs, err := selectJobs(cfg.Jobs, []string{c.String("job")})
+	q, err := queriesFor(c.Context, conn, jobs[0])
 	if err != nil {
-		return nil, none, nil, err
-	}
-	conn, err := e.dial(c, cfg)
-	if err != nil {
-		return nil, none, nil, err
-	}
-	if err := dispatcher.Check(c.Context, conn, jobs); err != nil {
 		conn.Close(context.Background())
-		return nil, none, nil, err
+		return nil, nil, nil, err
 	}
-	return cfg, jobs[0], conn, nil
+	return cfg, q, conn, nil
 }
 
 func (e *env) rowsList(c *cli.Context) error {
@@ -89,12 +81,12 @@ func (e *env) rowsList(c *cli.Context) error {
 	if c.Int("limit") < 1 {
 		return usagef("--limit %d: give at least 1", c.Int("limit"))
 	}
-	_, j, conn, err := e.rowsJob(c, true)
+	_, q, conn, err := e.rowsJob(c, true)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	rows, err := dispatcher.ListRows(c.Context, conn, j, dispatcher.RowFilter{State: state, Limit: c.Int("limit")})
+	rows, err := dispatcher.ListRows(c.Context, conn, q.Job(), dispatcher.RowFilter{State: state, Limit: c.Int("limit")})
 	if err != nil {
 		return err
 	}
@@ -120,15 +112,12 @@ func (e *env) rowsRetry(c *cli.Context) error {
 	if all && c.NArg() > 0 {
 		return usagef("give keys or --all-failed, not both")
 	}
-	cfg, j, conn, err := e.rowsJob(c, all)
+	cfg, q, conn, err := e.rowsJob(c, all)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	q, err := queriesFor(c.Context, conn, j)
-	if err != nil {
-		return err
-	}
+	j := q.Job()
 	if all {
 		n, err := dispatcher.RetryFailed(c.Context, conn, q)
 		if err != nil {
@@ -153,15 +142,12 @@ func (e *env) rowsRetry(c *cli.Context) error {
 }
 
 func (e *env) rowsCancel(c *cli.Context) error {
-	cfg, j, conn, err := e.rowsJob(c, false)
+	cfg, q, conn, err := e.rowsJob(c, false)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	q, err := queriesFor(c.Context, conn, j)
-	if err != nil {
-		return err
-	}
+	j := q.Job()
 	res, err := dispatcher.Cancel(c.Context, conn, flavor(cfg), q, c.Args().Slice())
 	if err != nil {
 		return err
