@@ -131,19 +131,28 @@ where odd_checking_reservation_id is not null and odd_checking_end_time is null 
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() { // the workers: rows end, freeing their keys
-		defer wg.Done()
-		for range 120 {
+	reserved := make(chan struct{})
+	ended := make(chan struct{})
+	go func() { // the workers: rows end, freeing their keys, while the dispatchers reserve
+		defer close(ended)
+		for {
+			select {
+			case <-reserved:
+				return
+			default:
+			}
 			if _, err := e.pool.Exec(ctx, `update numbers set odd_checking_end_time = now(), odd_checking_success = true
 where value in (select value from numbers where odd_checking_reservation_id is not null and odd_checking_end_time is null
   order by random() limit 2)`); err != nil {
 				t.Error(err)
 				return
 			}
+			time.Sleep(time.Millisecond)
 		}
 	}()
 	wg.Wait()
+	close(reserved)
+	<-ended
 	if len(failures) > 0 {
 		t.Fatalf("the per-key limit broke %d times: %v", len(failures), failures[0])
 	}
