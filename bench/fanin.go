@@ -101,44 +101,20 @@ func anyExited(cs []*child, logPath string) func() error {
 // stream is up; then it lifts the lock and times the rows.
 func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv string) (faninResult, error) {
 	res := faninResult{Workers: n, Total: int64(rows), WorkerEnv: workerEnv}
-	const schema = "bench_fanin"
-	dbURL, err := e.freshSchema(ctx, schema)
-	if err != nil {
-		return res, err
-	}
-	defer e.dropSchema(schema)
 	job := benchJob(dispatcher.DefaultQueueSize)
-	if err := prepareTasks(ctx, dbURL, "", rows, job); err != nil {
-		return res, err
-	}
-	cc, err := b.writeChildCluster("fanin", dbURL, n, dispatcher.DefaultQueueSize)
-	if err != nil {
-		return res, err
-	}
-	conn, err := connectHarness(ctx, dbURL)
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	// From before the dispatcher starts; the harness's own sessions are
+	// left out.
 	sessions, err := pollSessions(ctx, e.baseURL, 20*time.Millisecond)
 	if err != nil {
 		return res, err
 	}
 	defer sessions.close()
-
-	lock, err := lockTasks(ctx, dbURL)
+	run, err := startChildRun(ctx, e, b, "bench_fanin", rows, n, true)
 	if err != nil {
 		return res, err
 	}
-	defer lock.release(context.WithoutCancel(ctx))
-	d, err := b.startDispatcher(cc, childEnv())
-	if err != nil {
-		return res, err
-	}
-	defer d.stop(30 * time.Second)
-	if err := waitLeading(ctx, d, 30*time.Second); err != nil {
-		return res, err
-	}
+	defer run.close()
+	cc, conn, lock, d := run.cc, run.conn, run.lock, run.d
 	logPath := filepath.Join(cc.dir, "workers.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -249,27 +225,12 @@ type idleResult struct {
 // part, and PSS) after they settle, and the CPU they use over a window.
 func runIdle(ctx context.Context, e *env, b *benchctl, k int, settle, window time.Duration) (idleResult, error) {
 	res := idleResult{Workers: k, Window: window}
-	const schema = "bench_idle"
-	dbURL, err := e.freshSchema(ctx, schema)
+	run, err := startChildRun(ctx, e, b, "bench_idle", 0, k*len(idleVariants), false)
 	if err != nil {
 		return res, err
 	}
-	defer e.dropSchema(schema)
-	if err := prepareTasks(ctx, dbURL, "", 0, benchJob(dispatcher.DefaultQueueSize)); err != nil {
-		return res, err
-	}
-	cc, err := b.writeChildCluster("idle", dbURL, k*len(idleVariants), dispatcher.DefaultQueueSize)
-	if err != nil {
-		return res, err
-	}
-	d, err := b.startDispatcher(cc, childEnv())
-	if err != nil {
-		return res, err
-	}
-	defer d.stop(30 * time.Second)
-	if err := waitLeading(ctx, d, 30*time.Second); err != nil {
-		return res, err
-	}
+	defer run.close()
+	cc, d := run.cc, run.d
 	logPath := filepath.Join(cc.dir, "workers.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {

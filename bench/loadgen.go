@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/protocol"
 )
 
@@ -102,37 +101,12 @@ func runLoad(ctx context.Context, e *env, b *benchctl, clients, rows int, viaRel
 	if viaRelay {
 		schema += "_relay"
 	}
-	dbURL, err := e.freshSchema(ctx, schema)
+	run, err := startChildRun(ctx, e, b, schema, rows, clients, true)
 	if err != nil {
 		return res, err
 	}
-	defer e.dropSchema(schema)
-	job := benchJob(dispatcher.DefaultQueueSize)
-	if err := prepareTasks(ctx, dbURL, "", rows, job); err != nil {
-		return res, err
-	}
-	cc, err := b.writeChildCluster(schema, dbURL, clients, dispatcher.DefaultQueueSize)
-	if err != nil {
-		return res, err
-	}
-	conn, err := connectHarness(ctx, dbURL)
-	if err != nil {
-		return res, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	lock, err := lockTasks(ctx, dbURL)
-	if err != nil {
-		return res, err
-	}
-	defer lock.release(context.WithoutCancel(ctx))
-	d, err := b.startDispatcher(cc, childEnv())
-	if err != nil {
-		return res, err
-	}
-	defer d.stop(30 * time.Second)
-	if err := waitLeading(ctx, d, 30*time.Second); err != nil {
-		return res, err
-	}
+	defer run.close()
+	cc, conn, lock, d := run.cc, run.conn, run.lock, run.d
 
 	cctx, stopClients := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup

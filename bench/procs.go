@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pampa-go/pampa/dispatcher"
 )
 
 // benchctl is the pampactl build of bench/benchctl: pampacli.Main with the
@@ -510,4 +512,59 @@ func (e *env) drain(ctx context.Context, d *dispatcherChild, lock *tableLock, co
 	cpu1, _ := procCPU(d.pid())
 	w.dispatcherCPU = cpu1 - cpu0
 	return w, err
+}
+
+// childRun is what the process scenarios share: a fresh schema holding
+// rows rows, a child cluster config for up to workers workers on it, the
+// harness's own session, the tasks table locked when asked (so the clock
+// starts with every stream up; drain lifts it), and a dispatcher process
+// that leads.
+type childRun struct {
+	url  string
+	cc   *childCluster
+	conn *pgx.Conn
+	lock *tableLock // nil when not locked
+	d    *dispatcherChild
+	undo []func() // in reverse order at close
+}
+
+func startChildRun(ctx context.Context, e *env, b *benchctl, schema string, rows, workers int, locked bool) (*childRun, error) {
+	r := &childRun{}
+	fail := func(err error) (*childRun, error) { r.close(); return nil, err }
+	var err error
+	if r.url, err = e.freshSchema(ctx, schema); err != nil {
+		return nil, err
+	}
+	r.undo = append(r.undo, func() { e.dropSchema(schema) })
+	if err := prepareTasks(ctx, r.url, "", rows, benchJob(dispatcher.DefaultQueueSize)); err != nil {
+		return fail(err)
+	}
+	if r.cc, err = b.writeChildCluster(schema, r.url, workers, dispatcher.DefaultQueueSize); err != nil {
+		return fail(err)
+	}
+	if r.conn, err = connectHarness(ctx, r.url); err != nil {
+		return fail(err)
+	}
+	r.undo = append(r.undo, func() { r.conn.Close(context.WithoutCancel(ctx)) })
+	if locked {
+		if r.lock, err = lockTasks(ctx, r.url); err != nil {
+			return fail(err)
+		}
+		r.undo = append(r.undo, func() { r.lock.release(context.WithoutCancel(ctx)) })
+	}
+	if r.d, err = b.startDispatcher(r.cc, childEnv()); err != nil {
+		return fail(err)
+	}
+	r.undo = append(r.undo, func() { r.d.stop(30 * time.Second) })
+	if err := waitLeading(ctx, r.d, 30*time.Second); err != nil {
+		return fail(err)
+	}
+	return r, nil
+}
+
+func (r *childRun) close() {
+	for i := len(r.undo) - 1; i >= 0; i-- {
+		r.undo[i]()
+	}
+	r.undo = nil
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/pampa-go/pampa/dispatcher"
@@ -59,34 +58,18 @@ func (c *Console) throughput(ctx context.Context, j dispatcher.Job) chart {
 	if ok && time.Since(ch.At) < chartEvery {
 		return ch
 	}
-	en := `"` + strings.ReplaceAll(j.Fields.EndTime, `"`, `""`) + `"`
-	rows, err := c.cfg.DB.Query(ctx, fmt.Sprintf(`select least(floor(extract(epoch from now() - %[1]s) / 60)::int, 59), count(*)
-from %[2]s where %[1]s > now() - interval '60 minutes' group by 1`, en, quoteTable(j.Table)))
-	ch = chart{PerMinute: make([]int64, 60), At: time.Now()}
-	if err == nil {
-		for rows.Next() {
-			var ago int
-			var n int64
-			if rows.Scan(&ago, &n) == nil && ago >= 0 && ago < 60 {
-				ch.PerMinute[59-ago] = n
-				ch.Max = max(ch.Max, n)
-			}
-		}
-		rows.Close()
+	ch = chart{At: time.Now()}
+	ch.PerMinute, _ = dispatcher.EndedPerMinute(ctx, c.cfg.DB, j, 60) // none on error: the chart is left empty
+	if ch.PerMinute == nil {
+		ch.PerMinute = make([]int64, 60)
+	}
+	for _, n := range ch.PerMinute {
+		ch.Max = max(ch.Max, n)
 	}
 	c.mu.Lock()
 	c.charts[j.Name] = ch
 	c.mu.Unlock()
 	return ch
-}
-
-// quoteTable quotes a validated "table" or "schema.table".
-func quoteTable(t string) string {
-	parts := strings.Split(t, ".")
-	for i, p := range parts {
-		parts[i] = `"` + strings.ReplaceAll(p, `"`, `""`) + `"`
-	}
-	return strings.Join(parts, ".")
 }
 
 func (c *Console) pause(on bool) func(w http.ResponseWriter, r *http.Request) (string, error) {

@@ -41,21 +41,11 @@ func Report(ctx context.Context, db DB, jobs []Job) ([]JobStatus, error) {
 }
 
 func reportJob(ctx context.Context, db DB, j Job) (JobStatus, error) {
-	f := j.Fields
-	id, ts, st, en, ok, fin := quote(f.ID), quote(f.Times), quote(f.StartTime), quote(f.EndTime), quote(f.Success), quote(f.Final)
-	scheduled := "0"
-	if f.RunAt != "" {
-		scheduled = fmt.Sprintf("coalesce(sum(case when %s is null and %s is null and %s > now() then 1 else 0 end), 0)", id, en, quote(f.RunAt))
-	}
+	p := statePredicates(j)
+	count := func(state string) string { return "coalesce(sum(case when " + p[state] + " then 1 else 0 end), 0)" }
 	s := JobStatus{Job: j.Name}
-	err := db.QueryRow(ctx, fmt.Sprintf(`select
-  count(*),
-  coalesce(sum(case when %[1]s is not null and %[3]s is null then 1 else 0 end), 0),
-  coalesce(sum(case when %[3]s is not null and %[4]s is null then 1 else 0 end), 0),
-  coalesce(sum(case when %[4]s is not null and %[5]s then 1 else 0 end), 0),
-  coalesce(sum(case when %[4]s is not null and not %[5]s and (coalesce(%[2]s, 0) >= $1 or %[7]s) then 1 else 0 end), 0),
-  %[8]s
-from %[6]s`, id, ts, st, en, ok, quoteTable(j.Table), fin, scheduled), j.MaxTryTimes).
+	err := db.QueryRow(ctx, fmt.Sprintf(`select count(*), %s, %s, %s, %s, %s from %s`,
+		count("queued"), count("running"), count("completed"), count("failed"), count("scheduled"), quoteTable(j.Table)), j.MaxTryTimes).
 		Scan(&s.Total, &s.Queued, &s.Running, &s.Completed, &s.Failed, &s.Scheduled)
 	if err != nil {
 		return s, err
