@@ -122,6 +122,9 @@ command = ["sh", "-c", %q]
 		}
 		return ""
 	})
+	// The line is logged just before the dispatcher starts serving as the
+	// leader: a stream that came in between would get a 503.
+	time.Sleep(500 * time.Millisecond)
 	_, relayLog := inSite("relay", "relay", "run", "--name", "site")
 	for i := 1; i <= 3; i++ {
 		for k := 1; k <= perNode; k++ {
