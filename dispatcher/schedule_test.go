@@ -21,6 +21,18 @@ func (e *env) endedAgo(key int, d time.Duration) {
 		key, d.Seconds())
 }
 
+// endedAgoJittered is endedAgo with the end time's last three digits of
+// microseconds set to micros, which fixes the backoff's jitter factor at
+// 0.9 + 0.2*micros/1000 (see RelaunchFailed), so the test need not race
+// the clock at the bounds.
+func (e *env) endedAgoJittered(key int, d time.Duration, micros int) {
+	e.t.Helper()
+	mustExec(e.t, e.pool, `update numbers
+set odd_checking_end_time = v.x - (mod(extract(microseconds from v.x)::bigint, 1000) - $3) * interval '1 microsecond'
+from (select now() - $2::float8 * interval '1 second' as x) as v where value = $1`,
+		key, d.Seconds(), micros)
+}
+
 // queuedKeys returns the keys the worker holds in its queue, sorted.
 func (fw *fakeWorker) queuedKeys() []string {
 	fw.mu.Lock()
@@ -67,22 +79,32 @@ func TestRetryDelayDoublesPerAttemptUpToTheCap(t *testing.T) {
 	e.register("n1.1")
 	d := e.dispatcher()
 	// Delays after attempts 1, 2, 3: 10 s, 20 s, then 20 s (capped), each
-	// ±10%. Just under the low bound the row waits; past the high one it
-	// is relaunched.
+	// times a jitter factor in [0.9, 1.1) fixed by the end time. The
+	// checks that the row still waits leave a tenth of the delay for the
+	// time between the update and the cycle; a relaunch due stays due.
 	for attempt, delay := range []time.Duration{10 * time.Second, 20 * time.Second, 20 * time.Second} {
 		e.cycle(d)
 		if n := e.work("n1.1", 5, false); n != 1 {
 			t.Fatalf("attempt %d: worker ran %d rows, want 1", attempt+1, n)
 		}
-		e.endedAgo(1, delay*89/100)
-		if s := e.cycle(d); s.Relaunched != 0 || e.workers["n1.1"].queuedKeys() != nil {
-			t.Fatalf("after attempt %d the row was relaunched %.1f s after its end; the delay is %s ±10%%",
-				attempt+1, (delay * 89 / 100).Seconds(), delay)
-		}
-		e.endedAgo(1, delay*111/100)
-		if s := e.cycle(d); s.Relaunched != 1 {
-			t.Fatalf("after attempt %d the row was not relaunched %.1f s after its end; the delay is %s ±10%%",
-				attempt+1, (delay * 111 / 100).Seconds(), delay)
+		for _, c := range []struct {
+			ago      time.Duration
+			micros   int
+			relaunch bool
+		}{
+			{delay * 100 / 100, 999, false}, // highest jitter: 1.0998 × delay
+			{delay * 80 / 100, 0, false},    // lowest jitter: 0.9 × delay
+			{delay * 91 / 100, 0, true},
+		} {
+			e.endedAgoJittered(1, c.ago, c.micros)
+			s := e.cycle(d)
+			if got := s.Relaunched == 1; got != c.relaunch {
+				t.Fatalf("after attempt %d, %.1f s after its end with jitter factor %.4f, relaunched = %v; the delay is %s",
+					attempt+1, c.ago.Seconds(), 0.9+0.2*float64(c.micros)/1000, got, delay)
+			}
+			if !c.relaunch && e.workers["n1.1"].queuedKeys() != nil {
+				t.Fatalf("after attempt %d the row was queued %.1f s after its end; the delay is %s", attempt+1, c.ago.Seconds(), delay)
+			}
 		}
 	}
 }
