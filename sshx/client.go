@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -24,16 +23,13 @@ var ErrAuth = errors.New("authentication failed")
 var ErrUnresponsive = errors.New("node stopped answering keepalives; connection closed")
 
 // Client is one SSH connection to a node. It is safe for concurrent use:
-// each Run, Stream or file operation uses its own session or SFTP request.
+// each Run or Stream uses its own session.
 type Client struct {
 	addr string      // host:port of the node, for messages
 	conn *ssh.Client // the node
 	hops []*ssh.Client
 
 	lost atomic.Pointer[error] // why the connection was dropped, if it was
-
-	sftpMu sync.Mutex
-	sftp   *sftp.Client
 
 	done      chan struct{} // closed by Close: stops the keepalive loop
 	wg        sync.WaitGroup
@@ -228,11 +224,6 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.done)
 		c.closeErr = c.closeConns()
-		c.sftpMu.Lock()
-		if c.sftp != nil {
-			c.sftp.Close() // the connection is gone: this only releases its goroutines
-		}
-		c.sftpMu.Unlock()
 		c.wg.Wait()
 		if c.closeErr != nil {
 			c.closeErr = fmt.Errorf("close connection to node %s: %w", c.addr, c.closeErr)

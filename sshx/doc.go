@@ -1,5 +1,8 @@
-// Package sshx is a small SSH and SFTP client for running commands on, and
-// copying files to, remote Unix hosts. It knows nothing of Pampa.
+// Package sshx is a small SSH client for running commands on remote Unix
+// hosts, streaming their input and output, and keeping reverse tunnels
+// (a port on the node that leads to the control host). It knows nothing of Pampa. Files travel as a command's
+// stdin (see package deploy): one round trip, and no sftp-server needed on
+// the node.
 //
 // Contracts:
 //
@@ -17,10 +20,6 @@
 //   - A Client sends keepalives; when the node stops answering, the
 //     connection is closed and blocked calls fail with ErrUnresponsive
 //     within a few keepalive intervals instead of hanging on a dead link.
-//   - Upload and WriteFile are atomic: data goes to a temporary file in the
-//     target directory, its SHA-256 is verified on the node, then it is
-//     chmod-ed and renamed over the target. Replacing a running executable
-//     works. On failure the temporary file is removed.
 //   - Passwords and passphrases never appear in errors; Config's String
 //     method redacts them.
 //   - Close stops every goroutine the Client started and waits for them.

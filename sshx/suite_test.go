@@ -4,17 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -76,11 +71,6 @@ func waitFile(t *testing.T, path string) {
 	}
 }
 
-func sha(data []byte) string {
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
-}
-
 func randomBytes(t testing.TB, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -137,94 +127,6 @@ var suite = []struct {
 		}
 		if entries, _ := os.ReadDir(dir); len(entries) > 0 {
 			t.Errorf("arguments ran as shell code: %s exists", entries[0].Name())
-		}
-	}},
-	{"Upload", func(t *testing.T, srv *sshtest.Server) {
-		c := dial(t, config(t, srv))
-		dir := filepath.Join(t.TempDir(), "a", "b")
-		if err := c.MkdirAll(t.Context(), dir); err != nil {
-			t.Fatal(err)
-		}
-		data := randomBytes(t, 3<<20+17)
-		target := filepath.Join(dir, "blob")
-		if err := c.Upload(t.Context(), bytes.NewReader(data), target, 0o750); err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(target)
-		if err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("node has %d bytes (%v), want the %d uploaded", len(got), err, len(data))
-		}
-		if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o750 {
-			t.Errorf("mode %v, want 0750", fi.Mode().Perm())
-		}
-		if sum, err := c.SHA256(t.Context(), target); err != nil || sum != sha(data) {
-			t.Errorf("SHA256 = %s, %v; want %s", sum, err, sha(data))
-		}
-		if entries, _ := os.ReadDir(dir); len(entries) != 1 {
-			t.Errorf("directory holds %d entries, want only the target (temporary file left?)", len(entries))
-		}
-		read, err := c.ReadFile(t.Context(), target)
-		if err != nil || !bytes.Equal(read, data) {
-			t.Errorf("ReadFile returned %d bytes, %v", len(read), err)
-		}
-	}},
-	{"ReUpload", func(t *testing.T, srv *sshtest.Server) {
-		c := dial(t, config(t, srv))
-		target := filepath.Join(t.TempDir(), "conf")
-		for i, mode := range []os.FileMode{0o644, 0o600} {
-			data := []byte(fmt.Sprintf("version %d\n", i))
-			if err := c.WriteFile(t.Context(), target, data, mode); err != nil {
-				t.Fatal(err)
-			}
-			got, _ := os.ReadFile(target)
-			fi, _ := os.Stat(target)
-			if string(got) != string(data) || fi.Mode().Perm() != mode {
-				t.Errorf("after write %d: %q mode %v, want %q mode %v", i, got, fi.Mode().Perm(), data, mode)
-			}
-		}
-	}},
-	{"UploadOverRunningExecutable", func(t *testing.T, srv *sshtest.Server) {
-		target := filepath.Join(t.TempDir(), "prog")
-		sleep, err := os.ReadFile("/bin/sleep")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(target, sleep, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		// The servers run on this machine, so the running binary can be
-		// started locally.
-		running := exec.Command(target, "60")
-		if err := running.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { running.Process.Kill(); running.Wait() })
-		// Proves the case is real: writing in place would fail.
-		if f, err := os.OpenFile(target, os.O_WRONLY, 0); !errors.Is(err, syscall.ETXTBSY) {
-			f.Close()
-			t.Fatalf("open for writing: %v, want ETXTBSY", err)
-		}
-		data := []byte("#!/bin/sh\necho new version\n")
-		c := dial(t, config(t, srv))
-		if err := c.Upload(t.Context(), bytes.NewReader(data), target, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		out, err := c.Run(t.Context(), []string{target}, nil)
-		if err != nil || string(out) != "new version\n" {
-			t.Errorf("new binary printed %q, %v", out, err)
-		}
-		if err := running.Process.Signal(syscall.Signal(0)); err != nil {
-			t.Errorf("old process died: %v", err)
-		}
-	}},
-	{"SHA256OfMissingFile", func(t *testing.T, srv *sshtest.Server) {
-		sum, err := dial(t, config(t, srv)).SHA256(t.Context(), filepath.Join(t.TempDir(), "missing"))
-		if sum != "" || !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("SHA256 = %q, %v; want \"\" and fs.ErrNotExist", sum, err)
-		}
-		_, err = dial(t, config(t, srv)).ReadFile(t.Context(), filepath.Join(t.TempDir(), "missing"))
-		if !errors.Is(err, fs.ErrNotExist) {
-			t.Fatalf("ReadFile: %v, want fs.ErrNotExist", err)
 		}
 	}},
 	{"UnknownHostRefused", func(t *testing.T, srv *sshtest.Server) {

@@ -29,7 +29,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -174,9 +173,8 @@ type inproc struct {
 }
 
 // NewServer starts an in-process SSH server on 127.0.0.1. It accepts
-// ClientKeyFile and Password, runs exec requests with /bin/sh -c, serves
-// the sftp subsystem on the real file system, forwards direct-tcpip (for
-// ProxyJump) and answers keepalives.
+// ClientKeyFile and Password, runs exec requests with /bin/sh -c, forwards
+// direct-tcpip (for ProxyJump) and answers keepalives.
 func NewServer(tb testing.TB) *Server {
 	tb.Helper()
 	s, hostPriv, clientKeys := newIdentity(tb)
@@ -304,7 +302,7 @@ func (srv *inproc) serveConn(nc net.Conn) {
 	}
 }
 
-// session serves one session channel: exec, the sftp subsystem, signals.
+// session serves one session channel: exec and signals.
 func (srv *inproc) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 	defer srv.wg.Done()
 	defer ch.Close()
@@ -312,20 +310,10 @@ func (srv *inproc) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 	exited := make(chan struct{})
 	for req := range reqs {
 		switch req.Type {
-		case "exec", "subsystem":
+		case "exec":
 			var payload struct{ Value string }
 			if cmd != nil || ssh.Unmarshal(req.Payload, &payload) != nil {
 				_ = req.Reply(false, nil)
-				continue
-			}
-			if req.Type == "subsystem" {
-				if payload.Value != "sftp" {
-					_ = req.Reply(false, nil)
-					continue
-				}
-				_ = req.Reply(true, nil)
-				srv.wg.Add(1)
-				go srv.sftp(ch)
 				continue
 			}
 			cmd = exec.Command("/bin/sh", "-c", payload.Value)
@@ -382,18 +370,6 @@ func exitStatus(ps *os.ProcessState) uint32 {
 		return 128 + uint32(ws.Signal())
 	}
 	return uint32(ps.ExitCode())
-}
-
-func (srv *inproc) sftp(ch ssh.Channel) {
-	defer srv.wg.Done()
-	defer ch.Close()
-	server, err := sftp.NewServer(ch)
-	if err != nil {
-		return
-	}
-	_ = server.Serve()
-	_ = server.Close()
-	_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{0}))
 }
 
 // directTCPIP forwards a channel to a TCP address, as ProxyJump needs.

@@ -159,7 +159,6 @@ UsePAM no
 AllowTcpForwarding yes
 MaxStartups 100
 MaxSessions 100
-Subsystem sftp internal-sftp
 `, listen, hostKeyFile, pidFile, authorizedKeysFile)
 	// Newer sshd penalises sources that fail to authenticate, which the
 	// wrong-key tests do on purpose. Older ones reject the option.
