@@ -27,9 +27,10 @@ bench: build ## measure throughput, latency (against River and a raw-SQL ceiling
 demo: build ## the seed's example: 100,000 numbers, a dispatcher and two local workers on a private PostgreSQL
 	./$(BIN)/pampactl demo
 
-lint: ## go vet and a gofmt check
+lint: ## go vet, a gofmt check and shellcheck on the node scripts (deploy/scripts)
 	$(GO) vet $(PKGS)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	shellcheck --norc -s sh deploy/scripts/*.sh
 
 dist: ## cross-build pampactl for linux/amd64 and linux/arm64 into dist/ (what nodes deploy pushes)
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/pampactl-linux-amd64 ./cmd/pampactl

@@ -35,11 +35,48 @@ func busyboxPath(t *testing.T) string {
 	return dir
 }
 
-// Every script a node runs (probe, push, start, status, stop, logs) works
-// with BusyBox's shell and tools alone. Not parallel: it sets PATH for the
-// whole process, which parallel tests would see.
+// dashPath makes a directory holding only sh, a link to dash, to put in
+// PATH ahead of the rest: every "sh" the scripts run (the command's own,
+// and start.sh's for each worker) is dash, whatever /bin/sh is here.
+func dashPath(t *testing.T) string {
+	t.Helper()
+	dash, err := exec.LookPath("dash")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("dash is not installed (apt-get install dash); it is Debian's /bin/sh")
+		}
+		t.Skip("dash is not installed")
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(dash, filepath.Join(dir, "sh")); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// Every script a node runs (probe, bootstrap, push, start, status, logs,
+// stop) works with BusyBox's shell and tools alone. Not parallel: it sets
+// PATH for the whole process, which parallel tests would see.
 func TestNodeScriptsUnderBusybox(t *testing.T) {
-	t.Setenv("PATH", busyboxPath(t))
+	dir := busyboxPath(t)
+	t.Setenv("PATH", dir)
+	testNodeScripts(t, dir)
+}
+
+// Every script a node runs works with dash as sh (Debian's and Ubuntu's
+// /bin/sh) and the host's tools. Not parallel: it sets PATH.
+func TestNodeScriptsUnderDash(t *testing.T) {
+	dir := dashPath(t)
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	testNodeScripts(t, dir)
+}
+
+// testNodeScripts runs every script through Local, whose "sh" is the one
+// in shellDir (first in PATH).
+func testNodeScripts(t *testing.T, shellDir string) {
+	if got, err := exec.LookPath("sh"); err != nil || filepath.Dir(got) != shellDir {
+		t.Fatalf("sh is %q (%v), want the one in %s", got, err, shellDir)
+	}
 	ctx := t.Context()
 	node := deploy.Local{}
 	wd := filepath.Join(t.TempDir(), "work")
@@ -47,6 +84,30 @@ func TestNodeScriptsUnderBusybox(t *testing.T) {
 	p, err := deploy.ProbeNode(ctx, node, wd)
 	if err != nil || p.OS != "linux" || p.FreeKiB <= 0 || len(p.MissingTools) > 0 {
 		t.Fatalf("probe: %+v, %v", p, err)
+	}
+
+	// Bootstrap adds the key once, after a last line without a newline,
+	// and creates the work dir.
+	keys := filepath.Join(t.TempDir(), "ssh", "authorized_keys")
+	if err := os.MkdirAll(filepath.Dir(keys), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keys, []byte("ssh-ed25519 AAAAother old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPampa pampa@control"
+	for _, want := range []bool{true, false} {
+		if added, err := deploy.Bootstrap(ctx, node, key, keys, wd); err != nil || added != want {
+			t.Fatalf("bootstrap: added %v, %v; want added %v", added, err, want)
+		}
+	}
+	if got, _ := os.ReadFile(keys); string(got) != "ssh-ed25519 AAAAother old\n"+key+"\n" {
+		t.Fatalf("authorized_keys after bootstrap: %q", got)
+	}
+	for _, d := range []string{"bin", "run"} {
+		if fi, err := os.Stat(filepath.Join(wd, d)); err != nil || !fi.IsDir() {
+			t.Fatalf("bootstrap did not create %s in the work dir: %v", d, err)
+		}
 	}
 
 	bin, cfg := bytes.Repeat([]byte("binary "), 100000), []byte("[database]\n")

@@ -18,43 +18,6 @@ const (
 // RequiredTools are the programs the worker and log scripts need on a node.
 var RequiredTools = []string{"sh", "setsid", "sha256sum", "df", "stat", "tail", "head", "base64"}
 
-// probeScript: $1 work dir, then the tools to look for. One round trip
-// tells the OS, the free space where the work dir is (or will be), the
-// checksums of the deployed files, which tools are missing and what
-// systemd offers (see Systemd): /run/systemd/system exists only when
-// systemd is PID 1 (what sd_booted checks), and each systemd question is
-// asked only then, with timeout where it exists, so a node without
-// systemd answers at once and a stuck bus cannot hang the probe.
-const probeScript = probeBody + "true\n"
-
-// It starts with a newline: a login script's output without one would
-// otherwise run into the first line.
-const probeBody = sumFunc + `wd=$1; shift
-echo
-echo "uname $(uname -sm)"
-d=$wd
-while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
-echo "df $(df -Pk -- "$d" | awk 'NR==2 {print $4}')"
-for f in ` + BinaryFile + ` ` + ConfigFile + `; do
-  p=$wd/$f
-  if [ ! -f "$p" ]; then echo "sum $f -"; continue; fi
-  meta=$(stat -c '%s %Y %i' -- "$p" 2>/dev/null)
-  stamp=$(cat -- "$p.sha256" 2>/dev/null)
-  if [ -n "$meta" ] && [ -n "$stamp" ] && [ "${stamp#* }" = "$meta" ]; then echo "sum $f ${stamp%% *}"
-  else echo "sum $f $(sum "$p")"; fi
-done
-for t in "$@"; do command -v "$t" >/dev/null 2>&1 || echo "missing $t"; done
-sd=none linger=no kill=no
-if [ -d /run/systemd/system ]; then
-  sd=system
-  to=; command -v timeout >/dev/null 2>&1 && to="timeout 5"
-  $to systemctl --user show-environment >/dev/null 2>&1 && sd=user
-  [ "$($to loginctl show-user "$(id -un)" -p Linger --value 2>/dev/null)" = yes ] && linger=yes
-  [ "$($to busctl get-property org.freedesktop.login1 /org/freedesktop/login1 org.freedesktop.login1.Manager KillUserProcesses 2>/dev/null)" = "b true" ] && kill=yes
-fi
-echo "systemd $sd $linger $kill"
-`
-
 // Probe is what a node says about itself.
 type Probe struct {
 	OS, Arch     string // GOOS and GOARCH names: linux, amd64
@@ -100,9 +63,10 @@ func (s Systemd) String() string {
 	return "user"
 }
 
-// ProbeNode asks the node for its OS, disk space, deployed files and tools.
+// ProbeNode asks the node for its OS, disk space, deployed files and tools
+// (scripts/probe.sh).
 func ProbeNode(ctx context.Context, r Remote, workDir string) (Probe, error) {
-	out, err := r.Run(ctx, sh(probeScript, append([]string{workDir}, RequiredTools...)...), nil)
+	out, err := r.Run(ctx, sh(probeScript, probeArgs(workDir)...), nil)
 	if err != nil {
 		return Probe{}, fmt.Errorf("probe node: %w", err)
 	}
@@ -168,29 +132,9 @@ func GoPlatform(unameSM string) (goos, goarch string) {
 	return goos, goarch
 }
 
-// bootstrapScript: $1 the public key line, $2 the authorized_keys file
-// ("" = ~/.ssh/authorized_keys), $3 work dir. Adds the key unless its
-// "type base64" part is there already, so running it twice changes
-// nothing.
-const bootstrapScript = `set -e
-umask 077
-key=$1; f=${2:-$HOME/.ssh/authorized_keys}; wd=$3
-mkdir -p -- "$(dirname -- "$f")"
-[ -n "$2" ] || chmod 700 -- "$(dirname -- "$f")"
-touch -- "$f"
-kb=$(printf '%s\n' "$key" | cut -d' ' -f1,2)
-if grep -qF -- "$kb" "$f"; then echo "key present"
-else
-  if [ -s "$f" ] && [ -n "$(tail -c 1 -- "$f")" ]; then echo >> "$f"; fi
-  printf '%s\n' "$key" >> "$f"; echo "key added"
-fi
-umask 022
-mkdir -p -- "$wd/bin" "$wd/run"
-`
-
 // Bootstrap installs pubKey (an authorized_keys line) in authorizedKeys on
 // the node ("" for ~/.ssh/authorized_keys) and creates the work dir. It
-// is idempotent; added says whether the key was new.
+// is idempotent; added says whether the key was new (scripts/bootstrap.sh).
 func Bootstrap(ctx context.Context, r Remote, pubKey, authorizedKeys, workDir string) (added bool, err error) {
 	pubKey = strings.TrimSpace(pubKey)
 	if len(strings.Fields(pubKey)) < 2 || strings.ContainsAny(pubKey, "\n\r") {

@@ -13,68 +13,6 @@ import (
 	"sync"
 )
 
-// sumFunc defines sum FILE: the file's hex SHA-256. OpenSSL, where the node
-// has it, hashes about twice as fast as coreutils' sha256sum, which is the
-// fallback.
-const sumFunc = `sum() {
-  if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r < "$1" | cut -d' ' -f1
-  else sha256sum < "$1" | cut -d' ' -f1; fi
-}
-`
-
-// pushScript: the probe ($1 work dir, then the tools), then "ready"; then it
-// reads from stdin what to install. EOF there means nothing: the node is
-// left as it was. Otherwise, per file, a line "file REL MODE SHA256 ENC"
-// and its data: one base64 line (ENC b64), or the rest of stdin (ENC rest,
-// the last file: a binary needs no encoding and no length). Each file is
-// written to a temporary name beside its target (created 0600 by the
-// umask; chmod after the check) and its SHA-256 checked, stamp prepared;
-// only when every file checked out are they renamed into place (rename(2):
-// atomic, and a running binary can be replaced). Any failure removes what
-// was written and says why on a "failed" line. A push killed outright (its
-// deploy was cancelled) cannot clean up: the next push removes temporary
-// files whose writer, named by the pid in their name, is gone.
-const pushScript = probeBody + `echo ready
-IFS= read -r line || exit 0
-got=
-fail() {
-  for r in $got; do rm -f -- "$wd/$r.tmp-$$" "$wd/$r.sha256.tmp-$$"; done
-  echo "failed $*"; exit 1
-}
-sweep() {
-  for old in "$wd/$1".tmp-* "$wd/$1".sha256.tmp-*; do
-    [ -e "$old" ] || continue
-    kill -0 "${old##*.tmp-}" 2>/dev/null || rm -f -- "$old"
-  done
-}
-umask 077
-mkdir -p -- "$wd/bin" "$wd/run" || fail "cannot create $wd/bin and $wd/run"
-while :; do
-  set -- $line
-  [ "$1" = file ] && [ $# -eq 5 ] || fail "bad request"
-  rel=$2 mode=$3 want=$4 enc=$5 t=$wd/$2.tmp-$$
-  [ -d "$wd/$rel" ] && fail "$wd/$rel is a directory"
-  sweep "$rel"
-  got="$got $rel"
-  if [ "$enc" = b64 ]; then
-    IFS= read -r data || fail "$rel: the data ended early"
-    printf '%s' "$data" | base64 -d > "$t" || fail "cannot write $t"
-  else
-    cat > "$t" || fail "cannot write $t"
-  fi
-  have=$(sum "$t")
-  [ "$have" = "$want" ] || fail "mismatch $rel $have"
-  chmod "$mode" -- "$t" || fail "cannot chmod $t"
-  m=$(stat -c '%s %Y %i' -- "$t") && echo "$want $m" > "$wd/$rel.sha256.tmp-$$" || fail "cannot write the stamp of $rel"
-  [ "$enc" = b64 ] || break
-  IFS= read -r line || fail "the request ended early"
-done
-for r in $got; do
-  mv -f -- "$wd/$r.tmp-$$" "$wd/$r" && mv -f -- "$wd/$r.sha256.tmp-$$" "$wd/$r.sha256" || fail "cannot rename $r into place"
-  echo "installed $r"
-done
-`
-
 // Streamer runs a command with its stdin, stdout and stderr streamed
 // (*sshx.Client, Local).
 type Streamer interface {
@@ -96,7 +34,8 @@ type File struct {
 // returning an error, leaves the node untouched. sshd runs every command,
 // SFTP included, through the login shell, which can cost more than the
 // transfer (~150 ms with a slow ~/.bashrc): one command is what scp pays.
-// It returns the probe, and which files it installed.
+// It returns the probe, and which files it installed. The command is
+// scripts/push.sh.
 func Push(ctx context.Context, s Streamer, workDir string, choose func(Probe) ([]File, error)) (Probe, []string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -105,7 +44,7 @@ func Push(ctx context.Context, s Streamer, workDir string, choose func(Probe) ([
 	stdin, send := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		err := s.Stream(ctx, sh(pushScript, append([]string{workDir}, RequiredTools...)...), stdin, out, &stderr)
+		err := s.Stream(ctx, sh(pushScript, probeArgs(workDir)...), stdin, out, &stderr)
 		stdin.CloseWithError(errors.New("the command on the node ended"))
 		out.end()
 		done <- err

@@ -3,8 +3,8 @@
 // files. It drives a node through a Remote, which is the control host itself
 // for a local node (Local) or an SSH connection (*sshx.Client).
 //
-// Every command sent to a node is a fixed POSIX shell script whose inputs
-// are positional parameters, quoted by the Remote, never pasted into the
+// Every command sent to a node is a fixed POSIX shell script (the files
+// under scripts/) whose inputs are positional parameters, quoted by the Remote, never pasted into the
 // script text: node names, paths and ids cannot inject anything.
 package deploy
 
@@ -41,93 +41,8 @@ type Node struct {
 func PidFile(id string) string { return "run/" + id + ".pid" }
 func LogFile(id string) string { return "worker." + id + ".log" }
 
-// The worker's id is the last argument, so "--id ID " (NUL turned to space)
-// matches exactly one worker's /proc/PID/cmdline: a reused pid is never
-// signalled by mistake.
-const aliveFunc = `alive() { kill -0 "$1" 2>/dev/null && tr '\0' ' ' < /proc/"$1"/cmdline 2>/dev/null | grep -qF -- "--id $2 "; }
-`
-
-// startScript: $1 work dir, $2 the number K of ids, then the K ids, then
-// the worker argv. All workers of a node start in one round trip: each SSH
-// command costs the login shell's start-up on the node. Ids are node.N with
-// node names of [A-Za-z0-9_-] only, so $ids splits safely. setsid in the
-// background returns at once and the worker survives the session that
-// started it; the pid it writes is its process group, which stop signals
-// as a whole. Not `setsid -f`: BusyBox's setsid has no -f, and a
-// background child is never a group leader, so every setsid makes it a
-// session leader in place.
-const startScript = aliveFunc + `set -e
-cd "$1"; k=$2; shift 2
-ids=""; i=0
-while [ $i -lt "$k" ]; do ids="$ids $1"; shift; i=$((i+1)); done
-mkdir -p run
-for id in $ids; do
-  pidfile=run/$id.pid
-  if [ -s "$pidfile" ] && alive "$(cat "$pidfile")" "$id"; then continue; fi
-  rm -f "$pidfile"
-  setsid sh -c 'echo $$ > "$0"; exec "$@"' "$pidfile" "$@" --id "$id" >> "worker.$id.log" 2>&1 < /dev/null &
-  echo "$id new"
-done
-for id in $ids; do
-  pidfile=run/$id.pid
-  i=0
-  while [ ! -s "$pidfile" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-  [ -s "$pidfile" ] || { echo "worker $id did not start; see worker.$id.log" >&2; exit 1; }
-  echo "$id $(cat "$pidfile")"
-done
-`
-
-// stopScript: $1 work dir, $2 grace seconds, then ids. TERM to each
-// worker's group, wait up to the grace period, then KILL what is left.
-const stopScript = aliveFunc + `cd "$1" || exit 1
-grace=$2; shift 2
-pids=""
-for id in "$@"; do
-  f=run/$id.pid
-  [ -s "$f" ] || { echo "$id none"; continue; }
-  pid=$(cat "$f")
-  if alive "$pid" "$id"; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; pids="$pids $pid:$id"
-  else echo "$id none"; rm -f "$f"; fi
-done
-end=$(( $(date +%s) + grace ))
-while [ -n "$pids" ]; do
-  left=""
-  for p in $pids; do
-    if alive "${p%%:*}" "${p#*:}"; then left="$left $p"; else echo "${p#*:} stopped"; rm -f "run/${p#*:}.pid"; fi
-  done
-  pids=$left
-  [ -z "$pids" ] && break
-  [ "$(date +%s)" -ge "$end" ] && break
-  sleep 0.1
-done
-for p in $pids; do
-  kill -KILL -- "-${p%%:*}" 2>/dev/null || kill -KILL "${p%%:*}"
-  echo "${p#*:} killed"; rm -f "run/${p#*:}.pid"
-done
-`
-
-// statusScript: $1 work dir, $2 the number K of ids, then the K ids, then
-// the files a worker loads (Node.Files; last, as only they may hold
-// spaces). Prints "id pid state" per worker, with " stale" after a running
-// worker's state when one of the files is newer than its pid file, which
-// the worker wrote as it started (see statusArgs for why -nt is enough).
-const statusScript = aliveFunc + `wd=$1; k=$2; shift 2
-ids=""; i=0
-while [ $i -lt "$k" ]; do ids="$ids $1"; shift; i=$((i+1)); done
-cd "$wd" 2>/dev/null || { for id in $ids; do echo "$id 0 none"; done; exit 0; }
-for id in $ids; do
-  f=run/$id.pid
-  if [ -s "$f" ]; then
-    pid=$(cat "$f")
-    if alive "$pid" "$id"; then
-      stale=
-      for x in "$@"; do [ "$x" -nt "$f" ] && stale=" stale"; done
-      echo "$id $pid running$stale"
-    else echo "$id $pid dead"; fi
-  else echo "$id 0 none"; fi
-done
-`
-
+// sh is the argv that runs script (scripts.go composes them) with sh -c,
+// args as its $1, $2 and so on.
 func sh(script string, args ...string) []string {
 	return append([]string{"sh", "-c", script, "sh"}, args...)
 }
@@ -143,7 +58,8 @@ type ProcessState struct {
 }
 
 // Start starts the given workers that are not running; running ones are
-// left alone, so Start is idempotent. It costs one command on the node.
+// left alone, so Start is idempotent. It costs one command on the node
+// (scripts/start.sh).
 func Start(ctx context.Context, r Remote, n Node, ids []string) ([]ProcessState, error) {
 	if len(ids) == 0 {
 		return nil, nil
@@ -181,7 +97,8 @@ func parseStarted(b []byte) []ProcessState {
 	return out
 }
 
-// Stop sends TERM to the workers, waits up to grace, then KILLs the rest.
+// Stop sends TERM to the workers, waits up to grace, then KILLs the rest
+// (scripts/stop.sh).
 func Stop(ctx context.Context, r Remote, n Node, ids []string, grace time.Duration) ([]ProcessState, error) {
 	secs := strconv.Itoa(int(grace.Round(time.Second) / time.Second))
 	stdout, err := r.Run(ctx, sh(stopScript, append([]string{n.WorkDir, secs}, ids...)...), nil)
@@ -192,7 +109,8 @@ func Stop(ctx context.Context, r Remote, n Node, ids []string, grace time.Durati
 }
 
 // Status reads the workers' pid files, checks their processes and tells
-// which running ones are stale, in one command on the node.
+// which running ones are stale, in one command on the node
+// (scripts/status.sh).
 func Status(ctx context.Context, r Remote, n Node, ids []string) ([]ProcessState, error) {
 	stdout, err := r.Run(ctx, sh(statusScript, statusArgs(n, ids)...), nil)
 	if err != nil {
@@ -201,7 +119,7 @@ func Status(ctx context.Context, r Remote, n Node, ids []string) ([]ProcessState
 	return parseStates(stdout, true), nil
 }
 
-// statusArgs are statusScript's arguments.
+// statusArgs are statusScript's arguments (scripts/status.sh).
 //
 // Stale is "a file is newer than the pid file" (test -nt), and ties count
 // as not stale. Shells differ in how finely they compare: dash 0.5.12
