@@ -168,15 +168,14 @@ func (c *Console) workersAction(w http.ResponseWriter, r *http.Request) (string,
 		return what, userError{http.StatusNotFound, fmt.Sprintf("no node %q", node)}
 	}
 	ctx := r.Context()
-	grace := c.cfg.Cluster.Worker.GracePeriod + 5*time.Second
 	var err error
 	switch op {
 	case "start":
 		_, err = c.cfg.Fleet.StartWorkers(ctx, []string{node})
 	case "stop":
-		_, err = c.cfg.Fleet.StopWorkers(ctx, []string{node}, grace)
+		_, err = c.cfg.Fleet.StopWorkers(ctx, []string{node})
 	case "restart":
-		if _, err = c.cfg.Fleet.StopWorkers(ctx, []string{node}, grace); err == nil {
+		if _, err = c.cfg.Fleet.StopWorkers(ctx, []string{node}); err == nil {
 			_, err = c.cfg.Fleet.StartWorkers(ctx, []string{node})
 		}
 	default:

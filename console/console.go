@@ -101,7 +101,6 @@ func New(cfg Config) (*Console, error) {
 	funcs := template.FuncMap{
 		"base":    func() string { return cfg.BasePath },
 		"percent": percent,
-		"age":     func(d time.Duration) string { return d.Round(time.Second).String() },
 		"stamp": func(t *time.Time) string {
 			if t == nil {
 				return ""

@@ -174,52 +174,61 @@ func (c *Console) apiRows(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rows)
 }
 
-// workerRow is a worker on the workers page.
+// workerRow is a worker on the workers page and in /api/workers: the row
+// of `workers status --json`, and two figures only a live view has.
 type workerRow struct {
-	dispatcher.WorkerStatus
-	Stale   bool
-	Process string
-	PerSec  float64
+	orchestrator.WorkerStatus
+	// Unheard: the registry says alive, but no heartbeat came within
+	// heartbeat_timeout.
+	Unheard       bool    `json:"unheard"`
+	RowsPerSecond float64 `json:"rows_per_second"` // since the last look
 }
 
-func (c *Console) workers(ctx context.Context) (map[string][]workerRow, error) {
-	ws, err := dispatcher.ListWorkers(ctx, c.cfg.DB)
+// workers lists the configured workers that registered or run, in node
+// order (orchestrator.JoinWorkers), with what their nodes say when the
+// console reaches them.
+func (c *Console) workers(ctx context.Context) ([]workerRow, error) {
+	reg, err := dispatcher.ListWorkers(ctx, c.cfg.DB)
 	if err != nil {
 		return nil, err
 	}
-	procs := map[string]string{}
+	var procs []orchestrator.NodeWorkers
 	if c.cfg.Fleet != nil && c.cfg.ProcessTimeout > 0 {
 		pctx, cancel := context.WithTimeout(ctx, c.cfg.ProcessTimeout)
-		res, _ := c.cfg.Fleet.WorkerProcesses(pctx, nil)
+		procs, _ = c.cfg.Fleet.WorkerProcesses(pctx, nil)
 		cancel()
-		for _, n := range res {
-			for _, p := range n.Workers {
-				procs[p.ID] = p.State
-			}
-		}
 	}
 	now := time.Now()
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	prev, prevAt := c.lastDone, c.lastDoneAt
 	c.lastDone, c.lastDoneAt = map[string]int64{}, now
-	byNode := map[string][]workerRow{}
-	for _, w := range ws {
-		wr := workerRow{WorkerStatus: w, Stale: w.HeartbeatAge > c.cfg.Cluster.Dispatcher.HeartbeatTimeout, Process: procs[w.ID]}
-		if p, ok := prev[w.ID]; ok && now.Sub(prevAt) > 0 {
-			wr.PerSec = float64(w.RowsDone+w.RowsFailed-p) / now.Sub(prevAt).Seconds()
+	rows := []workerRow{}
+	for _, w := range orchestrator.JoinWorkers(c.cfg.Cluster.Nodes, procs, reg) {
+		if w.State == "" && w.Process != "running" {
+			continue // a slot of max_workers that never ran
 		}
-		c.lastDone[w.ID] = w.RowsDone + w.RowsFailed
-		byNode[w.Node] = append(byNode[w.Node], wr)
+		wr := workerRow{WorkerStatus: w,
+			Unheard: w.State == "alive" && time.Duration(w.HeartbeatAge*float64(time.Second)) > c.cfg.Cluster.Dispatcher.HeartbeatTimeout}
+		ended := w.RowsDone + w.RowsFailed
+		if p, ok := prev[w.ID]; ok && now.Sub(prevAt) > 0 {
+			wr.RowsPerSecond = float64(ended-p) / now.Sub(prevAt).Seconds()
+		}
+		c.lastDone[w.ID] = ended
+		rows = append(rows, wr)
 	}
-	c.mu.Unlock()
-	return byNode, nil
+	return rows, nil
 }
 
 func (c *Console) workersPage(w http.ResponseWriter, r *http.Request) {
 	p := page{Title: "Workers", Nav: "workers"}
-	byNode, err := c.workers(r.Context())
+	rows, err := c.workers(r.Context())
 	if err != nil {
 		p.Error = err.Error()
+	}
+	byNode := map[string][]workerRow{}
+	for _, w := range rows {
+		byNode[w.Node] = append(byNode[w.Node], w)
 	}
 	var nodes []string
 	for _, n := range c.cfg.Cluster.Nodes {
@@ -252,12 +261,12 @@ func (c *Console) apiDecisions(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Console) apiWorkers(w http.ResponseWriter, r *http.Request) {
-	byNode, err := c.workers(r.Context())
+	rows, err := c.workers(r.Context())
 	if err != nil {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, byNode)
+	writeJSON(w, http.StatusOK, rows)
 }
 
 func (c *Console) nodesPage(w http.ResponseWriter, r *http.Request) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pampa-go/pampa/deploy"
+	"github.com/pampa-go/pampa/sshx"
 )
 
 // Conn is an open connection to a node: *sshx.Client, or the control host
@@ -24,17 +25,16 @@ type Conn interface {
 	io.Closer
 }
 
-// DialFunc opens a connection to a node.
-type DialFunc func(ctx context.Context, n Node) (Conn, error)
-
 // Fleet runs operations across the nodes of a cluster, in parallel, one
 // connection per node, and reports per-node results.
 type Fleet struct {
 	Config   *Config
-	Binary   string   // this executable: what local workers run
-	Parallel int      // nodes handled at once; default 16
-	DialSSH  DialFunc // how SSH nodes are reached
-	Logger   *slog.Logger
+	Binary   string // this executable: what local workers run
+	Parallel int    // nodes handled at once; default 16
+	// SSH says how to reach an SSH node (see Node.SSHConfig); nil for a
+	// command that reaches local nodes only.
+	SSH    func(Node) (sshx.Config, error)
+	Logger *slog.Logger
 }
 
 type localConn struct{ deploy.Local }
@@ -45,10 +45,22 @@ func (f *Fleet) dial(ctx context.Context, n Node) (Conn, error) {
 	if n.Local {
 		return localConn{}, nil
 	}
-	if f.DialSSH == nil {
-		return nil, fmt.Errorf("node %q is an SSH node and this command cannot reach SSH nodes", n.Name)
+	cfg, err := f.sshConfig(n)
+	if err != nil {
+		return nil, err
 	}
-	return f.DialSSH(ctx, n)
+	c, err := sshx.Dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (f *Fleet) sshConfig(n Node) (sshx.Config, error) {
+	if f.SSH == nil {
+		return sshx.Config{}, fmt.Errorf("node %q is an SSH node and this command cannot reach SSH nodes", n.Name)
+	}
+	return f.SSH(n)
 }
 
 // Nodes returns the named nodes, or all of them when names is empty.
@@ -75,9 +87,10 @@ func nodeNames(nodes []Node) []string {
 	return names
 }
 
-// each runs fn on every node with at most Parallel at once; one node's
-// failure never stops the others.
-func (f *Fleet) each(ctx context.Context, op string, nodes []Node, fn func(context.Context, Node, Conn) error) error {
+// forEach runs fn on every node with at most Parallel at once; one node's
+// failure never stops the others, and the failures come back as one error
+// (see nodeErrors).
+func (f *Fleet) forEach(ctx context.Context, op string, nodes []Node, fn func(context.Context, Node) error) error {
 	limit := f.Parallel
 	if limit <= 0 {
 		limit = 16
@@ -87,35 +100,36 @@ func (f *Fleet) each(ctx context.Context, op string, nodes []Node, fn func(conte
 	failed := map[string]error{}
 	var wg sync.WaitGroup
 	for _, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
+			var err error
 			select {
 			case sem <- struct{}{}:
+				err = fn(ctx, n)
+				<-sem
 			case <-ctx.Done():
-				mu.Lock()
-				failed[n.Name] = ctx.Err()
-				mu.Unlock()
-				return
+				err = ctx.Err()
 			}
-			defer func() { <-sem }()
-			err := func() error {
-				conn, err := f.dial(ctx, n)
-				if err != nil {
-					return err
-				}
-				defer conn.Close()
-				return fn(ctx, n, conn)
-			}()
 			if err != nil {
 				mu.Lock()
 				failed[n.Name] = err
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	return nodeErrors(op, failed, len(nodes))
+}
+
+// each is forEach with a connection to each node.
+func (f *Fleet) each(ctx context.Context, op string, nodes []Node, fn func(context.Context, Node, Conn) error) error {
+	return f.forEach(ctx, op, nodes, func(ctx context.Context, n Node) error {
+		conn, err := f.dial(ctx, n)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		return fn(ctx, n, conn)
+	})
 }
 
 // Layout is where a node keeps the worker and how a worker is started there.
@@ -183,9 +197,15 @@ func (f *Fleet) StartWorkers(ctx context.Context, names []string, ids ...string)
 	})
 }
 
+// stopSlack is how much longer than a worker's own grace_period a stop
+// waits before KILL: the worker needs that long to hand its outcomes over
+// and say goodbye once its steps are done.
+const stopSlack = 5 * time.Second
+
 // StopWorkers stops the nodes' workers (with ids, only those): TERM, then
-// KILL after grace.
-func (f *Fleet) StopWorkers(ctx context.Context, names []string, grace time.Duration, ids ...string) ([]NodeWorkers, error) {
+// KILL once the workers' grace_period and a little slack have passed.
+func (f *Fleet) StopWorkers(ctx context.Context, names []string, ids ...string) ([]NodeWorkers, error) {
+	grace := f.Config.Worker.GracePeriod + stopSlack
 	return f.collect(ctx, "stop workers", names, func(ctx context.Context, n Node, c Conn, l deploy.Node) ([]deploy.ProcessState, error) {
 		return deploy.Stop(ctx, c, l, only(n.WorkerIDs(), ids), grace)
 	})
@@ -227,4 +247,66 @@ func (f *Fleet) WorkerProcesses(ctx context.Context, names []string) ([]NodeWork
 	return f.collect(ctx, "read worker status", names, func(ctx context.Context, n Node, c Conn, l deploy.Node) ([]deploy.ProcessState, error) {
 		return deploy.Status(ctx, c, l, n.WorkerIDs())
 	})
+}
+
+// StartGrace is how long a started worker must live to count as started:
+// one that cannot run (a bad config on the node, a missing secret) exits
+// within it.
+const StartGrace = time.Second
+
+// DeadWorker is a worker that exited within StartGrace of its start.
+type DeadWorker struct {
+	ID      string
+	Node    string
+	LogTail []string // the last lines of its log
+}
+
+// DiedAtOnce looks again, StartGrace after a start, at the workers that
+// res says were started, and returns those already gone with the end of
+// their logs. A node that does not answer counts as fine: the start
+// itself went through.
+func (f *Fleet) DiedAtOnce(ctx context.Context, res []NodeWorkers) []DeadWorker {
+	var started, nodes []string
+	for _, n := range res {
+		for _, w := range n.Workers {
+			if w.State == "started" {
+				started = append(started, w.ID)
+				if !slices.Contains(nodes, n.Node) {
+					nodes = append(nodes, n.Node)
+				}
+			}
+		}
+	}
+	if len(started) == 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-time.After(StartGrace):
+	}
+	now, err := f.WorkerProcesses(ctx, nodes)
+	if err != nil {
+		return nil
+	}
+	var dead []DeadWorker
+	var ids []string
+	for _, n := range now {
+		for _, w := range n.Workers {
+			if slices.Contains(started, w.ID) && w.State != "running" {
+				dead = append(dead, DeadWorker{ID: w.ID, Node: n.Node})
+				ids = append(ids, w.ID)
+			}
+		}
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+	tails := map[string][]string{}
+	_ = f.TailLogs(ctx, TailOptions{Names: nodes, Workers: ids, Lines: 5,
+		Emit: func(_, worker, line string) { tails[worker] = append(tails[worker], line) }})
+	for i := range dead {
+		dead[i].LogTail = tails[dead[i].ID]
+	}
+	return dead
 }

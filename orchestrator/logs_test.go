@@ -86,9 +86,9 @@ max_workers = 2
 	}
 	knownHosts := filepath.Join(t.TempDir(), "known_hosts")
 	sshtest.WriteKnownHosts(t, knownHosts, link.Addr, srv.HostKey)
-	fleet := &orchestrator.Fleet{Config: cfg, DialSSH: func(ctx context.Context, n orchestrator.Node) (orchestrator.Conn, error) {
-		return sshx.Dial(ctx, sshx.Config{Host: n.Host, Port: n.Port, User: n.User, KeyFiles: []string{srv.ClientKeyFile},
-			KnownHostsFile: knownHosts, SSHConfigFile: "none", KeepAliveInterval: -1})
+	fleet := &orchestrator.Fleet{Config: cfg, SSH: func(n orchestrator.Node) (sshx.Config, error) {
+		return sshx.Config{Host: n.Host, Port: n.Port, User: n.User, KeyFiles: []string{srv.ClientKeyFile},
+			KnownHostsFile: knownHosts, SSHConfigFile: "none", KeepAliveInterval: -1}, nil
 	}}
 
 	var mu sync.Mutex
@@ -174,9 +174,9 @@ work_dir = %q
 		t.Fatal(err)
 	}
 	knownHosts := srv.KnownHosts(t)
-	fleet := &orchestrator.Fleet{Config: cfg, DialSSH: func(ctx context.Context, n orchestrator.Node) (orchestrator.Conn, error) {
-		return sshx.Dial(ctx, sshx.Config{Host: n.Host, Port: n.Port, User: n.User, KeyFiles: []string{srv.ClientKeyFile},
-			KnownHostsFile: knownHosts, SSHConfigFile: "none"})
+	fleet := &orchestrator.Fleet{Config: cfg, SSH: func(n orchestrator.Node) (sshx.Config, error) {
+		return sshx.Config{Host: n.Host, Port: n.Port, User: n.User, KeyFiles: []string{srv.ClientKeyFile},
+			KnownHostsFile: knownHosts, SSHConfigFile: "none"}, nil
 	}}
 	noBuild := func(goos, goarch string) (string, error) { return "", fmt.Errorf("no build for %s/%s", goos, goarch) }
 	res, err := fleet.Check(t.Context(), nil, noBuild, nil)

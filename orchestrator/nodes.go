@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,76 +235,6 @@ func BinaryPlatform(path string) (goos, goarch string, err error) {
 		goarch = strings.ToLower(strings.TrimPrefix(ef.Machine.String(), "EM_"))
 	}
 	return goos, goarch, nil
-}
-
-// BootstrapOptions configure Fleet.Bootstrap.
-type BootstrapOptions struct {
-	Names     []string
-	PublicKey string // authorized_keys line of the control host's key
-	// AuthorizedKeys is the file on the node; "" for ~/.ssh/authorized_keys.
-	AuthorizedKeys string
-	// KeyFile is the private half of PublicKey for nodes without
-	// ssh_private_key_file, used to check the key login.
-	KeyFile string
-}
-
-// NodeBootstrap is the result of bootstrapping one node.
-type NodeBootstrap struct {
-	Node     string `json:"node"`
-	KeyAdded bool   `json:"key_added"`
-	KeyLogin bool   `json:"key_login"` // a login without password then worked
-}
-
-// Bootstrap prepares SSH nodes for key login: it logs in (with the
-// node's password if the key is not accepted yet), adds PublicKey to the
-// authorized keys, creates the work dir, checks the tools the workers
-// need, then checks that a login without password works. Local nodes are
-// skipped. Running it again changes nothing.
-func (f *Fleet) Bootstrap(ctx context.Context, opts BootstrapOptions) ([]NodeBootstrap, error) {
-	nodes, err := f.Nodes(opts.Names)
-	if err != nil {
-		return nil, err
-	}
-	nodes = sshNodes(nodes)
-	var mu sync.Mutex
-	var out []NodeBootstrap
-	err = f.each(ctx, "bootstrap nodes", nodes, func(ctx context.Context, n Node, c Conn) error {
-		added, err := deploy.Bootstrap(ctx, c, opts.PublicKey, opts.AuthorizedKeys, n.WorkDir)
-		if err != nil {
-			return err
-		}
-		r := NodeBootstrap{Node: n.Name, KeyAdded: added}
-		defer func() {
-			mu.Lock()
-			out = append(out, r)
-			mu.Unlock()
-		}()
-		p, err := deploy.ProbeNode(ctx, c, n.WorkDir)
-		if err != nil {
-			return err
-		}
-		if len(p.MissingTools) > 0 {
-			return fmt.Errorf("%s: key installed, but %s missing; install them (coreutils, util-linux) on the node",
-				n.Addr(), strings.Join(p.MissingTools, ", "))
-		}
-		keyOnly := n
-		keyOnly.Password, keyOnly.PasswordEnv = "", ""
-		if keyOnly.PrivateKeyFile == "" {
-			keyOnly.PrivateKeyFile = opts.KeyFile
-		}
-		kc, err := f.dial(ctx, keyOnly)
-		if err != nil {
-			return fmt.Errorf("key installed, but login with it failed (is ssh_private_key_file the key whose public half was installed?): %w", err)
-		}
-		defer kc.Close()
-		if _, err := kc.Run(ctx, []string{"true"}, nil); err != nil {
-			return fmt.Errorf("key login: %w", err)
-		}
-		r.KeyLogin = true
-		return nil
-	})
-	sort.Slice(out, func(a, b int) bool { return out[a].Node < out[b].Node })
-	return out, err
 }
 
 func sshNodes(nodes []Node) []Node {

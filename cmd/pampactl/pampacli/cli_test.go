@@ -1,7 +1,6 @@
-package pampacli
+package pampacli_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,10 +12,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
 	"github.com/pampa-go/pampa/dispatcher"
-	"github.com/pampa-go/pampa/internal/nettest"
 	"github.com/pampa-go/pampa/internal/pgtest"
-	"github.com/pampa-go/pampa/internal/poll"
+	"github.com/pampa-go/pampa/orchestrator"
 )
 
 // The test binary doubles as pampactl: the worker processes that `workers
@@ -25,26 +24,13 @@ const asMainEnv = "PAMPACLI_TEST_AS_MAIN"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(asMainEnv) != "" {
-		Main(Options{})
+		pampacli.Main(pampacli.Options{})
 	}
 	os.Setenv(asMainEnv, "1") // inherited by the workers we start
 	os.Exit(pgtest.RunMain(m))
 }
 
-type result struct {
-	code           int
-	stdout, stderr string
-}
-
-func run(t *testing.T, ctx context.Context, env map[string]string, args ...string) result {
-	t.Helper()
-	var stdout, stderr bytes.Buffer
-	getenv := func(k string) string { return env[k] }
-	code := Run(ctx, append([]string{"pampactl"}, args...), strings.NewReader(""), &stdout, &stderr, getenv, Options{})
-	return result{code, stdout.String(), stderr.String()}
-}
-
-func writeConfig(t *testing.T, dir, text string) string {
+func configFile(t *testing.T, dir, text string) string {
 	t.Helper()
 	p := filepath.Join(dir, "cluster.toml")
 	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
@@ -55,7 +41,7 @@ func writeConfig(t *testing.T, dir, text string) string {
 
 func TestConfigErrorExitsTwoAndNamesTheLine(t *testing.T) {
 	t.Parallel()
-	p := writeConfig(t, t.TempDir(), `[database]
+	p := configFile(t, t.TempDir(), `[database]
 url = "postgres://x@127.0.0.1:1/x"
 
 [[jobs]]
@@ -63,8 +49,8 @@ name = "j"
 table = "t"
 queue_sise = 5
 `)
-	r := run(t, t.Context(), nil, "--config", p, "jobs", "status")
-	if r.code != ExitUsage {
+	r := pampactl(t.Context(), t, nil, "--config", p, "jobs", "status")
+	if r.code != pampacli.ExitUsage {
 		t.Fatalf("exit %d, want 2; stderr: %s", r.code, r.stderr)
 	}
 	for _, want := range []string{"cluster.toml:7", "queue_sise", `did you mean "queue_size"`} {
@@ -76,16 +62,16 @@ queue_sise = 5
 
 func TestMissingConfigAndBadUsage(t *testing.T) {
 	t.Parallel()
-	r := run(t, t.Context(), nil, "--config", filepath.Join(t.TempDir(), "none.toml"), "jobs", "status")
-	if r.code != ExitUsage || !strings.Contains(r.stderr, "cluster.toml.example") {
+	r := pampactl(t.Context(), t, nil, "--config", filepath.Join(t.TempDir(), "none.toml"), "jobs", "status")
+	if r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, "cluster.toml.example") {
 		t.Fatalf("missing config: exit %d, stderr %q", r.code, r.stderr)
 	}
-	r = run(t, t.Context(), nil, "dispatcher", "run", "--no-such-flag")
-	if r.code != ExitUsage {
+	r = pampactl(t.Context(), t, nil, "dispatcher", "run", "--no-such-flag")
+	if r.code != pampacli.ExitUsage {
 		t.Fatalf("unknown flag: exit %d, want 2; stderr %q", r.code, r.stderr)
 	}
-	r = run(t, t.Context(), nil, "periodic", "--once")
-	if r.code != ExitUsage {
+	r = pampactl(t.Context(), t, nil, "periodic", "--once")
+	if r.code != pampacli.ExitUsage {
 		t.Fatalf("periodic without a command: exit %d, want 2", r.code)
 	}
 }
@@ -99,24 +85,24 @@ func TestUnknownCommandAndNestedHelp(t *testing.T) {
 		"jobs statsu": `no command "jobs statsu"; did you mean: pampactl jobs status`,
 		"banana":      `no command "banana"; see: pampactl help`,
 	} {
-		r := run(t, t.Context(), nil, strings.Fields(args)...)
-		if r.code != ExitUsage || !strings.Contains(r.stderr, want) {
-			t.Errorf("pampactl %s: exit %d, stderr %q; want %d and %q", args, r.code, r.stderr, ExitUsage, want)
+		r := pampactl(t.Context(), t, nil, strings.Fields(args)...)
+		if r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, want) {
+			t.Errorf("pampactl %s: exit %d, stderr %q; want %d and %q", args, r.code, r.stderr, pampacli.ExitUsage, want)
 		}
 	}
-	r := run(t, t.Context(), nil, "help", "jobs", "status")
-	if r.code != ExitOK || !strings.Contains(r.stdout, "pampactl jobs status - ") {
+	r := pampactl(t.Context(), t, nil, "help", "jobs", "status")
+	if r.code != pampacli.ExitOK || !strings.Contains(r.stdout, "pampactl jobs status - ") {
 		t.Errorf("help jobs status: exit %d, stdout %q; want the help of jobs status", r.code, r.stdout)
 	}
 }
 
 func TestPeriodicOnce(t *testing.T) {
 	t.Parallel()
-	if r := run(t, t.Context(), nil, "periodic", "--once", "--", "true"); r.code != 0 {
+	if r := pampactl(t.Context(), t, nil, "periodic", "--once", "--", "true"); r.code != 0 {
 		t.Fatalf("true: exit %d, stderr %s", r.code, r.stderr)
 	}
-	r := run(t, t.Context(), nil, "periodic", "--once", "--", "sh", "-c", "echo nope >&2; exit 3")
-	if r.code != ExitFailure || !strings.Contains(r.stderr, "nope") {
+	r := pampactl(t.Context(), t, nil, "periodic", "--once", "--", "sh", "-c", "echo nope >&2; exit 3")
+	if r.code != pampacli.ExitFailure || !strings.Contains(r.stderr, "nope") {
 		t.Fatalf("failing command: exit %d, stderr %s", r.code, r.stderr)
 	}
 }
@@ -172,8 +158,8 @@ insert into numbers (value) select generate_series(1, %d)`, rows)); err != nil {
 		t.Fatal(err)
 	}
 	dir = t.TempDir()
-	cfg = writeConfig(t, dir, fmt.Sprintf(localConfig, url, freeAddr(t), dir))
-	if r := run(t, ctx, nil, "--config", cfg, "db", "setup"); r.code != 0 {
+	cfg = configFile(t, dir, fmt.Sprintf(localConfig, url, freeAddr(t), dir))
+	if r := pampactl(ctx, t, nil, "--config", cfg, "db", "setup"); r.code != 0 {
 		t.Fatalf("db setup: %d %s", r.code, r.stderr)
 	}
 	return cfg, conn, dir
@@ -185,7 +171,9 @@ func TestLocalWorkflow(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	cfg, conn, dir := localNumbers(t, 1000)
-	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
+	c := func(args ...string) result {
+		return pampactl(ctx, t, nil, append([]string{"--config", cfg}, args...)...)
+	}
 	r := c("workers", "start", "--node", "local")
 	if r.code != 0 || strings.Count(r.stdout, "started") != 2 {
 		t.Fatalf("workers start: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
@@ -197,7 +185,7 @@ func TestLocalWorkflow(t *testing.T) {
 
 	dctx, stopDispatcher := context.WithCancel(ctx)
 	done := make(chan result, 1)
-	go func() { done <- run(t, dctx, nil, "--config", cfg, "dispatcher", "run", "--no-log-file") }()
+	go func() { done <- pampactl(dctx, t, nil, "--config", cfg, "dispatcher", "run", "--no-log-file") }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		r := c("jobs", "status", "--json")
@@ -214,7 +202,7 @@ func TestLocalWorkflow(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	r = c("workers", "status", "--json")
-	var rows []workerRow
+	var rows []orchestrator.WorkerStatus
 	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
 		t.Fatalf("workers status --json: %v: %q", err, r.stdout)
 	}
@@ -241,7 +229,7 @@ func TestLocalWorkflow(t *testing.T) {
 	if r.code != 0 || strings.Count(r.stdout, "stopped") != 2 {
 		t.Fatalf("workers stop: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
-	poll.Until(t, "stopped workers recorded", 30*time.Second, func() string {
+	poll(t, "stopped workers recorded", func() string {
 		r = c("workers", "status", "--json")
 		rows = nil
 		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
@@ -255,13 +243,12 @@ func TestLocalWorkflow(t *testing.T) {
 		return ""
 	})
 	stopDispatcher()
-	if r := <-done; r.code != ExitInterrupted {
+	if r := <-done; r.code != pampacli.ExitInterrupted {
 		t.Fatalf("dispatcher run: exit %d, %s", r.code, r.stderr)
 	}
 }
 
 // freeAddr is a loopback address nothing listens on, for a dispatcher.
-func freeAddr(t testing.TB) string { return nettest.FreeAddr(t) }
 
 func logs(dir string) string {
 	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
@@ -276,7 +263,7 @@ func logs(dir string) string {
 func TestDemo(t *testing.T) {
 	t.Parallel()
 	env := map[string]string{"PAMPA_DATABASE_URL": pgtest.Schema(t)}
-	r := run(t, t.Context(), env, "demo", "--rows", "3000", "--queue-size", "100")
+	r := pampactl(t.Context(), t, env, "demo", "--rows", "3000", "--queue-size", "100")
 	if r.code != 0 {
 		t.Fatalf("demo: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
 	}
@@ -288,7 +275,7 @@ func TestDemo(t *testing.T) {
 func TestHelp(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}, {"help", "workers"}, {"workers", "start", "--help"}} {
-		r := run(t, t.Context(), nil, args...)
+		r := pampactl(t.Context(), t, nil, args...)
 		if r.code != 0 || !strings.Contains(r.stdout, "USAGE") {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
 		}
@@ -301,13 +288,13 @@ func TestSetupMissingTableWritesNothing(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Schema(t)
 	dir := t.TempDir()
-	cfg := writeConfig(t, dir, fmt.Sprintf(localConfig, url, freeAddr(t), dir))
-	r := run(t, t.Context(), nil, "--config", cfg, "db", "setup")
-	if r.code != ExitUsage || !strings.Contains(r.stderr, "numbers is not in the database") {
+	cfg := configFile(t, dir, fmt.Sprintf(localConfig, url, freeAddr(t), dir))
+	r := pampactl(t.Context(), t, nil, "--config", cfg, "db", "setup")
+	if r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, "numbers is not in the database") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
-	r = run(t, t.Context(), nil, "--config", cfg, "dispatcher", "run", "--no-log-file")
-	if r.code != ExitUsage || !strings.Contains(r.stderr, "pampactl db setup") {
+	r = pampactl(t.Context(), t, nil, "--config", cfg, "dispatcher", "run", "--no-log-file")
+	if r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, "pampactl db setup") {
 		t.Fatalf("dispatcher on a database not set up: exit %d, stderr %q", r.code, r.stderr)
 	}
 	conn, err := pgx.Connect(t.Context(), url)
@@ -348,9 +335,9 @@ func TestSetupBadColumnsWritesNothing(t *testing.T) {
 		if strings.HasPrefix(tc.key, "field_primary_key") {
 			bad = strings.Replace(text, `field_primary_key = "value"`, tc.key, 1)
 		}
-		cfg := writeConfig(t, t.TempDir(), bad)
-		r := run(t, t.Context(), nil, "--config", cfg, "db", "setup")
-		if r.code != ExitUsage || !strings.Contains(r.stderr, tc.want) {
+		cfg := configFile(t, t.TempDir(), bad)
+		r := pampactl(t.Context(), t, nil, "--config", cfg, "db", "setup")
+		if r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, tc.want) {
 			t.Errorf("db setup with %s: exit %d, stderr %q; want 2 saying %q", tc.key, r.code, r.stderr, tc.want)
 		}
 	}
@@ -366,7 +353,9 @@ func TestWorkersByID(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	cfg, _, _ := localNumbers(t, 1)
-	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
+	c := func(args ...string) result {
+		return pampactl(ctx, t, nil, append([]string{"--config", cfg}, args...)...)
+	}
 	t.Cleanup(func() { c("workers", "stop") })
 	if r := c("workers", "start"); r.code != 0 || strings.Count(r.stdout, "started") != 2 {
 		t.Fatalf("workers start: %d %q %q", r.code, r.stdout, r.stderr)
@@ -377,7 +366,7 @@ func TestWorkersByID(t *testing.T) {
 	}
 	procs := func() map[string]string {
 		r := c("workers", "status", "--json")
-		var rows []workerRow
+		var rows []orchestrator.WorkerStatus
 		if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
 			t.Fatalf("workers status --json: %v %q", err, r.stdout)
 		}
@@ -394,14 +383,14 @@ func TestWorkersByID(t *testing.T) {
 		t.Fatalf("workers start local.2: %d %q %q", r.code, r.stdout, r.stderr)
 	}
 	for _, args := range [][]string{{"workers", "stop", "local.9"}, {"workers", "start", "w9.1"}, {"workers", "stop", "local.1", "--node", "local"}} {
-		if r := c(args...); r.code != ExitUsage {
+		if r := c(args...); r.code != pampacli.ExitUsage {
 			t.Errorf("pampactl %s: exit %d, want 2: %q", strings.Join(args, " "), r.code, r.stderr)
 		}
 	}
 	if p := procs(); p["local.1"] != "running" || p["local.2"] != "running" {
 		t.Fatalf("refused commands changed workers: %v", p)
 	}
-	if r := c("jobs", "status", "extra"); r.code != ExitUsage || !strings.Contains(r.stderr, "takes no arguments") {
+	if r := c("jobs", "status", "extra"); r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, "takes no arguments") {
 		t.Errorf("jobs status extra: exit %d %q; want 2 saying it takes no arguments", r.code, r.stderr)
 	}
 }
@@ -415,11 +404,13 @@ func TestWorkersStartReportsWorkersThatDie(t *testing.T) {
 	dir := t.TempDir()
 	// A job with no step: the stock worker refuses to start.
 	text := strings.Replace(fmt.Sprintf(localConfig, url, freeAddr(t), dir), `command = ["sh", "-c", "echo $((PAMPA_TASK_ID % 2 == 1))"]`, "", 1)
-	cfg := writeConfig(t, dir, text)
-	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
+	cfg := configFile(t, dir, text)
+	c := func(args ...string) result {
+		return pampactl(ctx, t, nil, append([]string{"--config", cfg}, args...)...)
+	}
 	t.Cleanup(func() { c("workers", "stop") })
 	r := c("workers", "start", "local.1")
-	if r.code != ExitFailure || !strings.Contains(r.stdout, "local.1\tdied at once") ||
+	if r.code != pampacli.ExitFailure || !strings.Contains(r.stdout, "local.1\tdied at once") ||
 		!strings.Contains(r.stderr, "has no command") || !strings.Contains(r.stderr, "died within") {
 		t.Fatalf("workers start of a worker that cannot run: exit %d\nstdout %q\nstderr %q", r.code, r.stdout, r.stderr)
 	}

@@ -1,13 +1,8 @@
 package pampacli
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -18,10 +13,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/crypto/ssh"
 
 	"github.com/pampa-go/pampa/orchestrator"
-	"github.com/pampa-go/pampa/sshx"
 )
 
 // sshFleet is the Fleet of commands that reach SSH nodes.
@@ -233,49 +226,25 @@ func humanBytes(n int64) string {
 }
 
 func (e *env) nodesTrust(c *cli.Context) error {
-	cfg, err := e.loadConfig(c)
-	if err != nil {
-		return err
-	}
 	if c.NArg() == 0 {
 		return usagef("nodes trust: name the nodes, such as: pampactl nodes trust w1")
 	}
-	f := &orchestrator.Fleet{Config: cfg}
-	nodes, err := f.Nodes(append(c.Args().Slice(), c.StringSlice("node")...))
+	f, err := e.sshFleet(c)
 	if err != nil {
 		return err
 	}
-	failed := map[string]error{}
-	for _, n := range nodes {
-		if n.Local {
-			fmt.Fprintf(e.stdout, "%s\tlocal node: no host key\n", n.Name)
-			continue
-		}
-		sc, err := e.sshConfig(c, n)
-		if err != nil {
-			failed[n.Name] = err
-			continue
-		}
-		fp, added, err := sshx.TrustHostKey(c.Context, sc)
-		if err != nil {
-			failed[n.Name] = err
-			continue
-		}
-		verb := "already trusted"
-		if added {
-			verb = "added to " + n.KnownHostsFile
-		}
-		fmt.Fprintf(e.stdout, "%s\t%s\t%s\t%s\n", n.Name, n.Addr(), fp, verb)
-	}
-	if len(failed) == 0 {
-		return nil
-	}
-	if len(nodes) == 1 {
-		for name, err := range failed {
-			return fmt.Errorf("trust node %q: %w", name, err)
+	res, err := f.TrustHostKeys(c.Context, append(c.Args().Slice(), c.StringSlice("node")...))
+	for _, r := range res {
+		switch {
+		case r.Local:
+			fmt.Fprintf(e.stdout, "%s\tlocal node: no host key\n", r.Node)
+		case r.Added:
+			fmt.Fprintf(e.stdout, "%s\t%s\t%s\tadded to %s\n", r.Node, r.Addr, r.Fingerprint, r.KnownHosts)
+		default:
+			fmt.Fprintf(e.stdout, "%s\t%s\t%s\talready trusted\n", r.Node, r.Addr, r.Fingerprint)
 		}
 	}
-	return &orchestrator.PartialError{Op: "trust host keys", Failed: failed, Total: len(nodes)}
+	return err
 }
 
 func (e *env) nodesBootstrap(c *cli.Context) error {
@@ -283,148 +252,23 @@ func (e *env) nodesBootstrap(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	nodes, err := f.Nodes(c.StringSlice("node"))
-	if err != nil {
-		return err
+	res, err := f.Bootstrap(c.Context, orchestrator.BootstrapOptions{Names: c.StringSlice("node"),
+		AuthorizedKeys: c.String("authorized-keys"), Getenv: e.getenv})
+	if res.PampaKeyCreated {
+		fmt.Fprintf(e.stderr, "pampactl: generated SSH key %s\n", res.PampaKey)
 	}
-	// Every node must be bootstrapped with the key it will then log in
-	// with: its ssh_private_key_file, or one generated for Pampa.
-	byKey := map[string][]string{}
-	var generated string
-	for _, n := range nodes {
-		if n.Local {
-			continue
-		}
-		key := n.PrivateKeyFile
-		if key == "" {
-			if generated == "" {
-				if generated, err = e.pampaKey(); err != nil {
-					return err
-				}
-			}
-			key = generated
-		}
-		byKey[key] = append(byKey[key], n.Name)
-	}
-	var all []orchestrator.NodeBootstrap
-	failed := map[string]error{}
-	for key, names := range byKey {
-		pub, err := e.publicKey(key)
-		if err != nil {
-			return err
-		}
-		opts := orchestrator.BootstrapOptions{Names: names, PublicKey: pub, AuthorizedKeys: c.String("authorized-keys")}
-		if key == generated {
-			opts.KeyFile = generated
-		}
-		res, err := f.Bootstrap(c.Context, opts)
-		all = append(all, res...)
-		var partial *orchestrator.PartialError
-		switch {
-		case errors.As(err, &partial):
-			for n, err := range partial.Failed {
-				failed[n] = err
-			}
-		case err != nil && len(names) == 1:
-			failed[names[0]] = errors.Unwrap(err)
-			if failed[names[0]] == nil {
-				failed[names[0]] = err
-			}
-		case err != nil:
-			return err
-		}
-	}
-	for _, r := range all {
+	for _, r := range res.Nodes {
 		verb := "key already installed"
 		if r.KeyAdded {
 			verb = "key installed"
 		}
 		fmt.Fprintf(e.stdout, "%s\t%s; key login ok; work dir ready\n", r.Node, verb)
 	}
-	if generated != "" {
+	if res.PampaKey != "" {
 		fmt.Fprintf(e.stderr, "pampactl: nodes without ssh_private_key_file got the key %s; set ssh_private_key_file = %q for them in %s\n",
-			generated+".pub", generated, f.Config.Path)
+			res.PampaKey+".pub", res.PampaKey, f.Config.Path)
 	}
-	if len(failed) == 0 {
-		return nil
-	}
-	total := 0
-	for _, names := range byKey {
-		total += len(names)
-	}
-	if total == 1 {
-		for name, err := range failed {
-			return fmt.Errorf("bootstrap node %q: %w", name, err)
-		}
-	}
-	return &orchestrator.PartialError{Op: "bootstrap nodes", Failed: failed, Total: total}
-}
-
-// pampaKey returns ~/.pampa/id_ed25519, generating it if missing.
-func (e *env) pampaKey() (string, error) {
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("no ssh_private_key_file set and no home directory for ~/.pampa/id_ed25519: %w", err)
-	}
-	path := filepath.Join(home, ".pampa", "id_ed25519")
-	if _, err := os.Stat(path); err == nil {
-		return path, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
-	}
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "pampa")
-	if err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
-	}
-	if err := os.WriteFile(path+".pub", ssh.MarshalAuthorizedKey(sshPub), 0o644); err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		return "", fmt.Errorf("generate key: %w", err)
-	}
-	fmt.Fprintf(e.stderr, "pampactl: generated SSH key %s\n", path)
-	return path, nil
-}
-
-// publicKey returns the authorized_keys line of a private key file: its
-// .pub file, else derived from the key itself.
-func (e *env) publicKey(privPath string) (string, error) {
-	if b, err := os.ReadFile(privPath + ".pub"); err == nil {
-		if _, _, _, _, err := ssh.ParseAuthorizedKey(b); err == nil {
-			return strings.TrimSpace(string(b)), nil
-		}
-	}
-	data, err := os.ReadFile(privPath)
-	if err != nil {
-		return "", fmt.Errorf("read ssh_private_key_file: %w", err)
-	}
-	signer, err := ssh.ParsePrivateKey(data)
-	var missing *ssh.PassphraseMissingError
-	if errors.As(err, &missing) {
-		if missing.PublicKey != nil {
-			return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(missing.PublicKey))), nil
-		}
-		pass := e.getenv(EnvPassphrase)
-		if pass == "" {
-			return "", fmt.Errorf("key file %s is encrypted: export %s or create %s.pub", privPath, EnvPassphrase, privPath)
-		}
-		signer, err = ssh.ParsePrivateKeyWithPassphrase(data, []byte(pass))
-	}
-	if err != nil {
-		return "", fmt.Errorf("parse key file %s: %w", privPath, err)
-	}
-	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))), nil
+	return err
 }
 
 func (e *env) nodesDeploy(c *cli.Context) error {

@@ -1,10 +1,12 @@
-package pampacli
+package pampacli_test
 
 import (
 	"context"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
 
 	"github.com/jackc/pgx/v5"
 
@@ -17,7 +19,9 @@ func TestJobsRetry(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	cfg, conn, _ := localNumbers(t, 10)
-	c := func(args ...string) result { return run(t, ctx, nil, append([]string{"--config", cfg}, args...)...) }
+	c := func(args ...string) result {
+		return pampactl(ctx, t, nil, append([]string{"--config", cfg}, args...)...)
+	}
 	// Rows 1..4 failed all 3 attempts (the default max_try_times); row 5
 	// failed with tries left; row 6 completed.
 	if _, err := conn.Exec(ctx, `update numbers set odd_checking_reservation_id = 'local.1',
@@ -39,7 +43,7 @@ update numbers set odd_checking_start_time = now(), odd_checking_end_time = now(
 	}
 
 	r := c("jobs", "retry", "--job", "nope")
-	if r.code != ExitUsage || !strings.Contains(r.stderr, `"nope"`) || !strings.Contains(r.stderr, "search_odd_numbers") {
+	if r.code != pampacli.ExitUsage || !strings.Contains(r.stderr, `"nope"`) || !strings.Contains(r.stderr, "search_odd_numbers") {
 		t.Fatalf("unknown job: exit %d, stderr %q; want 2 naming the job and the known jobs", r.code, r.stderr)
 	}
 	r = c("jobs", "retry", "--dry-run")

@@ -1,11 +1,7 @@
 package pampacli
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -35,52 +31,16 @@ func (e *env) downCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			res, err := f.StopWorkers(c.Context, c.StringSlice("node"), f.Config.Worker.GracePeriod+5*time.Second)
+			res, err := f.StopWorkers(c.Context, c.StringSlice("node"))
 			e.printProcesses(res)
 			return err
 		},
 	}
 }
 
-// proceed reports a partial failure on stderr and goes on with the nodes
-// that worked; anything else stops `up`.
-func (e *env) proceed(err error) error {
-	var partial *orchestrator.PartialError
-	if errors.As(err, &partial) && len(partial.Failed) < partial.Total {
-		fmt.Fprintln(e.stderr, "pampactl: warning:", err)
-		return nil
-	}
-	return err
-}
-
-// goOnWith is what is left of active after a step failed with err on some
-// nodes: the nodes ok says the step worked on. It warns on stderr and
-// returns them, or returns err when none is left or `up` was interrupted.
-func (e *env) goOnWith(ctx context.Context, active []string, ok map[string]bool, err error) ([]string, error) {
-	if ctx.Err() != nil {
-		return nil, err
-	}
-	var left []string
-	for _, n := range active {
-		if ok[n] {
-			left = append(left, n)
-		}
-	}
-	if len(left) == 0 {
-		return nil, err
-	}
-	fmt.Fprintln(e.stderr, "pampactl: warning:", err)
-	fmt.Fprintf(e.stderr, "pampactl: warning: going on with %s only\n", strings.Join(left, ", "))
-	return left, nil
-}
-
-// up deploys, opens the db tunnels, starts the workers and runs the
-// dispatcher. A node that fails a step is left out of the next ones: its
-// workers are not started where the binary or the config may be stale, nor
-// where the db tunnel did not open (they would hand the database
-// credentials to whatever holds the tunnel's port on the node).
+// up readies the fleet (orchestrator.Fleet.Up: deploy, tunnels, workers)
+// and runs the dispatcher in the foreground.
 func (e *env) up(c *cli.Context) error {
-	ctx := c.Context
 	f, err := e.sshFleet(c)
 	if err != nil {
 		return err
@@ -89,64 +49,21 @@ func (e *env) up(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	nodes, err := f.Nodes(c.StringSlice("node"))
+	up, err := f.Up(c.Context, orchestrator.UpOptions{Names: c.StringSlice("node"), Binary: e.binaryFunc(c), ConfigFor: configFor})
+	if up != nil {
+		if up.Tunnels != nil {
+			defer up.Tunnels.Close()
+		}
+		e.printDeploy(up.Deployed)
+		e.printProcesses(up.Started)
+		for _, w := range up.Warnings {
+			fmt.Fprintln(e.stderr, "pampactl: warning:", w)
+		}
+		if len(up.Died) > 0 {
+			fmt.Fprintln(e.stderr, "pampactl: warning:", e.printDied(up.Died, len(startedIDs(up.Started))))
+		}
+	}
 	if err != nil {
-		return err
-	}
-	active := make([]string, 0, len(nodes))
-	byName := map[string]orchestrator.Node{}
-	for _, n := range nodes {
-		active = append(active, n.Name)
-		byName[n.Name] = n
-	}
-
-	dep, err := f.Deploy(ctx, orchestrator.DeployOptions{Names: active, Binary: e.binaryFunc(c), ConfigFor: configFor})
-	e.printDeploy(dep)
-	if err != nil {
-		ok := map[string]bool{}
-		for _, d := range dep {
-			ok[d.Node] = true
-		}
-		for _, n := range nodes {
-			if n.Local { // nothing to deploy
-				ok[n.Name] = true
-			}
-		}
-		if active, err = e.goOnWith(ctx, active, ok, err); err != nil {
-			return err
-		}
-	}
-
-	var tunnelled []string
-	for _, name := range active {
-		if byName[name].Tunnel {
-			tunnelled = append(tunnelled, name)
-		}
-	}
-	if len(tunnelled) > 0 {
-		tunnels, err := f.OpenTunnels(ctx, tunnelled, dispatcherDialer(f.Config))
-		if tunnels != nil {
-			defer tunnels.Close()
-		}
-		if err != nil {
-			ok := map[string]bool{}
-			for _, name := range active {
-				ok[name] = !byName[name].Tunnel
-			}
-			if tunnels != nil {
-				for _, name := range tunnels.Nodes() {
-					ok[name] = true
-				}
-			}
-			if active, err = e.goOnWith(ctx, active, ok, err); err != nil {
-				return err
-			}
-		}
-	}
-
-	started, err := f.StartWorkers(ctx, active)
-	e.printProcesses(started)
-	if err := e.proceed(err); err != nil {
 		return err
 	}
 	d, rows, closeLog, err := e.newDispatcher(c, f.Config)

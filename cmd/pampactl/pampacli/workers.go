@@ -2,11 +2,9 @@ package pampacli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/orchestrator"
+	"github.com/pampa-go/pampa/sshx"
 )
 
 func (e *env) fleet(c *cli.Context) (*orchestrator.Fleet, error) {
@@ -27,7 +26,10 @@ func (e *env) fleet(c *cli.Context) (*orchestrator.Fleet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find this executable: %w", err)
 	}
-	return &orchestrator.Fleet{Config: cfg, Binary: bin, DialSSH: e.sshDialer(c, cfg)}, nil
+	opts := orchestrator.SSHOptions{AcceptNewHostKeys: flagBool(c, "accept-new-host-keys"), Timeout: flagDuration(c, "ssh-timeout", 10*time.Second)}
+	return &orchestrator.Fleet{Config: cfg, Binary: bin, SSH: func(n orchestrator.Node) (sshx.Config, error) {
+		return n.SSHConfig(opts, e.getenv)
+	}}, nil
 }
 
 func (e *env) workersCommand() *cli.Command {
@@ -55,8 +57,7 @@ func (e *env) workersCommand() *cli.Command {
 		if err != nil {
 			return err
 		}
-		grace := f.Config.Worker.GracePeriod + 5*time.Second
-		res, err := f.StopWorkers(c.Context, nodes, grace, ids...)
+		res, err := f.StopWorkers(c.Context, nodes, ids...)
 		e.printProcesses(res)
 		return err
 	}
@@ -77,8 +78,8 @@ func (e *env) workersCommand() *cli.Command {
 		}
 		res, err := f.StartWorkers(c.Context, nodes, ids...)
 		e.printProcesses(res)
-		if died := e.diedAtOnce(c, f, res); died != nil {
-			return errors.Join(err, died)
+		if died := f.DiedAtOnce(c.Context, res); len(died) > 0 {
+			return errors.Join(err, e.printDied(died, len(startedIDs(res))))
 		}
 		return err
 	}
@@ -114,79 +115,37 @@ func (e *env) printProcesses(res []orchestrator.NodeWorkers) {
 	}
 }
 
-// workerRow merges what the node says with what the database says.
-type workerRow struct {
-	ID           string  `json:"id"`
-	Node         string  `json:"node"`
-	PID          int     `json:"pid"`
-	Process      string  `json:"process"` // running, dead, none, unknown (node unreachable)
-	Stale        bool    `json:"stale"`   // running, but the node's binary or config was replaced since it started
-	State        string  `json:"state"`   // registry: alive, stopped, dead, or "" if never registered
-	Job          string  `json:"job"`
-	HeartbeatAge float64 `json:"heartbeat_age_seconds"`
-	RowsDone     int64   `json:"rows_done"`
-	RowsFailed   int64   `json:"rows_failed"`
-}
-
 func (e *env) workersStatus(c *cli.Context) error {
 	f, err := e.fleet(c)
 	if err != nil {
 		return err
 	}
-	procs, nodeErr := f.WorkerProcesses(c.Context, c.StringSlice("node"))
-	// Without the database the nodes' side is shown all the same, and the
-	// command fails after: the registry columns are left empty.
-	reg, dbErr := e.registry(c, f.Config)
-	if dbErr != nil {
-		fmt.Fprintf(e.stderr, "pampactl: the registry is not readable, so STATE, HEARTBEAT, JOB, DONE and FAILED are empty: %v\n", dbErr)
-		nodeErr = errors.Join(nodeErr, dbErr)
-	}
-	byID := map[string]dispatcher.WorkerStatus{}
-	for _, w := range reg {
-		byID[w.ID] = w
-	}
-	nodes, err := f.Nodes(c.StringSlice("node"))
+	rep, err := f.WorkersStatus(c.Context, c.StringSlice("node"), func(ctx context.Context) ([]dispatcher.WorkerStatus, error) {
+		return e.registry(ctx, f.Config)
+	})
 	if err != nil {
 		return err
 	}
-	seen := map[string]orchestratorProc{}
-	for _, n := range procs {
-		for _, p := range n.Workers {
-			seen[p.ID] = orchestratorProc{pid: p.PID, state: p.State, stale: p.Stale}
-		}
+	// Without the database the nodes' side is shown all the same, and the
+	// command fails after.
+	if rep.RegistryErr != nil {
+		fmt.Fprintf(e.stderr, "pampactl: the registry is not readable, so STATE, HEARTBEAT, JOB, DONE and FAILED are empty: %v\n", rep.RegistryErr)
 	}
-	var rows []workerRow
-	var staleSSH, staleLocal int
-	for _, n := range nodes {
-		for _, id := range n.WorkerIDs() {
-			r := workerRow{ID: id, Node: n.Name, Process: "unknown"}
-			if p, ok := seen[id]; ok {
-				r.PID, r.Process, r.Stale = p.pid, p.state, p.stale
-			}
-			switch {
-			case r.Stale && n.Local:
-				staleLocal++
-			case r.Stale:
-				staleSSH++
-			}
-			if w, ok := byID[id]; ok {
-				r.State, r.Job, r.RowsDone, r.RowsFailed = w.State, w.Job, w.RowsDone, w.RowsFailed
-				r.HeartbeatAge = w.HeartbeatAge.Round(100 * time.Millisecond).Seconds()
-			}
-			rows = append(rows, r)
-		}
-	}
+	failed := errors.Join(rep.NodesErr, rep.RegistryErr)
 	if c.Bool("json") {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rows); err != nil {
+		if err := e.printJSON(rep.Workers); err != nil {
 			return err
 		}
-		return nodeErr
+		return failed
 	}
+	local := map[string]bool{}
+	for _, n := range f.Config.Nodes {
+		local[n.Name] = n.Local
+	}
+	var staleSSH, staleLocal int
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKER\tPID\tPROCESS\tSTALE\tSTATE\tHEARTBEAT\tJOB\tDONE\tFAILED")
-	for _, r := range rows {
+	for _, r := range rep.Workers {
 		hb := "-"
 		if r.State != "" {
 			hb = fmt.Sprintf("%.1fs ago", r.HeartbeatAge)
@@ -195,8 +154,12 @@ func (e *env) workersStatus(c *cli.Context) error {
 		// so "no" never claims a dead worker was current.
 		stale := "-"
 		switch {
+		case r.Stale && local[r.Node]:
+			stale = "yes"
+			staleLocal++
 		case r.Stale:
 			stale = "yes"
+			staleSSH++
 		case r.Process == "running":
 			stale = "no"
 		}
@@ -210,13 +173,7 @@ func (e *env) workersStatus(c *cli.Context) error {
 	if staleLocal > 0 {
 		fmt.Fprintf(e.stderr, "%s on local nodes run a config changed since they started: `pampactl workers restart --node NODE` restarts them\n", plural(staleLocal, "worker"))
 	}
-	return nodeErr
-}
-
-type orchestratorProc struct {
-	pid   int
-	state string
-	stale bool
+	return failed
 }
 
 func dash(s string) string {
@@ -226,68 +183,41 @@ func dash(s string) string {
 	return s
 }
 
-// startGrace is how long a started worker must live to count as started:
-// one that cannot run (a bad config on the node, a missing secret) exits
-// within it.
-const startGrace = time.Second
-
-// diedAtOnce looks again at the workers just started and reports those
-// already gone, each with the end of its log.
-func (e *env) diedAtOnce(c *cli.Context, f *orchestrator.Fleet, res []orchestrator.NodeWorkers) error {
-	var started, nodes []string
+// startedIDs are the workers res says were started.
+func startedIDs(res []orchestrator.NodeWorkers) []string {
+	var ids []string
 	for _, n := range res {
 		for _, w := range n.Workers {
 			if w.State == "started" {
-				started = append(started, w.ID)
-				if !slices.Contains(nodes, n.Node) {
-					nodes = append(nodes, n.Node)
-				}
+				ids = append(ids, w.ID)
 			}
 		}
 	}
-	if len(started) == 0 {
-		return nil
-	}
-	select {
-	case <-c.Context.Done():
-		return nil
-	case <-time.After(startGrace):
-	}
-	now, err := f.WorkerProcesses(c.Context, nodes)
-	if err != nil {
-		return nil // the nodes said nothing more; the start itself went through
-	}
-	var dead []string
-	for _, n := range now {
-		for _, w := range n.Workers {
-			if slices.Contains(started, w.ID) && w.State != "running" {
-				dead = append(dead, w.ID)
-			}
-		}
-	}
-	if len(dead) == 0 {
-		return nil
-	}
-	tails := map[string][]string{}
-	_ = f.TailLogs(c.Context, orchestrator.TailOptions{Names: nodes, Workers: dead, Lines: 5,
-		Emit: func(_, worker, line string) { tails[worker] = append(tails[worker], line) }})
-	for _, id := range dead {
-		fmt.Fprintf(e.stdout, "%s\tdied at once\n", id)
-		for _, l := range tails[id] {
-			fmt.Fprintf(e.stderr, "  %s: %s\n", id, l)
+	return ids
+}
+
+// printDied prints the workers that died at once, with the end of their
+// logs, and returns the error that says so.
+func (e *env) printDied(dead []orchestrator.DeadWorker, started int) error {
+	ids := make([]string, len(dead))
+	for i, d := range dead {
+		ids[i] = d.ID
+		fmt.Fprintf(e.stdout, "%s\tdied at once\n", d.ID)
+		for _, l := range d.LogTail {
+			fmt.Fprintf(e.stderr, "  %s: %s\n", d.ID, l)
 		}
 	}
 	return fmt.Errorf("%d of %d workers started died within %s: %s (their logs end above)",
-		len(dead), len(started), startGrace, strings.Join(dead, " "))
+		len(dead), started, orchestrator.StartGrace, strings.Join(ids, " "))
 }
 
 // registry reads pampa_workers.
-func (e *env) registry(c *cli.Context, cfg *orchestrator.Config) ([]dispatcher.WorkerStatus, error) {
+func (e *env) registry(ctx context.Context, cfg *orchestrator.Config) ([]dispatcher.WorkerStatus, error) {
 	url, err := cfg.DatabaseURL(e.getenv)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(c.Context, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
