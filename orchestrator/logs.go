@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pampa-go/pampa/deploy"
+	"github.com/pampa-go/pampa/internal/backoff"
 )
 
 // TailOptions configure Fleet.TailLogs.
@@ -109,7 +110,7 @@ func (f *Fleet) follow(ctx context.Context, n Node, ids []string, opts TailOptio
 	if max <= 0 {
 		max = 15 * time.Second
 	}
-	wait := first
+	bo := backoff.New(first, max)
 	files := logFiles(ids)
 	got := false // lines came through this connection
 	r := &deploy.LogReader{Emit: func(file, line string) {
@@ -139,16 +140,11 @@ func (f *Fleet) follow(ctx context.Context, n Node, ids []string, opts TailOptio
 			err = errors.New("the log reader on the node ended")
 		}
 		if got {
-			wait = first // it worked for a while: retry soon
+			bo.Reset() // it worked for a while: retry soon
 		}
-		log.Warn("lost the node's log stream; reconnecting", "node", n.Name, "addr", n.Addr(), "in", wait, "err", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		log.Warn("lost the node's log stream; reconnecting", "node", n.Name, "addr", n.Addr(), "in", bo.Peek(), "err", err)
+		if bo.Wait(ctx); ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
-		wait = min(wait*2, max)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/backoff"
 	"github.com/pampa-go/pampa/sshx"
 )
 
@@ -106,7 +107,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 		go func() {
 			defer t.wg.Done()
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(n.TunnelPort))
-			wait := time.Second
+			bo := backoff.New(time.Second, 30*time.Second)
 			for attempt := 0; ; attempt++ {
 				err := f.tunnel(ctx, n, addr, dialDB, func() {
 					if attempt == 0 {
@@ -117,7 +118,7 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 					} else {
 						log.Info("tunnel open", "node", n.Name, "listen", addr)
 					}
-					wait = time.Second
+					bo.Reset()
 				})
 				if ctx.Err() != nil {
 					if attempt == 0 && !isReadyErr(err) {
@@ -134,15 +135,10 @@ func (f *Fleet) openTunnels(ctx context.Context, names []string, dialDB func(con
 						return
 					}
 				}
-				log.Warn("tunnel down; reopening", "node", n.Name, "in", wait, "err", err)
-				timer := time.NewTimer(wait)
-				select {
-				case <-ctx.Done():
-					timer.Stop()
+				log.Warn("tunnel down; reopening", "node", n.Name, "in", bo.Peek(), "err", err)
+				if bo.Wait(ctx); ctx.Err() != nil {
 					return
-				case <-timer.C:
 				}
-				wait = min(2*wait, 30*time.Second)
 			}
 		}()
 	}
