@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/url"
 	"os"
 	"runtime"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/dispatcher"
+	"github.com/pampa-go/pampa/internal/pgurl"
 )
 
 // env is what every scenario shares: the throwaway server's URL and an
@@ -40,21 +40,9 @@ func connectHarness(ctx context.Context, url string) (*pgx.Conn, error) {
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
-// schemaURL returns the server URL with search_path set to schema, so that
-// Pampa's tables and the task table of a scenario live in their own schema.
-func (e *env) schemaURL(schema string) (string, error) {
-	u, err := url.Parse(e.baseURL)
-	if err != nil {
-		return "", fmt.Errorf("parse server URL: %w", err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String(), nil
-}
-
 // freshSchema drops and creates schema and returns a URL whose search_path
-// points at it.
+// points at it, so that Pampa's tables and the task table of a scenario
+// live in their own schema.
 func (e *env) freshSchema(ctx context.Context, schema string) (string, error) {
 	id := pgx.Identifier{schema}.Sanitize()
 	if _, err := e.admin.Exec(ctx, "drop schema if exists "+id+" cascade"); err != nil {
@@ -63,7 +51,11 @@ func (e *env) freshSchema(ctx context.Context, schema string) (string, error) {
 	if _, err := e.admin.Exec(ctx, "create schema "+id); err != nil {
 		return "", fmt.Errorf("create schema %s: %w", schema, err)
 	}
-	return e.schemaURL(schema)
+	u, err := pgurl.WithSearchPath(e.baseURL, schema)
+	if err != nil {
+		return "", fmt.Errorf("parse server URL: %w", err)
+	}
+	return u, nil
 }
 
 // dropSchema removes a scenario's schema so that autovacuum of its dead

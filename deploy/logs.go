@@ -1,13 +1,14 @@
 package deploy
 
 import (
-	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/pampa-go/pampa/internal/lines"
 )
 
 // LogCursor is where reading a log file resumes: the file's inode and the
@@ -52,14 +53,14 @@ type LogReader struct {
 	Emit func(file, line string)
 
 	mu    sync.Mutex
-	buf   []byte // an incomplete line of the command's output
+	out   lines.Writer // the command's output
 	files map[string]*logState
 }
 
 type logState struct {
-	inode   string
-	sent    int64  // offset just past the bytes received
-	partial []byte // received bytes after the file's last newline
+	inode string
+	sent  int64        // offset just past the bytes received
+	lines lines.Writer // the file's lines; it holds what follows the last newline
 }
 
 // Cursors returns where each file seen so far resumes.
@@ -68,7 +69,7 @@ func (r *LogReader) Cursors() map[string]LogCursor {
 	defer r.mu.Unlock()
 	out := make(map[string]LogCursor, len(r.files))
 	for name, s := range r.files {
-		out[name] = LogCursor{Inode: s.inode, Offset: s.sent - int64(len(s.partial))}
+		out[name] = LogCursor{Inode: s.inode, Offset: s.sent - int64(s.lines.Buffered())}
 	}
 	return out
 }
@@ -78,10 +79,10 @@ func (r *LogReader) Cursors() map[string]LogCursor {
 func (r *LogReader) Resume() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.buf = nil
+	r.out.Reset()
 	for _, s := range r.files {
-		s.sent -= int64(len(s.partial))
-		s.partial = nil
+		s.sent -= int64(s.lines.Buffered())
+		s.lines.Reset()
 	}
 }
 
@@ -90,23 +91,8 @@ func (r *LogReader) Resume() {
 func (r *LogReader) Write(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.buf = append(r.buf, p...)
-	for {
-		i := bytes.IndexByte(r.buf, '\n')
-		if i < 0 {
-			break
-		}
-		line := r.buf[:i]
-		r.buf = r.buf[i+1:]
-		if err := r.line(line); err != nil {
-			r.buf = nil
-			return 0, err
-		}
-	}
-	if len(r.buf) == 0 {
-		r.buf = nil
-	}
-	return len(p), nil
+	r.out.Line = r.line // here, so that the zero LogReader is ready to use
+	return r.out.Write(p)
 }
 
 var errLogOutput = errors.New("unexpected output from the log reader on the node")
@@ -119,7 +105,7 @@ func (r *LogReader) line(l []byte) error {
 		if err != nil || off < 0 {
 			return fmt.Errorf("%w: %q", errLogOutput, l)
 		}
-		r.restart(r.state(f[1]), f[1], f[2], off)
+		r.state(f[1]).restart(f[2], off)
 	case len(f) == 5 && f[0] == "chunk", len(f) == 4 && f[0] == "chunk":
 		off, err := strconv.ParseInt(f[3], 10, 64)
 		if err != nil || off < 0 {
@@ -133,15 +119,13 @@ func (r *LogReader) line(l []byte) error {
 		}
 		s := r.state(f[1])
 		if s.inode != f[2] || s.sent != off {
-			r.restart(s, f[1], f[2], off)
+			s.restart(f[2], off)
 		}
 		s.sent += int64(len(data))
-		s.partial = append(s.partial, data...)
-		r.emitLines(f[1], s)
+		_, _ = s.lines.Write(data)
 	case len(f) == 2 && f[0] == "eof":
-		if s := r.files[f[1]]; s != nil && len(s.partial) > 0 {
-			r.Emit(f[1], string(s.partial))
-			s.partial = nil
+		if s := r.files[f[1]]; s != nil {
+			_ = s.lines.Flush()
 		}
 	}
 	// Anything else ("." keep-alives, or what a login script printed
@@ -156,6 +140,7 @@ func (r *LogReader) state(name string) *logState {
 			r.files = map[string]*logState{}
 		}
 		s = &logState{inode: "-", sent: -1}
+		s.lines.Line = func(l []byte) error { r.Emit(name, string(l)); return nil }
 		r.files[name] = s
 	}
 	return s
@@ -164,32 +149,13 @@ func (r *LogReader) state(name string) *logState {
 // restart moves a file's cursor where the node says it now reads. A
 // partial last line of the file it read before (truncated or rotated)
 // will never be completed: it is shown as it is.
-func (r *LogReader) restart(s *logState, name, inode string, off int64) {
+func (s *logState) restart(inode string, off int64) {
 	if s.sent == off && (s.inode == inode || s.inode == "-") {
 		s.inode = inode
 		return
 	}
-	if len(s.partial) > 0 {
-		r.Emit(name, string(s.partial))
-	}
-	s.inode, s.sent, s.partial = inode, off, nil
-}
-
-func (r *LogReader) emitLines(name string, s *logState) {
-	rest := s.partial
-	for {
-		i := bytes.IndexByte(rest, '\n')
-		if i < 0 {
-			break
-		}
-		r.Emit(name, string(rest[:i]))
-		rest = rest[i+1:]
-	}
-	if len(rest) == 0 {
-		s.partial = nil
-		return
-	}
-	s.partial = append([]byte(nil), rest...)
+	_ = s.lines.Flush()
+	s.inode, s.sent = inode, off
 }
 
 // WorkerOfLog returns the worker id of a LogFile name, or "".

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pampa-go/pampa/deploy"
+	"github.com/pampa-go/pampa/internal/poll"
 )
 
 // lines collects what a LogReader emits, as "file|line".
@@ -225,14 +226,12 @@ func TestTailScriptFollows(t *testing.T) {
 	want := []string{"a.log|1", "b.log|b", "a.log|2"}
 	wait := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for len(got) < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("followed %q, want %q", got, want[:n])
+		poll.Until(t, "the tail to follow", 20*time.Second, func() string {
+			if got = append(got, d.got.take()...); len(got) < n {
+				return fmt.Sprintf("followed %q, want %q", got, want[:n])
 			}
-			time.Sleep(10 * time.Millisecond) // polling, not waiting for an effect
-			got = append(got, d.got.take()...)
-		}
+			return ""
+		})
 	}
 	wait(1)
 	d.write("b.log", "b\n")

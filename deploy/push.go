@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+
+	"github.com/pampa-go/pampa/internal/lines"
 )
 
 // Streamer runs a command with its stdin, stdout and stderr streamed
@@ -40,6 +42,7 @@ func Push(ctx context.Context, s Streamer, workDir string, choose func(Probe) ([
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := &lineFeed{ready: make(chan struct{})}
+	out.Line = out.line
 	var stderr bytes.Buffer
 	stdin, send := io.Pipe()
 	done := make(chan error, 1)
@@ -145,8 +148,9 @@ func pushFailure(line string, files []File, installed []string, stderr string) e
 // "installed" and "failed" lines. Other lines (a login script's chatter)
 // are ignored.
 type lineFeed struct {
+	lines.Writer // the command's stdout, with Line set to line
+
 	mu        sync.Mutex
-	buf       []byte
 	probe     []byte
 	installed []string
 	failure   string
@@ -155,29 +159,22 @@ type lineFeed struct {
 	ready     chan struct{}
 }
 
-func (l *lineFeed) Write(p []byte) (int, error) {
+func (l *lineFeed) line(b []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.buf = append(l.buf, p...)
-	for {
-		i := bytes.IndexByte(l.buf, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := string(l.buf[:i])
-		l.buf = l.buf[i+1:]
-		switch {
-		case !l.isReady && line == "ready":
-			l.isReady, l.gotReady = true, true
-			close(l.ready)
-		case !l.isReady:
-			l.probe = append(l.probe, line+"\n"...)
-		case strings.HasPrefix(line, "installed "):
-			l.installed = append(l.installed, strings.TrimPrefix(line, "installed "))
-		case strings.HasPrefix(line, "failed ") && l.failure == "":
-			l.failure = strings.TrimPrefix(line, "failed ")
-		}
+	line := string(b)
+	switch {
+	case !l.isReady && line == "ready":
+		l.isReady, l.gotReady = true, true
+		close(l.ready)
+	case !l.isReady:
+		l.probe = append(l.probe, line+"\n"...)
+	case strings.HasPrefix(line, "installed "):
+		l.installed = append(l.installed, strings.TrimPrefix(line, "installed "))
+	case strings.HasPrefix(line, "failed ") && l.failure == "":
+		l.failure = strings.TrimPrefix(line, "failed ")
 	}
+	return nil
 }
 
 // end releases a Push waiting for "ready" when the command ended without it.

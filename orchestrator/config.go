@@ -22,6 +22,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/homedir"
+
 	"github.com/BurntSushi/toml"
 
 	"github.com/pampa-go/pampa/dispatcher"
@@ -506,7 +508,7 @@ func (f *file) build(raw rawConfig) (*Config, error) {
 		if p == "" {
 			return ""
 		}
-		out, err := expandHome(p)
+		out, err := homedir.Expand(p)
 		if err != nil {
 			bad(key, "%s: use an absolute path", err.Error())
 		}
@@ -771,7 +773,7 @@ func (f *file) node(key string, rn rawNode) (Node, []error) {
 	}
 
 	home := func(k, p string) string {
-		out, err := expandHome(p)
+		out, err := homedir.Expand(p)
 		if err != nil {
 			bad(k, "%s: use an absolute path", err.Error())
 		}
@@ -1004,19 +1006,4 @@ func (f *file) checkArgv(key string, argv []string) []error {
 		return []error{f.errorf(key, `the program (first element) is empty; use such as ["./check.sh", "--fast"]`)}
 	}
 	return nil
-}
-
-// expandHome replaces a leading "~" or "~/" with the home directory.
-func expandHome(p string) (string, error) {
-	if p != "~" && !strings.HasPrefix(p, "~/") {
-		if strings.HasPrefix(p, "~") {
-			return p, fmt.Errorf("%q: ~user is not supported", p)
-		}
-		return p, nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return p, fmt.Errorf("expand %q: %w", p, err)
-	}
-	return filepath.Join(home, strings.TrimPrefix(p, "~")), nil
 }

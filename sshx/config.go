@@ -17,6 +17,8 @@ import (
 	"github.com/kevinburke/ssh_config"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
+
+	"github.com/pampa-go/pampa/internal/homedir"
 )
 
 // Config says how to reach and authenticate to one node. The zero value of
@@ -207,7 +209,10 @@ func lookup(sc *ssh_config.Config, alias, usr string, port int) (endpoint, error
 	if sc != nil {
 		files, _ := sc.GetAll(alias, "IdentityFile")
 		for _, f := range files {
-			ep.keyFiles = append(ep.keyFiles, expandHome(f))
+			// What Expand refuses (~user, no home) stays as written: not
+			// found, it is skipped like any missing IdentityFile.
+			f, _ = homedir.Expand(f)
+			ep.keyFiles = append(ep.keyFiles, f)
 		}
 	}
 	return ep, nil
@@ -224,13 +229,6 @@ func get(sc *ssh_config.Config, alias, key string) string {
 func homePath(elem ...string) string {
 	home, _ := os.UserHomeDir()
 	return filepath.Join(append([]string{home}, elem...)...)
-}
-
-func expandHome(p string) string {
-	if p == "~" || strings.HasPrefix(p, "~/") {
-		return homePath(p[1:])
-	}
-	return p
 }
 
 // authMethods builds public key (files, then agent) and password

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/poll"
 	"github.com/pampa-go/pampa/internal/sshtest"
 	"github.com/pampa-go/pampa/sshx"
 )
@@ -63,17 +64,13 @@ func TestReverseForward(t *testing.T) {
 	// x/crypto registers a remote listener only once the node has replied,
 	// and refuses a connection that comes before (the node resets it):
 	// retry until one gets through.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, "through the tunnel "+remote, 10*time.Second, func() string {
 		line, err := echoOnce(remote)
 		if err == nil && strings.TrimSpace(line) == "echo hello" {
-			break
+			return ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("through the tunnel %s: %q, %v", remote, line, err)
-		}
-		time.Sleep(10 * time.Millisecond) // polling for the listener
-	}
+		return fmt.Sprintf("%q, %v", line, err)
+	})
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("ReverseForward = %v, want context.Canceled", err)

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/pampa-go/pampa/internal/poll"
 	"github.com/pampa-go/pampa/internal/sshtest"
 	"github.com/pampa-go/pampa/sshx"
 )
@@ -59,16 +60,12 @@ func dial(t testing.TB, cfg sshx.Config) *sshx.Client {
 // waitFile polls for path, which a remote command creates once it runs.
 func waitFile(t *testing.T, path string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			return
+	poll.Until(t, path+" to appear", 10*time.Second, func() string {
+		if _, err := os.Stat(path); err != nil {
+			return err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not appear within 10s", path)
-		}
-		time.Sleep(5 * time.Millisecond) // polling, not waiting for an effect
-	}
+		return ""
+	})
 }
 
 func randomBytes(t testing.TB, n int) []byte {

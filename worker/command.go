@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pampa-go/pampa/internal/lines"
 )
 
 // stderrTail is how much of a failed command's stderr becomes the row's
@@ -63,8 +65,8 @@ func (c command) run(ctx context.Context) (string, error) {
 	}
 	tail := &tailBuffer{max: stderrTail}
 	budget := &logBudget{left: logLimit}
-	outLog := &lineLogger{log: c.log, msg: "task output", budget: budget}
-	errLog := &lineLogger{log: c.log, msg: "task stderr", budget: budget}
+	outLog := lineLogger(c.log, "task output", budget)
+	errLog := lineLogger(c.log, "task stderr", budget)
 	out := &limitBuffer{max: c.outputLimit}
 	cmd.Stdout = io.MultiWriter(out, outLog)
 	cmd.Stderr = io.MultiWriter(tail, errLog)
@@ -95,8 +97,8 @@ func (c command) run(ctx context.Context) (string, error) {
 		}
 		t.Stop()
 	}
-	outLog.Flush()
-	errLog.Flush()
+	_ = outLog.Flush() // a last line without newline
+	_ = errLog.Flush()
 	if budget.dropped > 0 {
 		c.log.Info("task output not logged past the limit", "bytes", budget.dropped, "limit", logLimit)
 	}
@@ -197,48 +199,13 @@ func (b *logBudget) take(n int) bool {
 	return true
 }
 
-// lineLogger logs each complete line written to it, within its budget.
-type lineLogger struct {
-	mu      sync.Mutex
-	log     *slog.Logger
-	msg     string
-	budget  *logBudget
-	partial []byte
-}
-
-func (l *lineLogger) emit(line []byte) {
-	if l.budget == nil || l.budget.take(len(line)) {
-		l.log.Info(l.msg, "line", string(line))
-	}
-}
-
-func (l *lineLogger) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.partial = append(l.partial, p...)
-	consumed := 0
-	for {
-		i := bytes.IndexByte(l.partial[consumed:], '\n')
-		if i < 0 {
-			break
+// lineLogger logs each line written to it, within budget. A partial line
+// past 64 KiB (a runaway line without newline) is logged as it is.
+func lineLogger(log *slog.Logger, msg string, budget *logBudget) *lines.Writer {
+	return &lines.Writer{Max: 64 << 10, Line: func(line []byte) error {
+		if budget.take(len(line)) {
+			log.Info(msg, "line", string(line))
 		}
-		l.emit(l.partial[consumed : consumed+i])
-		consumed += i + 1
-	}
-	l.partial = append(l.partial[:0], l.partial[consumed:]...)
-	if len(l.partial) > 64<<10 { // a runaway line without newline
-		l.emit(l.partial)
-		l.partial = l.partial[:0]
-	}
-	return len(p), nil
-}
-
-// Flush logs a last line that had no newline.
-func (l *lineLogger) Flush() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.partial) > 0 {
-		l.emit(l.partial)
-		l.partial = nil
-	}
+		return nil
+	}}
 }

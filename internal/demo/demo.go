@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgserver"
+	"github.com/pampa-go/pampa/internal/pgurl"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/worker"
 )
@@ -245,22 +245,11 @@ func prepare(ctx context.Context, dbURL string, rows int) (string, error) {
 	if _, err := conn.Exec(ctx, `insert into `+Schema+`.numbers (value) select generate_series(1, $1::int)`, rows); err != nil {
 		return "", fmt.Errorf("insert demo rows: %w", err)
 	}
-	return WithSearchPath(dbURL, Schema)
-}
-
-// WithSearchPath points a connection string, URL or key=value form, at schema.
-func WithSearchPath(conn, schema string) (string, error) {
-	if strings.HasPrefix(conn, "postgres://") || strings.HasPrefix(conn, "postgresql://") {
-		u, err := url.Parse(conn)
-		if err != nil {
-			return "", fmt.Errorf("database URL: %w", err)
-		}
-		q := u.Query()
-		q.Set("search_path", schema)
-		u.RawQuery = q.Encode()
-		return u.String(), nil
+	u, err := pgurl.WithSearchPath(dbURL, Schema)
+	if err != nil {
+		return "", fmt.Errorf("database URL: %w", err)
 	}
-	return conn + " search_path=" + schema, nil
+	return u, nil
 }
 
 var errWorkersExited = errors.New("demo: every worker exited before the job was done")

@@ -35,7 +35,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -46,6 +45,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pampa-go/pampa/internal/pgserver"
+	"github.com/pampa-go/pampa/internal/pgurl"
 )
 
 // EnvDatabaseURL names the environment variable that points pgtest at an
@@ -168,9 +168,9 @@ func Schema(t testing.TB) string {
 		}
 	})
 
-	u, err := withSearchPath(adminURL, name)
+	u, err := pgurl.WithSearchPath(adminURL, name)
 	if err != nil {
-		t.Fatalf("pgtest: %v", err)
+		t.Fatalf("pgtest: parse %s: %v", EnvDatabaseURL, err)
 	}
 	return u
 }
@@ -216,19 +216,6 @@ func execSQL(ctx context.Context, connURL, sql string) error {
 		return err
 	}
 	return nil
-}
-
-// withSearchPath returns connURL with its search_path parameter set to schema.
-func withSearchPath(connURL, schema string) (string, error) {
-	u, err := url.Parse(connURL)
-	if err != nil {
-		// The URL may hold a password: do not echo it.
-		return "", fmt.Errorf("parse %s: not a URL", EnvDatabaseURL)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String(), nil
 }
 
 // maxIdent is PostgreSQL's longest identifier in bytes (NAMEDATALEN-1).
