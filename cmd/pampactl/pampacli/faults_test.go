@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	polling "github.com/pampa-go/pampa/internal/poll"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/internal/pgtest"
@@ -178,13 +180,12 @@ func (r *rig) logs() string {
 
 func (r *rig) waitSucceeded(n int, within time.Duration) {
 	r.t.Helper()
-	deadline := time.Now().Add(within)
-	for r.succeeded() < n {
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%d of %d rows succeeded after %s\n%s", r.succeeded(), n, within, r.logs())
+	polling.Until(r.t, fmt.Sprintf("%d rows succeeded within %s", n, within), within, func() string {
+		if got := r.succeeded(); got < n {
+			return fmt.Sprintf("%d succeeded\n%s", got, r.logs())
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ""
+	})
 }
 
 // check asserts what users depend on: every row succeeded, none is left
@@ -260,17 +261,12 @@ func TestFaultStandbyTakesOverFromKilledLeader(t *testing.T) {
 
 func (r *rig) waitLog(name, text string, within time.Duration) {
 	r.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		b, _ := os.ReadFile(filepath.Join(r.dir, name+".log"))
-		if strings.Contains(string(b), text) {
-			return
+	polling.Until(r.t, fmt.Sprintf("%s logged %q within %s", name, text, within), within, func() string {
+		if b, _ := os.ReadFile(filepath.Join(r.dir, name+".log")); !strings.Contains(string(b), text) {
+			return "not yet\n" + r.logs()
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("%s did not log %q within %s\n%s", name, text, within, r.logs())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ""
+	})
 }
 
 // A worker killed with SIGKILL during a long step: the step's processes die
@@ -294,30 +290,26 @@ echo $PAMPA_TASK_ID >> OK`
 	w := r.worker("local.1")
 	pidIn := func(name string) int {
 		var pid int
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		polling.Until(t, "a pid in "+name, 30*time.Second, func() string {
 			b, _ := os.ReadFile(filepath.Join(r.dir, name))
 			first, _, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
-			if pid, _ = strconv.Atoi(first); pid > 0 {
-				return pid
+			if pid, _ = strconv.Atoi(first); pid <= 0 {
+				return "none yet\n" + r.logs()
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s\n%s", name, r.logs())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return ""
+		})
+		return pid
 	}
 	leader, grandchild := pidIn("leader.pid"), pidIn("grandchild.pid")
 	pidIn("run/local.1.steps") // the worker recorded the step's process group
 	r.kill(w)
 	waitGone := func(what string, pid int) {
-		deadline := time.Now().Add(10 * time.Second)
-		for alive(pid) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s (pid %d) outlived its worker", what, pid)
+		polling.Until(t, what+" died with its worker", 10*time.Second, func() string {
+			if alive(pid) {
+				return fmt.Sprintf("pid %d still runs", pid)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return ""
+		})
 	}
 	waitGone("the step", leader)
 	if !alive(grandchild) {

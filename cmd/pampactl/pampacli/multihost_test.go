@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	polling "github.com/pampa-go/pampa/internal/poll"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
@@ -202,17 +204,12 @@ max_workers = %d
 
 	// Every row completes: the victim's reserved and running rows go back
 	// to the queue once its heartbeat is 3s old, and the others take them.
-	deadline := time.Now().Add(40 * time.Second)
-	for {
-		done := count("mh_end_time is not null and mh_success")
-		if done == rows {
-			break
+	polling.Until(t, "every row completed within 40 s of the cut", 40*time.Second, func() string {
+		if done := count("mh_end_time is not null and mh_success"); done != rows {
+			return fmt.Sprintf("%d of %d rows completed; by state:\n%s", done, rows, states(t, conn))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d rows completed 40s after the cut; by state:\n%s", done, rows, states(t, conn))
-		}
-		time.Sleep(50 * time.Millisecond) // polling, not waiting for an effect
-	}
+		return ""
+	})
 	// No row's step succeeded twice: the cut node gave up its queue when
 	// its stream dropped, and its running step was short.
 	data, err := os.ReadFile(hitsFile)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	polling "github.com/pampa-go/pampa/internal/poll"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
@@ -158,13 +160,12 @@ command = ["sh", "-c", %q]
 	site.Restore(t)
 	t.Logf("cut after %d rows, restored after 4 s", before)
 
-	deadline := time.Now().Add(60 * time.Second)
-	for count("rl_end_time is not null and rl_success") < rows {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d rows completed 60 s after the restore; by state:\n%s", count("rl_success"), rows, states(t, conn))
+	polling.Until(t, "every row completed within 60 s of the restore", 60*time.Second, func() string {
+		if done := count("rl_end_time is not null and rl_success"); done < rows {
+			return fmt.Sprintf("%d of %d rows completed; by state:\n%s", done, rows, states(t, conn))
 		}
-		time.Sleep(50 * time.Millisecond) // polling
-	}
+		return ""
+	})
 	data, err := os.ReadFile(hits)
 	if err != nil {
 		t.Fatal(err)
