@@ -166,6 +166,7 @@ func (d *Dispatcher) control(ctx context.Context) error {
 		if len(back) > 0 {
 			p.sess.Send(protocol.Message{Kind: protocol.KindRevoke, Refs: back})
 		}
+		d.giveBackSpares(p, func(r protocol.Row) bool { return paused[r.Job] })
 	}
 	var errs []error
 	for _, q := range d.queries {
@@ -202,7 +203,12 @@ func (d *Dispatcher) cancelHeld(ctx context.Context, q *Queries) error {
 		}
 		id := rowID{q.job.Name, r.Key}
 		h, ok := p.held[id]
-		if !ok || h.cancelled {
+		if !ok {
+			// A spare: back to the table, where EndCancelled ends it.
+			d.giveBackSpares(p, func(s protocol.Row) bool { return s.Job == id.job && s.Key == id.key })
+			continue
+		}
+		if h.cancelled {
 			continue
 		}
 		h.cancelled = true

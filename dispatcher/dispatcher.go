@@ -119,10 +119,14 @@ type Dispatcher struct {
 	// short reservation makes.
 	after map[string]any
 
-	inbox  inbox
-	peers  map[string]*peer
-	marks  pendingMarks
-	sqlRun []*sqlRunner
+	inbox inbox
+	peers map[string]*peer
+	pools sync.Map // *protocol.Session → *sparePool, for the streams' goroutines
+	// spareOK says, per job, whether its workers may have spare rows (see
+	// spareWanted), as of its last assignment.
+	spareOK map[string]bool
+	marks   pendingMarks
+	sqlRun  []*sqlRunner
 	// paused holds the jobs operators paused, as of the last full cycle;
 	// the sql runners read it too.
 	paused atomic.Pointer[map[string]bool]
@@ -140,7 +144,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	d := &Dispatcher{cfg: cfg, log: cfg.Logger, after: map[string]any{}, peers: map[string]*peer{},
+	d := &Dispatcher{cfg: cfg, log: cfg.Logger, after: map[string]any{}, peers: map[string]*peer{}, spareOK: map[string]bool{},
 		notes: make(chan string, 64)}
 	d.inbox.poke = make(chan struct{}, 1)
 	srv, err := protocol.NewServer(protocol.ServerConfig{Secret: cfg.Secret, Handler: (*handler)(d), Logger: cfg.Logger,
@@ -576,6 +580,7 @@ func (d *Dispatcher) standBy() {
 		if p.sess != nil {
 			p.sess.Close()
 		}
+		d.dropSpares(p)
 	}
 	clear(d.peers)
 	d.marks = pendingMarks{}

@@ -306,6 +306,9 @@ type fakeWorker struct {
 	up      bool
 	leaving bool           // gone for good once the dispatcher closes the stream
 	cancels []protocol.Ref // rows the dispatcher said to stop
+	// stepMillis is what its outcomes say its steps took: 10 ms by
+	// default, slow enough to get no spare rows (see spareWanted).
+	stepMillis int64
 }
 
 // connect starts a worker talking to the first of ds that accepts it and
@@ -314,7 +317,7 @@ func (e *env) connect(id string, ds ...*Dispatcher) *fakeWorker {
 	e.t.Helper()
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
-	fw := &fakeWorker{id: id, instance: hex.EncodeToString(b), d: ds[0], running: map[string]protocol.Ref{}}
+	fw := &fakeWorker{id: id, instance: hex.EncodeToString(b), d: ds[0], running: map[string]protocol.Ref{}, stepMillis: 10}
 	e.start1(fw, ds...)
 	e.workers[id] = fw
 	return fw
@@ -438,7 +441,7 @@ func (fw *fakeWorker) end(r protocol.Ref, ok bool, errText string) {
 	fw.mu.Lock()
 	delete(fw.running, r.Key)
 	fw.mu.Unlock()
-	o := protocol.Outcome{Ref: r, OK: ok, Millis: 1}
+	o := protocol.Outcome{Ref: r, OK: ok, Millis: fw.stepMillis}
 	if !ok {
 		o.Error = errText
 	}

@@ -26,6 +26,12 @@ type peer struct {
 	leave bool           // it gave its rows back and is stopping
 	done  int64          // outcomes committed since the last flush, for rows_done
 	fails int64          // for rows_failed
+	spare *sparePool     // its stream's spare rows (see spareWanted); nil while disconnected
+	// millis is the mean duration of its last steps, ended counts its
+	// outcomes: quick workers get spare rows.
+	millis float64
+	ended  int
+	quick  bool
 }
 
 type rowID struct{ job, key string }
@@ -59,6 +65,7 @@ type event struct {
 	msg    protocol.Message
 	closed bool
 	opened bool
+	handed []protocol.Row // spare rows sent as the outcomes in msg arrived
 }
 
 // inbox hands events from the streams' goroutines to the loop.
@@ -109,7 +116,15 @@ func (h *handler) Open(s *protocol.Session) error {
 }
 
 func (h *handler) Receive(s *protocol.Session, m protocol.Message) {
-	h.inbox.put(event{sess: s, msg: m})
+	e := event{sess: s, msg: m}
+	if m.Kind == protocol.KindOutcomes {
+		// Each outcome frees a slot of the worker's queue: fill it from the
+		// spares now, not after the loop's next round trip.
+		if pool, ok := h.pools.Load(s); ok {
+			e.handed = pool.(*sparePool).handOut(len(m.Outcomes))
+		}
+	}
+	h.inbox.put(e)
 }
 func (h *handler) Closed(s *protocol.Session) { h.inbox.put(event{sess: s, closed: true}) }
 
@@ -126,7 +141,12 @@ func (d *Dispatcher) applyInbox() {
 				p = &peer{id: id}
 				d.peers[id] = p
 			}
+			// Spares of an earlier stream are the worker's in the database
+			// and not in its hello: the reconciliation frees them.
+			d.dropSpares(p)
 			p.sess, p.hello, p.fresh, p.leave, p.gone = e.sess, e.sess.Hello, true, false, time.Time{}
+			p.spare = &sparePool{sess: e.sess}
+			d.pools.Store(e.sess, p.spare)
 			p.held = map[rowID]hold{}
 			for _, h := range e.sess.Hello.InHand {
 				// An unacknowledged outcome and a newer attempt of the
@@ -144,6 +164,9 @@ func (d *Dispatcher) applyInbox() {
 			// An event of a stream that was replaced: its successor's
 			// hello said what the worker holds.
 		case e.closed:
+			// Its spares are freed by its next hello, or with its other
+			// rows once it is judged dead.
+			d.dropSpares(p)
 			p.sess, p.gone = nil, time.Now()
 			if p.leave && len(p.held) == 0 {
 				delete(d.peers, id)
@@ -151,7 +174,23 @@ func (d *Dispatcher) applyInbox() {
 			}
 		default:
 			d.receive(p, e.msg)
+			now := time.Now()
+			for _, r := range e.handed {
+				p.held[rowID{r.Job, r.Key}] = hold{attempt: r.Attempt, reserved: now}
+			}
+			if len(e.handed) > 0 {
+				p.spare.absorbed(len(e.handed))
+			}
 		}
+	}
+}
+
+// dropSpares forgets p's spare rows: its stream is gone.
+func (d *Dispatcher) dropSpares(p *peer) {
+	if p.spare != nil {
+		d.pools.Delete(p.spare.sess)
+		p.spare.take(anyRow)
+		p.spare = nil
 	}
 }
 
@@ -182,6 +221,14 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 				}
 				delete(p.held, id)
 			}
+			p.ended++
+			p.millis += (float64(o.Millis) - p.millis) / float64(min(p.ended, 20))
+			if was := p.quick; was && p.millis >= spareMaxMillis {
+				p.quick = false
+				d.giveBackSpares(p, anyRow)
+			} else if !was {
+				p.quick = p.ended >= 5 && p.millis < spareMaxMillis
+			}
 			if d.byJob[o.Job] == nil {
 				d.log.Warn("outcome for a job this dispatcher does not run; dropped", "worker", p.id, "job", o.Job)
 				p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: []uint64{o.Seq}})
@@ -193,6 +240,7 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 		if m.Kind == protocol.KindRelease {
 			p.leave = true
 			d.marks.leave(p.id)
+			d.giveBackSpares(p, anyRow)
 		}
 		for _, r := range m.Refs {
 			if id := (rowID{r.Job, r.Key}); p.held[id].attempt == r.Attempt {
@@ -328,6 +376,7 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 		for _, p := range d.assignedTo(j.Name) {
 			if len(p.held) == 0 {
 				p.job = ""
+				d.giveBackSpares(p, anyRow)
 			}
 		}
 		return nil
@@ -339,10 +388,18 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 		}
 	}
 	limit := j.MaxPendingTasks*max(j.MaxAssignedWorkers, live) + 1
+	spareNeed := 0 // pending rows enough for every assigned worker's queue and spares
+	if j.spares() {
+		spareNeed = (j.QueueSize + spareRows) * len(d.assignedTo(j.Name))
+		if spareNeed <= spareCountLimit {
+			limit = max(limit, spareNeed+1)
+		}
+	}
 	var pending int64
 	if err := d.conn.QueryRow(ctx, q.PendingCount, limit, j.MaxTryTimes).Scan(&pending); err != nil {
 		return fmt.Errorf("job %q: count pending rows: %w", j.Name, err)
 	}
+	d.spareOK[j.Name] = spareNeed > 0 && spareNeed <= spareCountLimit && pending >= int64(spareNeed)
 	assigned := d.assignedTo(j.Name)
 	busy := 0
 	for _, p := range assigned {
@@ -377,6 +434,7 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 		for _, p := range assigned {
 			if surplus > 0 && len(p.held) == 0 {
 				p.job = ""
+				d.giveBackSpares(p, anyRow)
 				surplus--
 				d.log.Info("worker unassigned", "job", j.Name, "worker", p.id, "pending", pending)
 				d.decided(Decision{Job: j.Name, Worker: p.id, Pending: pending, Want: want})

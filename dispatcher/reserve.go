@@ -70,7 +70,10 @@ func (d *Dispatcher) reservations(ctx context.Context, b *pgx.Batch) []*reservat
 		var hungry []*peer
 		var room []int
 		for _, p := range d.assignedTo(j.Name) {
-			if n := j.QueueSize - p.queued(j.Name); p.sess != nil && !p.fresh && !p.leave && n > 0 {
+			if p.sess == nil || p.fresh || p.leave {
+				continue
+			}
+			if n := j.QueueSize - p.queued(j.Name) + d.spareWanted(p, j) - p.spare.size(); n > 0 {
 				hungry, room = append(hungry, p), append(room, n)
 			}
 		}
@@ -208,6 +211,11 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 			s.Reserved += int64(len(rows))
 			if len(rows) < r.asked[i] {
 				short, shortBy = append(short, p), append(shortBy, r.asked[i]-len(rows))
+			}
+			// The queue first; what is left over is spare (see spareWanted).
+			if room := j.QueueSize - p.queued(j.Name) - p.spare.unabsorbed(); d.spareWanted(p, j) > 0 && len(rows) > room {
+				p.spare.add(rows[max(room, 0):])
+				rows = rows[:max(room, 0)]
 			}
 			now := time.Now()
 			for _, row := range rows {
