@@ -16,15 +16,29 @@ import (
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgtest"
 	"github.com/pampa-go/pampa/orchestrator"
+	"github.com/pampa-go/pampa/worker"
 )
 
 // The test binary doubles as pampactl: the worker processes that `workers
 // start` and the demo launch are this binary with this variable set.
 const asMainEnv = "PAMPACLI_TEST_AS_MAIN"
 
+// quickLogEnv names the file where the Go handler of job "quick" notes
+// each row it ran: a step that takes no time, as a worker with spare rows
+// runs.
+const quickLogEnv = "PAMPACLI_TEST_QUICK_LOG"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(asMainEnv) != "" {
-		pampacli.Main(pampacli.Options{})
+		pampacli.Main(pampacli.Options{Handlers: map[string]worker.Handler{"quick": func(_ context.Context, t *worker.Task) (any, error) {
+			f, err := os.OpenFile(os.Getenv(quickLogEnv), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return nil, err
+			}
+			defer f.Close()
+			_, err = f.WriteString(t.Key + "\n")
+			return nil, err
+		}}})
 	}
 	os.Setenv(asMainEnv, "1") // inherited by the workers we start
 	os.Exit(pgtest.RunMain(m))
