@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -46,12 +45,13 @@ func ExampleHandler() {
 	handlers := map[string]worker.Handler{
 		// result_sql: update numbers set is_odd = $2::boolean where value = $1::bigint
 		"search_odd_numbers": func(ctx context.Context, t *worker.Task) (any, error) {
-			// t.Row holds the row's columns as JSON values.
-			v, err := t.Row["value"].(json.Number).Int64()
-			if err != nil {
+			var row struct {
+				Value int64 `json:"value"`
+			}
+			if err := t.Decode(&row); err != nil {
 				return nil, err
 			}
-			return v%2 == 1, nil
+			return row.Value%2 == 1, nil
 		},
 	}
 	fmt.Println(len(handlers), "handler")

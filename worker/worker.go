@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -51,10 +52,26 @@ func (e *permanentError) Unwrap() error { return e.err }
 type Task struct {
 	Job      string
 	WorkerID string
-	Key      string         // primary key, as text
-	Attempt  int            // 1 on the first try
-	Row      map[string]any // the row's own columns, decoded from JSON (numbers are json.Number)
-	w        *Worker
+	Key      string // primary key, as text
+	Attempt  int    // 1 on the first try
+	// Data holds the row's own columns as a JSON object (Decode reads it).
+	Data json.RawMessage
+	w    *Worker
+}
+
+// Decode reads the row's columns into v, a struct with json tags or a
+// map[string]any (numbers become json.Number, so that large keys and
+// numerics keep their digits). Only a handler that asks pays for it.
+func (t *Task) Decode(v any) error {
+	if len(t.Data) == 0 {
+		return nil
+	}
+	d := json.NewDecoder(bytes.NewReader(t.Data))
+	d.UseNumber()
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("decode row %s of job %s: %w", t.Key, t.Job, err)
+	}
+	return nil
 }
 
 // DB opens, on first use, a pool of database sessions for handlers that
@@ -471,8 +488,8 @@ func (w *Worker) runRow(work, row context.Context, r protocol.Row) {
 }
 
 func (w *Worker) step(ctx context.Context, j Job, r protocol.Row) (*string, error) {
-	log := w.log.With("job", j.Name, "key", r.Key)
 	if len(j.Command) > 0 {
+		log := w.log.With("job", j.Name, "key", r.Key)
 		env := append(os.Environ(),
 			"PAMPA_TASK_ID="+r.Key, "PAMPA_JOB="+j.Name,
 			"PAMPA_WORKER_ID="+w.cfg.ID, fmt.Sprintf("PAMPA_ATTEMPT=%d", r.Attempt))
@@ -494,10 +511,7 @@ func (w *Worker) step(ctx context.Context, j Job, r protocol.Row) (*string, erro
 		}
 		return &out, nil
 	}
-	t := &Task{Job: j.Name, WorkerID: w.cfg.ID, Key: r.Key, Attempt: r.Attempt, w: w}
-	if err := decodeRow(r.Data, &t.Row); err != nil {
-		return nil, err
-	}
+	t := &Task{Job: j.Name, WorkerID: w.cfg.ID, Key: r.Key, Attempt: r.Attempt, Data: r.Data, w: w}
 	v, err := safeCall(ctx, w.cfg.Handlers[j.Name], t)
 	if err != nil {
 		return nil, err
@@ -569,18 +583,6 @@ func safeCall(ctx context.Context, h Handler, t *Task) (v any, err error) {
 		}
 	}()
 	return h(ctx, t)
-}
-
-func decodeRow(raw json.RawMessage, dst *map[string]any) error {
-	if len(raw) == 0 {
-		return nil
-	}
-	d := json.NewDecoder(strings.NewReader(string(raw)))
-	d.UseNumber()
-	if err := d.Decode(dst); err != nil {
-		return fmt.Errorf("decode row: %w", err)
-	}
-	return nil
 }
 
 func (w *Worker) database(ctx context.Context) (*pgxpool.Pool, error) {

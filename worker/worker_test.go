@@ -480,7 +480,11 @@ func TestGoHandlerResultSQL(t *testing.T) {
 		case "4":
 			return nil, nil // no output: result_sql gets null
 		}
-		v, err := task.Row["value"].(json.Number).Int64()
+		var row map[string]any
+		if err := task.Decode(&row); err != nil {
+			return nil, err
+		}
+		v, err := row["value"].(json.Number).Int64()
 		if err != nil {
 			return nil, err
 		}

@@ -6,7 +6,6 @@ package demo
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -108,15 +107,16 @@ const Job = "search_odd_numbers"
 // Handler finds whether the row's value is odd; its result is the row's
 // is_odd, written by result_sql.
 func Handler(ctx context.Context, t *worker.Task) (any, error) {
-	v, ok := t.Row["value"].(json.Number)
-	if !ok {
-		return nil, fmt.Errorf("row %s has no numeric value: %v", t.Key, t.Row["value"])
+	var row struct {
+		Value *int64 `json:"value"`
 	}
-	n, err := v.Int64()
-	if err != nil {
+	if err := t.Decode(&row); err != nil {
 		return nil, err
 	}
-	if n%2 == 1 {
+	if row.Value == nil {
+		return nil, fmt.Errorf("row %s has no value", t.Key)
+	}
+	if *row.Value%2 == 1 {
 		return "true", nil
 	}
 	return "false", nil
