@@ -159,6 +159,8 @@ UsePAM no
 AllowTcpForwarding yes
 MaxStartups 100
 MaxSessions 100
+# Pampa needs no SFTP; scp, the fleet bench's reference, does.
+Subsystem sftp internal-sftp
 `, listen, hostKeyFile, pidFile, authorizedKeysFile)
 	// Newer sshd penalises sources that fail to authenticate, which the
 	// wrong-key tests do on purpose. Older ones reject the option.
