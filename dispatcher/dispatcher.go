@@ -107,7 +107,8 @@ type Dispatcher struct {
 	notes       chan string // payloads from the LISTEN session
 	stopBG      context.CancelFunc
 	bg          sync.WaitGroup
-	leading     atomic.Bool // read by the protocol server's goroutines
+	leading     atomic.Bool  // read by the protocol server's goroutines
+	leaseUntil  atomic.Int64 // unix nanoseconds: until when the lease is surely held
 	leader      bool
 	leaderSince time.Time
 	lastFull    time.Time
@@ -462,6 +463,9 @@ func (d *Dispatcher) setLeader(on bool) {
 	}
 	d.leader = on
 	d.leading.Store(on)
+	if !on {
+		d.leaseUntil.Store(0)
+	}
 	d.cfg.Metrics.leading(on)
 }
 
@@ -469,6 +473,7 @@ func (d *Dispatcher) setLeader(on bool) {
 // holds it and this one stands by.
 func (d *Dispatcher) lease(ctx context.Context) (bool, error) {
 	var holder string
+	asked := time.Now() // the lease runs from the database's now(), which is later
 	err := d.conn.QueryRow(ctx, `insert into pampa_leases (name, holder, expires_at)
 values ('dispatcher', $1, now() + $2::float8 * interval '1 second')
 on conflict (name) do update set holder = excluded.holder, expires_at = excluded.expires_at
@@ -480,6 +485,7 @@ returning holder`, d.cfg.Holder, d.leaseTTL().Seconds()).Scan(&holder)
 	if err != nil {
 		return false, fmt.Errorf("take dispatcher lease: %w", err)
 	}
+	d.leaseUntil.Store(asked.Add(d.leaseTTL()).UnixNano())
 	return true, nil
 }
 
@@ -495,6 +501,7 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 		return nil, errors.New("dispatcher: not connected")
 	}
 	d.applyInbox()
+	d.slowedDown()
 	stats := map[string]Stats{}
 	full := time.Since(d.lastFull) >= d.cfg.Delay
 	if full || !d.leader {

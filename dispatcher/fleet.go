@@ -42,6 +42,7 @@ type rowID struct{ job, key string }
 type hold struct {
 	attempt   int
 	started   bool
+	startedAt time.Time // when the loop heard of its start
 	reserved  time.Time // when it was sent, for the queue wait
 	told      bool      // asked to give it back (its job is paused)
 	cancelled bool      // told to stop it
@@ -61,11 +62,12 @@ func (p *peer) can(job string) bool { return slices.Contains(p.hello.Jobs, job) 
 
 // event is something a worker stream did, queued for the loop.
 type event struct {
-	sess   *protocol.Session
-	msg    protocol.Message
-	closed bool
-	opened bool
-	handed []protocol.Row // spare rows sent as the outcomes in msg arrived
+	sess     *protocol.Session
+	msg      protocol.Message
+	closed   bool
+	opened   bool
+	handed   []protocol.Row // spare rows sent as the outcomes in msg arrived
+	handedAt time.Time
 }
 
 // inbox hands events from the streams' goroutines to the loop.
@@ -120,8 +122,10 @@ func (h *handler) Receive(s *protocol.Session, m protocol.Message) {
 	if m.Kind == protocol.KindOutcomes {
 		// Each outcome frees a slot of the worker's queue: fill it from the
 		// spares now, not after the loop's next round trip.
-		if pool, ok := h.pools.Load(s); ok {
-			e.handed = pool.(*sparePool).handOut(len(m.Outcomes))
+		// Not past the lease, though: a dispatcher cut off from the
+		// database may have been replaced, and its rows given to others.
+		if pool, ok := h.pools.Load(s); ok && time.Now().UnixNano() < h.leaseUntil.Load() {
+			e.handed, e.handedAt = pool.(*sparePool).handOut(len(m.Outcomes)), time.Now()
 		}
 	}
 	h.inbox.put(e)
@@ -174,9 +178,8 @@ func (d *Dispatcher) applyInbox() {
 			}
 		default:
 			d.receive(p, e.msg)
-			now := time.Now()
 			for _, r := range e.handed {
-				p.held[rowID{r.Job, r.Key}] = hold{attempt: r.Attempt, reserved: now}
+				p.held[rowID{r.Job, r.Key}] = hold{attempt: r.Attempt, reserved: e.handedAt}
 			}
 			if len(e.handed) > 0 {
 				p.spare.absorbed(len(e.handed))
@@ -203,7 +206,7 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 				if !h.started {
 					d.cfg.Metrics.rowStarted(r.Job, time.Since(h.reserved))
 				}
-				h.started = true
+				h.started, h.startedAt = true, time.Now()
 				p.held[id] = h
 				d.marks.start(p.id, r)
 			}
@@ -223,12 +226,7 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 			}
 			p.ended++
 			p.millis += (float64(o.Millis) - p.millis) / float64(min(p.ended, 20))
-			if was := p.quick; was && p.millis >= spareMaxMillis {
-				p.quick = false
-				d.giveBackSpares(p, anyRow)
-			} else if !was {
-				p.quick = p.ended >= 5 && p.millis < spareMaxMillis
-			}
+			d.judgeQuick(p)
 			if d.byJob[o.Job] == nil {
 				d.log.Warn("outcome for a job this dispatcher does not run; dropped", "worker", p.id, "job", o.Job)
 				p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: []uint64{o.Seq}})
@@ -388,18 +386,20 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 		}
 	}
 	limit := j.MaxPendingTasks*max(j.MaxAssignedWorkers, live) + 1
-	spareNeed := 0 // pending rows enough for every assigned worker's queue and spares
 	if j.spares() {
-		spareNeed = (j.QueueSize + spareRows) * len(d.assignedTo(j.Name))
-		if spareNeed <= spareCountLimit {
-			limit = max(limit, spareNeed+1)
-		}
+		// Enough to tell whether every worker that may be assigned below
+		// could have its queue and spares.
+		limit = max(limit, min((j.QueueSize+spareRows)*live, spareCountLimit)+1)
 	}
 	var pending int64
 	if err := d.conn.QueryRow(ctx, q.PendingCount, limit, j.MaxTryTimes).Scan(&pending); err != nil {
 		return fmt.Errorf("job %q: count pending rows: %w", j.Name, err)
 	}
-	d.spareOK[j.Name] = spareNeed > 0 && spareNeed <= spareCountLimit && pending >= int64(spareNeed)
+	defer func() {
+		// Pending rows enough for every assigned worker's queue and spares.
+		need := (j.QueueSize + spareRows) * len(d.assignedTo(j.Name))
+		d.spareOK[j.Name] = j.spares() && need > 0 && need <= spareCountLimit && pending >= int64(need)
+	}()
 	assigned := d.assignedTo(j.Name)
 	busy := 0
 	for _, p := range assigned {
@@ -423,6 +423,7 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 				break
 			}
 			p.job = j.Name
+			p.millis, p.ended, p.quick = 0, 0, false // quick at this job is to be seen
 			assigned = append(assigned, p)
 			s.Assigned++
 			d.log.Info("worker assigned", "job", j.Name, "worker", p.id, "pending", pending)

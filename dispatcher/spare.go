@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"sync"
+	"time"
 
 	"github.com/pampa-go/pampa/protocol"
 )
@@ -14,19 +15,54 @@ import (
 // database they are the worker's, reserved and not started, like its
 // queue) and keeps them in memory; the goroutine of the worker's stream
 // hands them over as its outcomes arrive, without waiting for the loop or
-// the database. A worker with slower steps gets exactly queue_size:
-// spares would only keep rows from the other workers, so a worker that
-// slows down gives its spares back.
+// the database (while the lease surely holds: a dispatcher cut off from
+// the database may have been replaced). A worker with slower steps gets
+// exactly queue_size: spares would only keep rows from the other workers,
+// so a worker that slows down gives its spares back.
 const (
 	// spareRows is how many: enough that a round trip of the loop under
 	// load (a few milliseconds) does not drain them at a quick worker's
 	// pace. A queue_size this long or longer gets none: the queue already
 	// spreads the round trip over its rows.
 	spareRows = 100
-	// spareMaxMillis: the mean step duration under which a worker gets
-	// spares.
-	spareMaxMillis = 2.0
+	// A worker becomes quick when the mean of its last steps is under
+	// quickMillis, and stops being quick when it passes slowMillis, or
+	// when one of its steps has run for slowRun: apart, so that a worker
+	// near the bound does not take and give back its spares all the time.
+	quickMillis = 2.0
+	slowMillis  = 5.0
+	slowRun     = 100 * time.Millisecond
 )
+
+// judgeQuick updates p.quick from its steps' mean duration; a worker
+// that stops being quick gives its spares back.
+func (d *Dispatcher) judgeQuick(p *peer) {
+	switch {
+	case !p.quick:
+		p.quick = p.ended >= 5 && p.millis < quickMillis
+	case p.millis > slowMillis:
+		p.quick = false
+		d.giveBackSpares(p, anyRow)
+	}
+}
+
+// slowedDown takes back the spares of quick workers one of whose steps has
+// run for slowRun: their spares would wait behind it.
+func (d *Dispatcher) slowedDown() {
+	now := time.Now()
+	for _, p := range d.peers {
+		if !p.quick {
+			continue
+		}
+		for _, h := range p.held {
+			if h.started && now.Sub(h.startedAt) > slowRun {
+				p.quick = false
+				d.giveBackSpares(p, anyRow)
+				break
+			}
+		}
+	}
+}
 
 // spareWanted is how many spare rows p should have for job j: none
 // unless the job had rows enough, at its last assignment, for every

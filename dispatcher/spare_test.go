@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pampa-go/pampa/internal/poll"
+	"github.com/pampa-go/pampa/protocol"
 )
 
 // reservedFor counts the worker's reserved rows not started, in the table.
@@ -157,5 +158,58 @@ func TestSparesGoBackWhenAWorkerSlowsDown(t *testing.T) {
 	}
 	if s := e.quick(d); s.Reserved != 0 {
 		t.Fatalf("reserved %d more for a full queue of a slow worker", s.Reserved)
+	}
+}
+
+// A quick worker that leaves gives its spares back with its queue: nothing
+// stays reserved for a stopped worker, which no liveness check revisits.
+func TestSparesGoBackWhenAWorkerLeaves(t *testing.T) {
+	t.Parallel()
+	e, d, fw := quickWorker(t, 300)
+	fw.mu.Lock()
+	fw.leaving = true
+	var back []protocol.Ref
+	for _, r := range fw.queue {
+		back = append(back, r.Ref)
+	}
+	fw.queue = nil
+	fw.mu.Unlock()
+	fw.client.Send(protocol.Message{Kind: protocol.KindRelease, Refs: back})
+	poll.Until(t, "the worker let go, its rows back", 10*time.Second, func() string {
+		if _, err := d.Cycle(context.Background()); err != nil { // not e.cycle: the worker gave its queue back
+			t.Fatal(err)
+		}
+		if n := e.reservedFor("n1.1"); n != 0 {
+			return fmt.Sprintf("%d rows still reserved for it", n)
+		}
+		if n := count(t, e.pool, `select count(*) from pampa_workers where id = 'n1.1' and state = 'stopped'`); n != 1 {
+			return "not stopped yet"
+		}
+		return ""
+	})
+}
+
+// A quick worker one of whose steps runs long gives its spares back at
+// once: they would wait behind it.
+func TestSparesGoBackWhileAStepRunsLong(t *testing.T) {
+	t.Parallel()
+	e, d, fw := quickWorker(t, 300)
+	fw.start(fw.take(1))
+	e.waitInbox(d, 1)
+	e.flush(d)              // the start is heard
+	time.Sleep(2 * slowRun) // the step runs on
+	e.quick(d)
+	if got, want := e.reservedFor("n1.1"), len(fw.queuedKeys()); got != want {
+		t.Fatalf("%d rows reserved for a worker stuck on a long step, want the %d queued", got, want)
+	}
+}
+
+// Near the end of a table, or on one too small to give every worker its
+// spares, nobody gets them: the last rows are not hoarded.
+func TestNoSparesWhenRowsAreScarce(t *testing.T) {
+	t.Parallel()
+	e, _, _ := quickWorker(t, 5+5+spareRows-1)
+	if got := e.reservedFor("n1.1"); got != 5 {
+		t.Fatalf("%d rows reserved with too few rows for spares, want the queue of 5", got)
 	}
 }
