@@ -161,11 +161,11 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	cells := map[string]string{}
-	for _, f := range []string{"total", "pending", "scheduled", "queued", "running", "completed", "failed", "state"} {
+	for _, f := range []string{"total", "pending", "retrying", "scheduled", "queued", "running", "completed", "failed", "state"} {
 		cells[f] = cell(f)
 	}
 	st := s.report()[0]
-	for f, n := range map[string]int64{"total": st.Total, "pending": st.Pending, "scheduled": st.Scheduled, "queued": st.Queued,
+	for f, n := range map[string]int64{"total": st.Total, "pending": st.Pending, "retrying": st.Retrying, "scheduled": st.Scheduled, "queued": st.Queued,
 		"running": st.Running, "completed": st.Completed, "failed": st.Failed} {
 		if cells[f] != strconv.FormatInt(n, 10) {
 			t.Errorf("jobs page: %s = %q; jobs status says %d", f, cells[f], n)

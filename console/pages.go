@@ -52,7 +52,7 @@ func (c *Console) jobsPage(w http.ResponseWriter, r *http.Request) {
 		j, _ := c.cfg.Cluster.Job(s.Job)
 		ch := c.throughput(r.Context(), j)
 		jr := jobRow{JobStatus: s, Done: percent(s.Completed+s.Failed, s.Total), Chart: ch,
-			Pending: s.Pending + s.Scheduled + s.Queued + s.Running}
+			Pending: s.Pending + s.Retrying + s.Scheduled + s.Queued + s.Running}
 		jr.PerMin, jr.ETA = ch.rate(), eta(jr.Pending, ch.rate())
 		rows = append(rows, jr)
 	}

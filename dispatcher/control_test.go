@@ -145,14 +145,17 @@ func TestCancelEndsFreeRowsAtOnceAndStopsHeldOnes(t *testing.T) {
 func TestListRowsByState(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	e := newEnv(t, 5, func(j *Job) { j.QueueSize = 2; j.MaxTryTimes = 1 })
+	e := newEnv(t, 6, func(j *Job) { j.QueueSize = 3; j.MaxTryTimes = 2; j.RetryDelay, j.RetryDelayMax = time.Hour, time.Hour })
 	e.register("n1.1")
 	d := e.dispatcher()
 	e.cycle(d)
-	e.work("n1.1", 1, false) // row 1 failed for good
-	e.start("n1.1", 1)       // row 2 running
+	e.work("n1.1", 1, false) // row 1 failed, one try left: retrying in an hour
+	e.start("n1.1", 1)       // row 2 running, row 3 queued
+	mustExec(t, e.pool, `update numbers set odd_checking_end_time = now(), odd_checking_success = false,
+  odd_checking_reservation_times = 2, odd_checking_error_description = 'boom' where value = 6`) // out of tries
 	for state, want := range map[string][]string{
-		"failed": {"1"}, "running": {"2"}, "pending": {"3", "4", "5"}, "completed": nil, "": {"1", "2", "3", "4", "5"},
+		"failed": {"6"}, "retrying": {"1"}, "running": {"2"}, "queued": {"3"}, "pending": {"4", "5"}, "completed": nil,
+		"": {"1", "2", "3", "4", "5", "6"},
 	} {
 		rows, err := ListRows(ctx, e.pool, e.job, RowFilter{State: state, Limit: 10})
 		if err != nil {
@@ -169,7 +172,14 @@ func TestListRowsByState(t *testing.T) {
 			t.Errorf("ListRows(%q) = %v; want %v", state, keys, want)
 		}
 	}
-	rows, _ := ListRows(ctx, e.pool, e.job, RowFilter{State: "failed", Limit: 10})
+	st, err := Report(ctx, e.pool, []Job{e.job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := st[0]; s.Failed != 1 || s.Retrying != 1 || s.Running != 1 || s.Queued != 1 || s.Pending != 2 || s.Total != 6 {
+		t.Fatalf("report %+v; want 1 failed, 1 retrying, 1 running, 1 queued, 2 pending of 6", s)
+	}
+	rows, _ := ListRows(ctx, e.pool, e.job, RowFilter{State: "retrying", Limit: 10})
 	if r := rows[0]; r.Attempts != 1 || r.Worker == nil || *r.Worker != "n1.1" || r.Error == nil || *r.Error != "boom" || r.End == nil {
 		t.Fatalf("failed row %+v; want attempts 1, worker n1.1, error boom, an end", r)
 	}

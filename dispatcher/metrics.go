@@ -147,7 +147,7 @@ func (g *RowGauges) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
 
 func (g *RowGauges) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range g.read() {
-		for state, n := range map[string]int64{"pending": s.Pending, "scheduled": s.Scheduled, "queued": s.Queued,
+		for state, n := range map[string]int64{"pending": s.Pending, "retrying": s.Retrying, "scheduled": s.Scheduled, "queued": s.Queued,
 			"running": s.Running, "completed": s.Completed, "failed": s.Failed} {
 			ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, float64(n), s.Job, state)
 		}

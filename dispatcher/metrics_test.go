@@ -68,7 +68,7 @@ func TestMetrics(t *testing.T) {
 		state string
 		n     int64
 	}{{"completed", st[0].Completed}, {"failed", st[0].Failed}, {"pending", st[0].Pending}, {"queued", st[0].Queued},
-		{"running", st[0].Running}, {"scheduled", st[0].Scheduled}} {
+		{"retrying", st[0].Retrying}, {"running", st[0].Running}, {"scheduled", st[0].Scheduled}} {
 		want += "pampa_rows{job=\"" + job + "\",state=\"" + s.state + "\"} " + strconv.FormatInt(s.n, 10) + "\n"
 	}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "pampa_rows"); err != nil {

@@ -6,13 +6,14 @@ import (
 )
 
 // JobStatus counts a job's rows by state. Without snippets the states
-// partition the table: Total = Pending + Scheduled + Queued + Running +
-// Completed + Failed.
+// partition the table: Total = Pending + Retrying + Scheduled + Queued +
+// Running + Completed + Failed.
 // The JSON field names are stable.
 type JobStatus struct {
 	Job       string `json:"job"`
 	Total     int64  `json:"total"`
-	Pending   int64  `json:"pending"`   // waiting for a worker, including failed rows with tries left
+	Pending   int64  `json:"pending"`   // waiting for a worker
+	Retrying  int64  `json:"retrying"`  // ended unsuccessfully with tries left: run again after its retry_delay
 	Scheduled int64  `json:"scheduled"` // not to start before its run_at, in the future
 	Queued    int64  `json:"queued"`    // reserved for a worker, not started
 	Running   int64  `json:"running"`   // started, not ended
@@ -44,13 +45,13 @@ func reportJob(ctx context.Context, db DB, j Job) (JobStatus, error) {
 	p := statePredicates(j)
 	count := func(state string) string { return "coalesce(sum(case when " + p[state] + " then 1 else 0 end), 0)" }
 	s := JobStatus{Job: j.Name}
-	err := db.QueryRow(ctx, fmt.Sprintf(`select count(*), %s, %s, %s, %s, %s from %s`,
-		count("queued"), count("running"), count("completed"), count("failed"), count("scheduled"), quoteTable(j.Table)), j.MaxTryTimes).
-		Scan(&s.Total, &s.Queued, &s.Running, &s.Completed, &s.Failed, &s.Scheduled)
+	err := db.QueryRow(ctx, fmt.Sprintf(`select count(*), %s, %s, %s, %s, %s, %s from %s`,
+		count("queued"), count("running"), count("completed"), count("failed"), count("scheduled"), count("retrying"), quoteTable(j.Table)), j.MaxTryTimes).
+		Scan(&s.Total, &s.Queued, &s.Running, &s.Completed, &s.Failed, &s.Scheduled, &s.Retrying)
 	if err != nil {
 		return s, err
 	}
-	s.Pending = s.Total - s.Queued - s.Running - s.Completed - s.Failed - s.Scheduled
+	s.Pending = s.Total - s.Queued - s.Running - s.Completed - s.Failed - s.Scheduled - s.Retrying
 	sn := j.Snippets
 	for _, o := range []struct {
 		sql string

@@ -11,7 +11,7 @@ import (
 )
 
 // RowStates are the states RowList filters on, as jobs status counts them.
-var RowStates = []string{"pending", "scheduled", "queued", "running", "completed", "failed"}
+var RowStates = []string{"pending", "retrying", "scheduled", "queued", "running", "completed", "failed"}
 
 // RowInfo is one row as `rows list` shows it. The JSON field names are
 // stable.
@@ -52,8 +52,8 @@ func statePredicates(j Job) map[string]string {
 		"running":   fmt.Sprintf("(%s is not null and %s is null)", st, en),
 		"queued":    fmt.Sprintf("(%s is not null and %s is null)", id, st),
 		"scheduled": scheduled,
-		"pending": fmt.Sprintf("((%s is null and %s is null and not %s) or (%s is not null and %s = false and not %s))",
-			id, en, scheduled, en, ok, failed),
+		"retrying":  fmt.Sprintf("(%s is not null and %s = false and not %s)", en, ok, failed),
+		"pending":   fmt.Sprintf("(%s is null and %s is null and not %s)", id, en, scheduled),
 	}
 }
 
@@ -79,8 +79,8 @@ func ListRows(ctx context.Context, db DB, j Job, f RowFilter) ([]RowInfo, error)
 		args = append(args, f.Key)
 	}
 	stateOf := fmt.Sprintf(`case when %s then 'completed' when %s then 'failed' when %s then 'running'
-  when %s then 'queued' when %s then 'scheduled' else 'pending' end`,
-		where["completed"], where["failed"], where["running"], where["queued"], where["scheduled"])
+  when %s then 'queued' when %s then 'scheduled' when %s then 'retrying' else 'pending' end`,
+		where["completed"], where["failed"], where["running"], where["queued"], where["scheduled"], where["retrying"])
 	rows, err := db.Query(ctx, fmt.Sprintf(`select %s::text, %s, coalesce(%s, 0), %s, %s, %s, %s from %s
 where %s order by %s limit $2`, pk, stateOf, ts, id, st, en, er, quoteTable(j.Table), filter, pk), args...)
 	if err != nil {

@@ -32,8 +32,9 @@
           for (const f of ["total", "pending", "scheduled", "queued", "running"]) {
             row.querySelector(`[data-field="${f}"]`).textContent = s[f];
           }
-          row.querySelector('[data-field="completed"] a').textContent = s.completed;
-          row.querySelector('[data-field="failed"] a').textContent = s.failed;
+          for (const f of ["retrying", "completed", "failed"]) {
+            row.querySelector(`[data-field="${f}"] a`).textContent = s[f];
+          }
           row.querySelector('[data-field="state"]').textContent = s.paused ? "paused" : "active";
           const done = s.total ? (100 * (s.completed + s.failed)) / s.total : 0;
           row.querySelector('[data-field="progress"]').style.width = done.toFixed(1) + "%";

@@ -216,7 +216,7 @@ func (e *env) progressLine(c *cli.Context, d *dispatcher.Dispatcher, rows *dispa
 			last, lastAt = ended, now
 			var waiting, running int64
 			for _, s := range rows.Counts() {
-				waiting += s.Pending + s.Scheduled + s.Queued
+				waiting += s.Pending + s.Retrying + s.Scheduled + s.Queued
 				running += s.Running
 			}
 			role := "leader"

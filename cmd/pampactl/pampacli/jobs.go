@@ -221,13 +221,13 @@ func selectJobs(all []dispatcher.Job, names []string) ([]dispatcher.Job, error) 
 
 func printJobs(e *env, st []dispatcher.JobStatus) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "JOB\tTOTAL\tPENDING\tSCHEDULED\tQUEUED\tRUNNING\tCOMPLETED\tFAILED\tSTATE\t")
+	fmt.Fprintln(tw, "JOB\tTOTAL\tPENDING\tRETRYING\tSCHEDULED\tQUEUED\tRUNNING\tCOMPLETED\tFAILED\tSTATE\t")
 	for _, s := range st {
 		state := "active"
 		if s.Paused {
 			state = "paused"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", s.Job, s.Total, s.Pending, s.Scheduled, s.Queued, s.Running, s.Completed, s.Failed, state)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n", s.Job, s.Total, s.Pending, s.Retrying, s.Scheduled, s.Queued, s.Running, s.Completed, s.Failed, state)
 	}
 	tw.Flush()
 }

@@ -96,7 +96,7 @@ func TestPauseCancelRetryAndListRows(t *testing.T) {
 
 	r.waitSucceeded(3, 60*time.Second) // row 5, once row 4 no longer holds the worker
 	rows := list()
-	for key, want := range map[string]string{"1": "completed", "2": "completed", "5": "completed", "3": "pending", "4": "failed", "6": "failed"} {
+	for key, want := range map[string]string{"1": "completed", "2": "completed", "5": "completed", "3": "retrying", "4": "failed", "6": "failed"} {
 		if rows[key].State != want {
 			t.Errorf("row %s is %s; want %s", key, rows[key].State, want)
 		}
