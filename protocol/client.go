@@ -58,9 +58,11 @@ type Client struct {
 	out     []Message     // messages waiting for the current stream
 	wake    chan struct{} // out or unacked grew
 	live    bool
-	acked   chan struct{} // closed and replaced whenever unacked shrinks to empty
-	heard   time.Time     // when the server last spoke; zero while not live
-	ping    time.Duration // the server's ping period
+	// connecting: a stream is being opened and not yet accepted or refused
+	connecting bool
+	acked      chan struct{} // closed and replaced whenever unacked shrinks to empty
+	heard      time.Time     // when the server last spoke; zero while not live
+	ping       time.Duration // the server's ping period
 }
 
 // NewClient validates cfg.
@@ -222,7 +224,11 @@ func (c *Client) stream(ctx context.Context, addr string) (served bool, err erro
 	pings := make(chan time.Duration, 1) // the server's ping period, from the welcome
 	go func() { writeErr <- c.write(ctx, pw, hello, ready, pings) }()
 
+	c.setConnecting(true)
 	resp, err := c.hc.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		c.setConnecting(false)
+	}
 	if err != nil {
 		// The writer may be past the hello, waiting for ready: end it.
 		cancel()
@@ -266,10 +272,25 @@ func (c *Client) stream(ctx context.Context, addr string) (served bool, err erro
 	return true, err
 }
 
+func (c *Client) setConnecting(on bool) {
+	c.mu.Lock()
+	c.connecting = on
+	c.mu.Unlock()
+}
+
+// Connecting says whether a stream is being opened: the dispatcher may
+// have taken the worker in already, though Connected has not been called.
+func (c *Client) Connecting() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connecting
+}
+
 func (c *Client) setLive(up bool) {
 	c.mu.Lock()
 	changed := c.live != up
 	c.live = up
+	c.connecting = false
 	c.heard = time.Time{}
 	if up {
 		c.heard = time.Now()

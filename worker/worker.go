@@ -180,6 +180,7 @@ type Worker struct {
 	up          bool           // a dispatcher serves us
 	wake        chan struct{}
 	streamDown  chan struct{}
+	streamUp    chan struct{}
 	stopClient  context.CancelFunc // set by Run
 
 	dbOnce sync.Once
@@ -193,7 +194,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), jobs: map[string]Job{},
-		steps: stepRecord{path: cfg.StepsFile}, running: map[protocol.Ref]context.CancelCauseFunc{}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1)}
+		steps: stepRecord{path: cfg.StepsFile}, running: map[protocol.Ref]context.CancelCauseFunc{}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1),
+		streamUp: make(chan struct{}, 1)}
 	for _, j := range cfg.Jobs {
 		w.jobs[j.Name] = j
 	}
@@ -323,11 +325,13 @@ func (w *Worker) connected(up bool) {
 		// would sign the worker up again before it exits.
 		stop()
 	}
+	ch := w.streamUp
 	if !up {
-		select {
-		case w.streamDown <- struct{}{}:
-		default:
-		}
+		ch = w.streamDown
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 	w.poke()
 }
@@ -542,6 +546,10 @@ func outputOf(v any) (*string, error) {
 // leave gives back the queue and the interrupted rows, and waits a little
 // for the outcomes to be committed and the rows to be taken back.
 func (w *Worker) leave(ctx context.Context) {
+	select {
+	case <-w.streamUp: // an old stream's
+	default:
+	}
 	w.mu.Lock()
 	var back []protocol.Ref
 	for _, r := range w.queue {
@@ -556,6 +564,16 @@ func (w *Worker) leave(ctx context.Context) {
 	select {
 	case <-w.streamDown:
 	default:
+	}
+	if !up && w.client.Connecting() {
+		// A stream is being accepted: the dispatcher may have signed this
+		// worker in. Wait for it, so that it hears the worker leave rather
+		// than judge it dead a heartbeat timeout later.
+		select {
+		case <-w.streamUp:
+			up = true
+		case <-time.After(2 * time.Second):
+		}
 	}
 	w.client.Send(protocol.Message{Kind: protocol.KindRelease, Refs: back})
 	select {
