@@ -1172,9 +1172,13 @@ watch:
 }
 
 // Each side speaks every Ping: a short Ping does not kill quiet streams.
+// It is still four times shorter than the client's own period before the
+// welcome (1 s), which would let the server's patience (3 pings) run out,
+// and long enough that a loaded machine running every test at once does
+// not miss it by scheduling alone (100 ms did, under -race).
 func TestShortPing(t *testing.T) {
 	t.Parallel()
-	const ping = 100 * time.Millisecond
+	const ping = 250 * time.Millisecond
 	h := &handler{}
 	srv := startServer(t, "127.0.0.1:0", h, func(cfg *ServerConfig) { cfg.Ping = ping }, nil)
 	c := startClient(t, ClientConfig{Addrs: []string{srv.addr}, Hello: hello("node.1", "i1")})
