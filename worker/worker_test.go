@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sys/unix"
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/leaktest"
@@ -1127,5 +1128,89 @@ read -r _ _ _ _ _ _ _ _ _ _ _ _ _ _ _ cu cs _ < /proc/$$/stat; echo $((cu + cs))
 	}
 	if cpu := float64(ticks) / 100; cpu > 0.7 || cpu < 0.05 {
 		t.Fatalf("the step used %.2f s of CPU in 2 s at max_cpu 20%%; want about 0.4 (at most 0.7)", cpu)
+	}
+}
+
+// blockDir returns a directory on a block device the io controller can
+// throttle: a temporary directory if it is on one, else an ext4 file
+// system on a loop device, mounted for the test (as root).
+func blockDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err == nil && unix.Major(st.Dev) != 0 {
+		if _, err := os.Stat(fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))); err == nil {
+			return dir
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("the temporary directory is not on a block device, and a loop device needs root")
+	}
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	dev := run("losetup", "--find", "--show", img)
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
+	run("mkfs.ext4", "-q", dev)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run("mount", dev, mnt)
+	t.Cleanup(func() { _ = exec.Command("umount", mnt).Run() })
+	return mnt
+}
+
+// max_disk_io by the kernel throttles a step's writes on the work dir's
+// device: 6 MB written directly (past the page cache) at 2 MB/s take
+// about 3 s, where unthrottled they take a fraction of one.
+func TestMaxDiskIOThrottlesAStep(t *testing.T) {
+	t.Parallel()
+	work := blockDir(t)
+	plan := worker.PlanLimits(worker.Limits{DiskMBps: 2}, work)
+	if plan[0].By != worker.ByKernel {
+		if os.Getenv("CI") != "" && os.Geteuid() == 0 {
+			t.Fatalf("CI runs as root, yet max_disk_io is not enforced by the kernel: %s", plan[0].Reason)
+		}
+		t.Skipf("no kernel limits here: %s", plan[0].Reason)
+	}
+	c := newCluster(t, 1, func(j *dispatcher.Job) {
+		j.MaxTryTimes = 1
+		j.ResultSQL = `update numbers set result = $2 where value = $1::bigint`
+	})
+	c.job.Step.Command = c.sh(`began=$(date +%s%N)
+dd if=/dev/zero of=io.test bs=1M count=6 oflag=direct 2>/dev/null || exit 1
+echo $(( ($(date +%s%N) - began) / 1000000 ))`)
+	c.dispatcher()
+	c.worker("local.1", func(cfg *worker.Config) {
+		cfg.Limits = worker.Limits{DiskMBps: 2}
+		cfg.WorkDir = work
+	})
+	c.waitEnded(1, 60*time.Second)
+	var out string
+	if err := c.pool.QueryRow(context.Background(), `select coalesce(result, '') from numbers where value = 1`).Scan(&out); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("step output %q (%d rows failed): %v", out, c.count(`select count(*) from numbers where not odd_checking_success`), err)
+	}
+	if ms < 2000 {
+		t.Fatalf("6 MB took %d ms at max_disk_io 2 MB/s; want about 3000 (at least 2000)", ms)
+	}
+	if len(c.log.saw("resource limit", "max_disk_io", "by="+worker.ByKernel)) == 0 {
+		t.Errorf("the worker did not log how it enforces max_disk_io")
 	}
 }
