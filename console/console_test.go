@@ -347,3 +347,74 @@ func get(t *testing.T, url string) string {
 }
 
 func TestMain(m *testing.M) { os.Exit(pgtest.RunMain(m)) }
+
+// TestLogsAndWorkerActionsInChromium: the logs page follows a worker's log
+// live (a line written after the page opened shows up), and the workers
+// page's buttons start and stop the workers of a node.
+func TestLogsAndWorkerActionsInChromium(t *testing.T) {
+	t.Parallel()
+	work := t.TempDir()
+	// A stand-in for pampactl: `workers start` finds it by its --id in
+	// its command line, as it finds a worker.
+	fake := filepath.Join(t.TempDir(), "fakeworker")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\ntrap 'kill $!; exit' TERM\nsleep 60 &\nwait\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var fleet *orchestrator.Fleet
+	s := newSite(t, func(c *console.Config) {
+		c.Cluster.Nodes[0].WorkDir = work
+		fleet = &orchestrator.Fleet{Config: c.Cluster, Binary: fake}
+		c.Fleet, c.ProcessTimeout = fleet, 5*time.Second
+	})
+	t.Cleanup(func() { _, _ = fleet.StopWorkers(context.Background(), nil) })
+	logFile := filepath.Join(work, orchestrator.WorkerLogFile("local.1"))
+	appendLine := func(line string) {
+		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fmt.Fprintln(f, line)
+	}
+	appendLine("fetched https://example.org/1")
+	ctx := browser(t)
+	logText := func(want string) chromedp.Action[chromedp.Void] {
+		return chromedp.Poll[chromedp.Void](fmt.Sprintf(`document.getElementById("log").textContent.includes(%q)`, want),
+			chromedp.WithPollingTimeout(20*time.Second))
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/logs?worker=local.1"), logText("local.1: fetched https://example.org/1")); err != nil {
+		t.Fatalf("the logs page does not show the worker's log: %v", err)
+	}
+	appendLine("fetched https://example.org/2")
+	if err := chromedp.Do(ctx, logText("local.1: fetched https://example.org/2")); err != nil {
+		t.Fatalf("a line written after the page opened did not show up: %v", err)
+	}
+
+	running := func(want bool) string {
+		res, err := fleet.WorkerProcesses(context.Background(), nil)
+		if err != nil {
+			return err.Error()
+		}
+		for _, n := range res {
+			for _, w := range n.Workers {
+				if (w.State == "running") != want {
+					return fmt.Sprintf("%s is %s", w.ID, w.State)
+				}
+			}
+		}
+		return ""
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/workers"),
+		chromedp.Click(chromedp.CSS(`button[data-node-op="start"][data-node="local"]`))); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, "the start button to start the node's workers", 20*time.Second, func() string { return running(true) })
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.srv.URL+"/workers"),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-worker="local.2"]`))); err != nil {
+		t.Fatalf("the workers page does not list the running workers: %v", err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`button[data-node-op="stop"][data-node="local"]`))); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, "the stop button to stop them", 20*time.Second, func() string { return running(false) })
+}
