@@ -32,9 +32,11 @@ lint: ## go vet, a gofmt check and shellcheck on the node scripts (deploy/script
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	shellcheck --norc -s sh deploy/scripts/*.sh
 
-dist: ## cross-build pampactl for linux/amd64 and linux/arm64 into dist/ (what nodes deploy pushes)
+dist: ## cross-build pampactl (what nodes deploy pushes) and pampa-worker (the worker-only build, for --binary) for linux/amd64 and linux/arm64 into dist/
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/pampactl-linux-amd64 ./cmd/pampactl
 	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/pampactl-linux-arm64 ./cmd/pampactl
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o dist/pampa-worker-linux-amd64 ./cmd/pampa-worker
+	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -trimpath -o dist/pampa-worker-linux-arm64 ./cmd/pampa-worker
 
 clean: ## remove build outputs
 	rm -rf $(BIN) dist

@@ -53,7 +53,7 @@ func (b *benchctl) worker(bin string, cc *childCluster, i int) (string, []string
 	id := fmt.Sprintf("local.%d", i)
 	switch bin {
 	case binLean:
-		return b.leanBin, []string{cc.config, id}
+		return b.leanBin, []string{"--config", cc.config, "worker", "run", "--id", id, "--no-log-file"}
 	case binBenchctlCgo:
 		return b.cgoBin, []string{"--config", cc.config, "worker", "run", "--id", id, "--no-log-file"}
 	}

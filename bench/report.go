@@ -116,7 +116,7 @@ func binaryName(bin string) string {
 	case binBenchctlCgo:
 		return "benchctl (cgo, as make build)"
 	case binLean:
-		return "leanworker (worker only, CGO_ENABLED=0)"
+		return "pampa-worker (the worker-only build, cmd/pampa-worker, CGO_ENABLED=0)"
 	}
 	return bin
 }
@@ -209,8 +209,8 @@ func (rp *report) markdown() string {
 		}
 	}
 	if i := rp.Idle; i != nil {
-		// The target is about the worker as shipped (pampactl); the
-		// worker-only binary is a reference for what that costs.
+		// Both are shipped: pampactl, which nodes deploy pushes by
+		// default, and the worker-only build, which --binary pushes.
 		for _, bin := range []string{binBenchctl, binLean} {
 			var best *idleVariant
 			for k, v := range i.Variants {
@@ -222,9 +222,6 @@ func (rp *report) markdown() string {
 				continue
 			}
 			v := verdict(best.Mem.RSS < targetIdleRSSKB)
-			if bin == binLean {
-				v = "for reference"
-			}
 			fmt.Fprintf(&b, "| Idle worker VmRSS, %s, best setting (%s, mean of %d) | %.1f MiB | < %d MiB | %s |\n",
 				binaryName(bin), envName(best.Env), i.Workers, mib(best.Mem.RSS), targetIdleRSSKB/1024, v)
 		}
@@ -386,8 +383,9 @@ Method:
   CGO_ENABLED=0) connected to a ` + "`" + `benchctl dispatcher run` + "`" + ` process with no
   row to give: mean VmRSS, its anonymous and file-backed parts, PSS, and
   CPU over 5 s, under Go runtime settings (GOGC, GOMEMLIMIT, GOMAXPROCS),
-  for a cgo build, and for bench/leanworker, a worker-only binary reading
-  the same config, which shows what pampactl's other commands cost.
+  for a cgo build, and for bench/leanworker: the worker-only build
+  (cmd/pampa-worker's workercli, what nodes deploy --binary pushes) with
+  the no-op handler, which shows what pampactl's other commands cost.
 - **Fan-in**: 1,000 ` + "`" + `benchctl worker run --id local.N` + "`" + ` processes and one
   ` + "`" + `benchctl dispatcher run` + "`" + ` process (config: [[nodes]] local with
   max_workers 1000, [dispatcher] listen on a free loopback port, the secret

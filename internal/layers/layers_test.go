@@ -16,15 +16,17 @@ const module = "github.com/pampa-go/pampa/"
 // stands for any internal helper. A package missing here fails the test:
 // a new package states its place when it is added.
 var allowed = map[string][]string{
-	"protocol":              {"internal/*"},
-	"sshx":                  {"internal/*"},
-	"deploy":                {"internal/*"},
-	"dispatcher":            {"protocol", "internal/*"},
-	"worker":                {"protocol", "internal/*"},
-	"orchestrator":          {"deploy", "sshx", "dispatcher", "worker", "internal/*"},
-	"cmd/pampactl":          {"cmd/pampactl/pampacli"},
-	"console":               {"orchestrator", "dispatcher", "internal/*"},
-	"cmd/pampactl/pampacli": {"orchestrator", "dispatcher", "worker", "protocol", "console", "sshx", "internal/*"},
+	"protocol":                   {"internal/*"},
+	"sshx":                       {"internal/*"},
+	"deploy":                     {"internal/*"},
+	"dispatcher":                 {"protocol", "internal/*"},
+	"worker":                     {"protocol", "internal/*"},
+	"orchestrator":               {"deploy", "sshx", "dispatcher", "worker", "internal/*"},
+	"cmd/pampactl":               {"cmd/pampactl/pampacli"},
+	"console":                    {"orchestrator", "dispatcher", "internal/*"},
+	"cmd/pampactl/pampacli":      {"orchestrator", "dispatcher", "worker", "protocol", "console", "sshx", "internal/*"},
+	"cmd/pampa-worker":           {"cmd/pampa-worker/workercli"},
+	"cmd/pampa-worker/workercli": {"orchestrator", "worker", "internal/*"},
 }
 
 // forbidden lists outside packages a package must not import: the leaf
@@ -33,6 +35,8 @@ var forbidden = map[string][]string{
 	"protocol": {"github.com/jackc/pgx/v5"},
 	"sshx":     {"github.com/jackc/pgx/v5"},
 	"deploy":   {"github.com/jackc/pgx/v5"},
+	// The worker-only build stays lean: what it links, idle workers map.
+	"cmd/pampa-worker/workercli": {"github.com/urfave/cli/v2", "github.com/pampa-go/pampa/console", "html/template"},
 }
 
 type pkg struct {

@@ -114,7 +114,7 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 		return nil, nil, nil, err
 	}
 	capCtx, stopCap := context.WithCancel(c.Context)
-	go capLog(capCtx, logFile, cfg.Dispatcher.Logs)
+	go cfg.Dispatcher.Logs.Cap(capCtx, logFile)
 	return d, rows, func() { stopCap(); rows.Close(); closeLog() }, nil
 }
 

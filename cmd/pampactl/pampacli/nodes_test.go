@@ -134,31 +134,38 @@ func writeConfig(t testing.TB, dbURL string, nodes ...node) string {
 }
 
 var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
+	buildMu sync.Mutex
+	builds  = map[string]string{} // package → binary
 )
 
 // pampactlBinary builds ./cmd/pampactl once per test binary: what deploy
 // pushes and what workers run.
 func pampactlBinary(t testing.TB) string {
+	return buildBinary(t, "github.com/pampa-go/pampa/cmd/pampactl")
+}
+
+// workerOnlyBinary builds ./cmd/pampa-worker once per test binary.
+func workerOnlyBinary(t testing.TB) string {
+	return buildBinary(t, "github.com/pampa-go/pampa/cmd/pampa-worker")
+}
+
+func buildBinary(t testing.TB, pkg string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "pampactl-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		buildPath = filepath.Join(dir, "pampactl")
-		out, err := exec.Command("go", "build", "-o", buildPath, "github.com/pampa-go/pampa/cmd/pampactl").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := builds[pkg]; ok {
+		return p
 	}
-	return buildPath
+	dir, err := os.MkdirTemp("", "pampa-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, filepath.Base(pkg))
+	if out, err := exec.Command("go", "build", "-o", p, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	builds[pkg] = p
+	return p
 }
 
 // fakeELF writes a 64-bit ELF header for another architecture: enough for

@@ -58,90 +58,98 @@ func pidOf(t *testing.T, workDir, id string) int {
 }
 
 // TestWorkersOverSSH deploys real pampactl workers to an SSH node, starts
-// them, sees them register and run, and stops them with TERM.
+// them, sees them register and run, and stops them with TERM; and the same
+// with the worker-only build pushed by --binary.
 func TestWorkersOverSSH(t *testing.T) {
 	t.Parallel()
-	bin := pampactlBinary(t)
 	for _, s := range servers {
-		t.Run(s.name, func(t *testing.T) {
-			t.Parallel()
-			srv := s.start(t)
-			url := pgtest.Schema(t)
-			n := sshNode(t, "w1", srv)
-			n.workDir = filepath.Join(t.TempDir(), "work dir")
-			cfg := writeConfig(t, url, n)
-			must := func(args ...string) result {
-				t.Helper()
-				r := pampactl(t.Context(), t, nil, append([]string{"--config", cfg}, args...)...)
-				if r.code != 0 {
-					t.Fatalf("pampactl %v:\n%s", args, r)
-				}
-				return r
-			}
-			must("db", "setup")
-			must("nodes", "deploy", "--binary", bin)
-			t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
-			// The node is this machine, so its workers dial the listener directly.
-			dctx, stopDispatcher := context.WithCancel(t.Context())
-			dispatched := make(chan result, 1)
-			go func() {
-				dispatched <- pampactl(dctx, t, nil, "--config", cfg, "dispatcher", "run", "--no-log-file", "--no-tunnels")
-			}()
-			defer func() { stopDispatcher(); <-dispatched }()
+		for build, bin := range map[string]string{"pampactl": pampactlBinary(t), "pampa-worker": workerOnlyBinary(t)} {
+			t.Run(s.name+"/"+build, func(t *testing.T) { testWorkersOverSSH(t, s.start, bin) })
+		}
+	}
+}
 
-			start := time.Now()
-			r := must("workers", "start")
-			took := time.Since(start)
-			for _, id := range []string{"w1.1", "w1.2"} {
-				if !strings.Contains(r.stdout, id+"\tstarted") {
-					t.Errorf("workers start did not start %s:\n%s", id, r)
-				}
-			}
-			t.Logf("workers start took %s", took)
-			poll(t, "workers register", func() string {
-				reg := registry(t, url)
-				if reg["w1.1"] != dispatcher.StateAlive || reg["w1.2"] != dispatcher.StateAlive {
-					return fmt.Sprintf("registry %v", reg)
-				}
-				return ""
-			})
-			pids := map[string]int{}
-			for _, id := range []string{"w1.1", "w1.2"} {
-				pids[id] = pidOf(t, n.workDir, id)
-				if err := syscall.Kill(pids[id], 0); err != nil {
-					t.Fatalf("worker %s (pid %d) is not running: %v", id, pids[id], err)
-				}
-			}
-			if r := must("workers", "start"); !strings.Contains(r.stdout, "w1.1\trunning") {
-				t.Errorf("second start is not idempotent:\n%s", r)
-			}
-			if r := must("workers", "status"); strings.Count(r.stdout, "running") != 2 {
-				t.Errorf("workers status:\n%s", r)
-			}
+func testWorkersOverSSH(t *testing.T, startServer func(testing.TB) *sshtest.Server, bin string) {
+	t.Parallel()
+	srv := startServer(t)
+	url := pgtest.Schema(t)
+	n := sshNode(t, "w1", srv)
+	n.workDir = filepath.Join(t.TempDir(), "work dir")
+	cfg := writeConfig(t, url, n)
+	must := func(args ...string) result {
+		t.Helper()
+		r := pampactl(t.Context(), t, nil, append([]string{"--config", cfg}, args...)...)
+		if r.code != 0 {
+			t.Fatalf("pampactl %v:\n%s", args, r)
+		}
+		return r
+	}
+	must("db", "setup")
+	must("nodes", "deploy", "--binary", bin)
+	// The node's binary answers nodes check's questions (worker limits).
+	if r := must("nodes", "check", "--binary", bin); !strings.Contains(r.stdout, "current") {
+		t.Errorf("nodes check does not find the deployed binary current:\n%s", r)
+	}
+	t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
+	// The node is this machine, so its workers dial the listener directly.
+	dctx, stopDispatcher := context.WithCancel(t.Context())
+	dispatched := make(chan result, 1)
+	go func() {
+		dispatched <- pampactl(dctx, t, nil, "--config", cfg, "dispatcher", "run", "--no-log-file", "--no-tunnels")
+	}()
+	defer func() { stopDispatcher(); <-dispatched }()
 
-			r = must("workers", "stop")
-			if strings.Count(r.stdout, "stopped") != 2 {
-				t.Errorf("workers stop did not TERM both workers:\n%s", r)
-			}
-			for id, pid := range pids {
-				poll(t, "worker "+id+" exits", func() string {
-					if syscall.Kill(pid, 0) == nil {
-						if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
-							return "still running"
-						}
-					}
-					return ""
-				})
-			}
-			poll(t, "workers deregister", func() string {
-				reg := registry(t, url)
-				if reg["w1.1"] != dispatcher.StateStopped || reg["w1.2"] != dispatcher.StateStopped {
-					return fmt.Sprintf("registry %v", reg)
+	start := time.Now()
+	r := must("workers", "start")
+	took := time.Since(start)
+	for _, id := range []string{"w1.1", "w1.2"} {
+		if !strings.Contains(r.stdout, id+"\tstarted") {
+			t.Errorf("workers start did not start %s:\n%s", id, r)
+		}
+	}
+	t.Logf("workers start took %s", took)
+	poll(t, "workers register", func() string {
+		reg := registry(t, url)
+		if reg["w1.1"] != dispatcher.StateAlive || reg["w1.2"] != dispatcher.StateAlive {
+			return fmt.Sprintf("registry %v", reg)
+		}
+		return ""
+	})
+	pids := map[string]int{}
+	for _, id := range []string{"w1.1", "w1.2"} {
+		pids[id] = pidOf(t, n.workDir, id)
+		if err := syscall.Kill(pids[id], 0); err != nil {
+			t.Fatalf("worker %s (pid %d) is not running: %v", id, pids[id], err)
+		}
+	}
+	if r := must("workers", "start"); !strings.Contains(r.stdout, "w1.1\trunning") {
+		t.Errorf("second start is not idempotent:\n%s", r)
+	}
+	if r := must("workers", "status"); strings.Count(r.stdout, "running") != 2 {
+		t.Errorf("workers status:\n%s", r)
+	}
+
+	r = must("workers", "stop")
+	if strings.Count(r.stdout, "stopped") != 2 {
+		t.Errorf("workers stop did not TERM both workers:\n%s", r)
+	}
+	for id, pid := range pids {
+		poll(t, "worker "+id+" exits", func() string {
+			if syscall.Kill(pid, 0) == nil {
+				if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {
+					return "still running"
 				}
-				return ""
-			})
+			}
+			return ""
 		})
 	}
+	poll(t, "workers deregister", func() string {
+		reg := registry(t, url)
+		if reg["w1.1"] != dispatcher.StateStopped || reg["w1.2"] != dispatcher.StateStopped {
+			return fmt.Sprintf("registry %v", reg)
+		}
+		return ""
+	})
 }
 
 // TestLogsTail reads the last lines of two workers' logs, then follows

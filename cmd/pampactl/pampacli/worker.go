@@ -1,18 +1,11 @@
 package pampacli
 
 import (
-	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/pampa-go/pampa/internal/logcap"
-	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/worker"
 )
 
@@ -35,13 +28,7 @@ func (e *env) workerCommand() *cli.Command {
 				if err := cfg.KnownWorker(id); err != nil {
 					return usageError{err}
 				}
-				nodeName, _, _ := strings.Cut(id, ".")
-				node, _ := cfg.Node(nodeName)
-				secret, err := cfg.Secret(e.getenv)
-				if err != nil {
-					return err
-				}
-				tlsConfig, err := cfg.WorkerTLS()
+				wc, err := cfg.WorkerConfig(id, e.getenv)
 				if err != nil {
 					return err
 				}
@@ -51,27 +38,9 @@ func (e *env) workerCommand() *cli.Command {
 					return err
 				}
 				defer closeLog()
-				workDir := node.WorkDir
-				if !node.Local {
-					workDir, _ = os.Getwd() // started in the work dir
-				}
-				// The output workers start writes (workers start's >>), and
-				// the worker's own log file, stay under log_max_mb.
-				for _, p := range slices.Compact([]string{filepath.Join(workDir, orchestrator.WorkerLogFile(id)), logFile}) {
-					go capLog(c.Context, p, cfg.Worker.Logs)
-				}
-				var jobs []worker.Job
-				for _, j := range cfg.Jobs {
-					if j.Step.SQL == "" && j.WorkerMatches(id) { // the dispatcher runs sql steps
-						jobs = append(jobs, worker.Job{Name: j.Name, Command: j.Step.Command, MaxJobDuration: j.MaxJobDuration, Slots: j.Slots})
-					}
-				}
-				w, err := worker.New(worker.Config{
-					ID: id, Node: nodeName, Dispatchers: cfg.WorkerDispatchers(node), Secret: secret, TLS: tlsConfig,
-					Jobs: jobs, Handlers: e.opts.Handlers, GracePeriod: cfg.Worker.GracePeriod,
-					WorkDir: workDir, StartCommand: cfg.Worker.StartCommand, Limits: node.Limits,
-					DatabaseURL: e.getenv("PAMPA_DATABASE_URL"), Logger: log,
-				})
+				cfg.CapWorkerLogs(c.Context, wc, logFile)
+				wc.Handlers, wc.Logger = e.opts.Handlers, log
+				w, err := worker.New(wc)
 				if err != nil {
 					return usageError{err}
 				}
@@ -89,23 +58,11 @@ func (e *env) workerCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				name := c.String("node")
-				if name == "" && len(cfg.Nodes) == 1 {
-					name = cfg.Nodes[0].Name
+				plan, err := cfg.LimitPlan(c.String("node"))
+				if err != nil {
+					return err
 				}
-				node, ok := cfg.Node(name)
-				if !ok {
-					return usagef("--node %q: no such node", name)
-				}
-				workDir := node.WorkDir
-				if !node.Local {
-					workDir, _ = os.Getwd()
-				}
-				plan := worker.PlanLimits(node.Limits, workDir)
 				if c.Bool("json") {
-					if plan == nil {
-						plan = []worker.LimitPlan{}
-					}
 					return e.printJSON(plan)
 				}
 				for _, p := range plan {
@@ -115,12 +72,4 @@ func (e *env) workerCommand() *cli.Command {
 			},
 		}},
 	}
-}
-
-// capLog keeps the log at path under its bound until ctx ends.
-func capLog(ctx context.Context, path string, l orchestrator.LogCap) {
-	if path == "" || l.MaxMB == 0 {
-		return
-	}
-	logcap.Cap{Path: path, Max: int64(l.MaxMB) << 20, Keep: l.Keep, Every: 10 * time.Second}.Run(ctx)
 }
