@@ -44,10 +44,11 @@ type Config struct {
 	SQLSessions int
 	// Ping is how often the protocol speaks on a quiet stream; default 2s.
 	Ping time.Duration
-	// Metrics, if set, are kept up to date; MetricsHandler, if set, is
-	// served at /metrics beside the worker protocol (to loopback peers, and
-	// to others that bring the worker secret as a bearer token).
-	Metrics        *Metrics
+	// Metrics, if set, hears what the dispatcher does (package
+	// dispatcher/metrics); MetricsHandler, if set, is served at /metrics
+	// beside the worker protocol (to loopback peers, and to others that
+	// bring the worker secret as a bearer token).
+	Metrics        Observer
 	MetricsHandler http.Handler
 }
 
@@ -120,6 +121,7 @@ type Dispatcher struct {
 	// short reservation makes.
 	after map[string]any
 
+	obs   Observer // cfg.Metrics, or one that hears nothing
 	inbox inbox
 	peers map[string]*peer
 	pools sync.Map // *protocol.Session → *sparePool, for the streams' goroutines
@@ -146,7 +148,10 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, err
 	}
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger, after: map[string]any{}, peers: map[string]*peer{}, spareOK: map[string]bool{},
-		notes: make(chan string, 64)}
+		notes: make(chan string, 64), obs: cfg.Metrics}
+	if d.obs == nil {
+		d.obs = noObserver{}
+	}
 	d.inbox.poke = make(chan struct{}, 1)
 	srv, err := protocol.NewServer(protocol.ServerConfig{Secret: cfg.Secret, Handler: (*handler)(d), Logger: cfg.Logger,
 		Ping: cfg.Ping})
@@ -224,7 +229,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			bo.Wait(ctx)
 			continue
 		}
-		d.cfg.Metrics.cycled(time.Since(began), stats)
+		d.obs.Cycled(time.Since(began), stats)
 		bo.Reset()
 		d.wait(ctx)
 	}
@@ -329,7 +334,7 @@ func (d *Dispatcher) open(ctx context.Context) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("database URL: %w", err)
 	}
 	if d.cfg.Metrics != nil {
-		cc.Tracer = tracer{d.cfg.Metrics}
+		cc.Tracer = tracer{d.obs}
 	}
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
@@ -466,7 +471,7 @@ func (d *Dispatcher) setLeader(on bool) {
 	if !on {
 		d.leaseUntil.Store(0)
 	}
-	d.cfg.Metrics.leading(on)
+	d.obs.Leading(on)
 }
 
 // lease takes or renews the dispatcher lease; false means another dispatcher
@@ -548,7 +553,7 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 					byNode[p.hello.Node]++
 				}
 			}
-			d.cfg.Metrics.workers(byNode)
+			d.obs.Workers(byNode)
 		}
 		for _, q := range d.queries {
 			if err := d.relaunch(ctx, q, stats); err != nil {

@@ -204,7 +204,7 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 			id := rowID{r.Job, r.Key}
 			if h, ok := p.held[id]; ok && h.attempt == r.Attempt && d.byJob[r.Job] != nil {
 				if !h.started {
-					d.cfg.Metrics.rowStarted(r.Job, time.Since(h.reserved))
+					d.obs.RowStarted(r.Job, time.Since(h.reserved))
 				}
 				h.started, h.startedAt = true, time.Now()
 				p.held[id] = h
@@ -220,7 +220,7 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 					// Its start went out with its outcome: the client drops
 					// a start whose outcome shares the write.
 					ran := time.Duration(o.Millis) * time.Millisecond
-					d.cfg.Metrics.rowStarted(o.Job, max(time.Since(h.reserved)-ran, 0))
+					d.obs.RowStarted(o.Job, max(time.Since(h.reserved)-ran, 0))
 				}
 				delete(p.held, id)
 			}

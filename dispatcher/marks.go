@@ -147,7 +147,7 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 				d.log.Warn("late outcome refused: the row was relaunched or ended meanwhile", "worker", m.worker, "job", job,
 					"key", m.Key, "attempt", m.Attempt, "ok", m.OK)
 			} else {
-				d.cfg.Metrics.rowEnded(job, m.OK, time.Duration(m.Millis)*time.Millisecond)
+				d.obs.RowEnded(job, m.OK, time.Duration(m.Millis)*time.Millisecond)
 				d.ended.Add(1)
 			}
 		}

@@ -96,8 +96,9 @@ work_dir = %q
 	if len(up.Started) != 1 || up.Started[0].Node != "w1" {
 		t.Fatalf("started %+v; want w1's workers only", up.Started)
 	}
-	if len(up.Died) != 1 || up.Died[0].ID != "w1.1" || !strings.Contains(strings.Join(up.Died[0].LogTail, "\n"), "unrecognized option '--config'") {
-		t.Fatalf("died %+v; want w1.1, with sleep's complaint from its log", up.Died)
+	if died := f.DiedAtOnce(t.Context(), up.Started); len(died) != 1 || died[0].ID != "w1.1" ||
+		!strings.Contains(strings.Join(died[0].LogTail, "\n"), "unrecognized option '--config'") {
+		t.Fatalf("died %+v; want w1.1, with sleep's complaint from its log", died)
 	}
 }
 

@@ -28,8 +28,7 @@ type Upped struct {
 	// Tunnels are open until the caller closes them (when its dispatcher
 	// stops); nil when no node has one.
 	Tunnels *Tunnels
-	Started []NodeWorkers
-	Died    []DeadWorker // started, and gone within StartGrace
+	Started []NodeWorkers // DiedAtOnce tells which of them did not last
 	// Warnings are the steps that failed on some nodes; those nodes were
 	// left out of the next steps, and each warning names them.
 	Warnings []error
@@ -115,6 +114,5 @@ func (f *Fleet) Up(ctx context.Context, opts UpOptions) (*Upped, error) {
 	case err != nil:
 		return up, err
 	}
-	up.Died = f.DiedAtOnce(ctx, up.Started)
 	return up, nil
 }

@@ -24,7 +24,8 @@ var allowed = map[string][]string{
 	"orchestrator":               {"deploy", "sshx", "dispatcher", "worker", "internal/*"},
 	"cmd/pampactl":               {"cmd/pampactl/pampacli"},
 	"console":                    {"orchestrator", "dispatcher", "internal/*"},
-	"cmd/pampactl/pampacli":      {"orchestrator", "dispatcher", "worker", "protocol", "console", "sshx", "internal/*"},
+	"dispatcher/metrics":         {"dispatcher", "internal/*"},
+	"cmd/pampactl/pampacli":      {"orchestrator", "dispatcher", "dispatcher/metrics", "worker", "protocol", "console", "sshx", "internal/*"},
 	"cmd/pampa-worker":           {"cmd/pampa-worker/workercli"},
 	"cmd/pampa-worker/workercli": {"orchestrator", "worker", "internal/*"},
 }
@@ -36,7 +37,8 @@ var forbidden = map[string][]string{
 	"sshx":     {"github.com/jackc/pgx/v5"},
 	"deploy":   {"github.com/jackc/pgx/v5"},
 	// The worker-only build stays lean: what it links, idle workers map.
-	"cmd/pampa-worker/workercli": {"github.com/urfave/cli/v2", "github.com/pampa-go/pampa/console", "html/template"},
+	"cmd/pampa-worker/workercli": {"github.com/urfave/cli/v2", "github.com/pampa-go/pampa/console", "html/template",
+		"github.com/prometheus/client_golang/prometheus"},
 }
 
 type pkg struct {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pampa-go/pampa/dispatcher/metrics"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -94,7 +96,7 @@ func (e *env) serveConsole(ctx context.Context, c *cli.Context, cfg *orchestrato
 		}
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		rows := dispatcher.NewRowGauges(url, cfg.Jobs, rowGaugeInterval)
+		rows := metrics.NewRowGauges(url, cfg.Jobs, rowGaugeInterval)
 		defer rows.Close()
 		reg.MustRegister(rows)
 		ccfg.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pampa-go/pampa/dispatcher/metrics"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -72,7 +74,7 @@ func (e *env) dispatcherCommand() *cli.Command {
 	}
 }
 
-func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatcher.Dispatcher, *dispatcher.RowGauges, func(), error) {
+func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatcher.Dispatcher, *metrics.RowGauges, func(), error) {
 	url, err := cfg.DatabaseURL(e.getenv)
 	if err != nil {
 		return nil, nil, nil, err
@@ -121,12 +123,12 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 // dispatcherMetrics is the registry /metrics serves: the dispatcher's
 // own, the rows by state (counted at most every rowGaugeInterval, on a
 // session opened at the first scrape), and the Go runtime's and process's.
-func dispatcherMetrics(url string, cfg *orchestrator.Config) (*prometheus.Registry, *dispatcher.Metrics, *dispatcher.RowGauges) {
+func dispatcherMetrics(url string, cfg *orchestrator.Config) (*prometheus.Registry, *metrics.Metrics, *metrics.RowGauges) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	rows := dispatcher.NewRowGauges(url, cfg.Jobs, rowGaugeInterval)
+	rows := metrics.NewRowGauges(url, cfg.Jobs, rowGaugeInterval)
 	reg.MustRegister(rows)
-	return reg, dispatcher.NewMetrics(reg), rows
+	return reg, metrics.NewMetrics(reg), rows
 }
 
 // rowGaugeInterval bounds how often a scrape counts the rows: the counts
@@ -185,7 +187,7 @@ func dispatcherDialer(cfg *orchestrator.Config) func(context.Context) (net.Conn,
 // progressLine prints, on a terminal (or with --progress), a status line
 // every second: rows ended per second, rows waiting, workers connected.
 // It returns what stops it.
-func (e *env) progressLine(c *cli.Context, d *dispatcher.Dispatcher, rows *dispatcher.RowGauges) (stop func()) {
+func (e *env) progressLine(c *cli.Context, d *dispatcher.Dispatcher, rows *metrics.RowGauges) (stop func()) {
 	on := isTerminal(e.stderr)
 	if c.IsSet("progress") {
 		on = c.Bool("progress")

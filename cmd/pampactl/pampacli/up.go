@@ -59,9 +59,6 @@ func (e *env) up(c *cli.Context) error {
 		for _, w := range up.Warnings {
 			fmt.Fprintln(e.stderr, "pampactl: warning:", w)
 		}
-		if len(up.Died) > 0 {
-			fmt.Fprintln(e.stderr, "pampactl: warning:", e.printDied(up.Died, len(startedIDs(up.Started))))
-		}
 	}
 	if err != nil {
 		return err
@@ -72,6 +69,13 @@ func (e *env) up(c *cli.Context) error {
 	}
 	defer closeLog()
 	fmt.Fprintln(e.stderr, "pampactl: dispatcher running; interrupt to stop it (workers keep running: pampactl down stops them)")
+	// A second after the start, beside the dispatcher the workers are
+	// reaching already: which of them did not last.
+	go func() {
+		if died := f.DiedAtOnce(c.Context, up.Started); len(died) > 0 {
+			fmt.Fprintln(e.stderr, "pampactl: warning:", e.printDied(died, len(startedIDs(up.Started))))
+		}
+	}()
 	defer e.consoleBeside(c, f.Config, d)()
 	defer e.progressLine(c, d, rows)()
 	return e.serveDispatcher(c, f.Config, d)

@@ -555,16 +555,22 @@ func TestUp(t *testing.T) {
 	// The workers that did it are the ones up started on the node, and they
 	// are registered under the pids of their pid files.
 	pids := map[string]int{}
-	reg := workerRows(t, dbURL)
 	for _, id := range []string{"w1.1", "w1.2"} {
 		pids[id] = pidOf(t, n.workDir, id)
 		if !alive(pids[id]) {
 			t.Fatalf("worker %s (pid %d) is not running", id, pids[id])
 		}
-		if w := reg[id]; w.State != dispatcher.StateAlive || w.PID != pids[id] {
-			t.Errorf("registry has %s as %+v; want alive with pid %d", id, w, pids[id])
-		}
 	}
+	// One may have done every row before the other reached the dispatcher.
+	poll(t, "both workers registered under their pids", func() string {
+		reg := workerRows(t, dbURL)
+		for id, pid := range pids {
+			if w := reg[id]; w.State != dispatcher.StateAlive || w.PID != pid {
+				return fmt.Sprintf("registry has %s as %+v; want alive with pid %d", id, w, pid)
+			}
+		}
+		return ""
+	})
 	// up created the worker secret and deployed the node a config of its
 	// own: the tunnel is the one way to the dispatcher it names, and it
 	// holds nothing of the database. The workers hold their stream through

@@ -1,4 +1,6 @@
-package dispatcher
+// Package metrics exports what the dispatcher does (dispatcher.Observer)
+// and its tables' row counts to Prometheus, with client_golang.
+package metrics
 
 import (
 	"context"
@@ -7,7 +9,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pampa-go/pampa/dispatcher"
 )
+
+var _ dispatcher.Observer = (*Metrics)(nil)
 
 // Metrics are the dispatcher's Prometheus metrics. Labels are jobs, nodes
 // and row states, never workers: a fleet of thousands would make
@@ -51,16 +57,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// Each method takes a nil *Metrics for none.
-
-func (m *Metrics) rowStarted(job string, wait time.Duration) {
+func (m *Metrics) RowStarted(job string, wait time.Duration) {
 	if m != nil {
 		m.started.WithLabelValues(job).Inc()
 		m.queueWait.WithLabelValues(job).Observe(wait.Seconds())
 	}
 }
 
-func (m *Metrics) rowEnded(job string, ok bool, ran time.Duration) {
+func (m *Metrics) RowEnded(job string, ok bool, ran time.Duration) {
 	if m == nil {
 		return
 	}
@@ -72,7 +76,7 @@ func (m *Metrics) rowEnded(job string, ok bool, ran time.Duration) {
 	m.stepDuration.WithLabelValues(job).Observe(ran.Seconds())
 }
 
-func (m *Metrics) cycled(took time.Duration, stats map[string]Stats) {
+func (m *Metrics) Cycled(took time.Duration, stats map[string]dispatcher.Stats) {
 	if m == nil {
 		return
 	}
@@ -84,7 +88,7 @@ func (m *Metrics) cycled(took time.Duration, stats map[string]Stats) {
 	}
 }
 
-func (m *Metrics) workers(byNode map[string]int) {
+func (m *Metrics) Workers(byNode map[string]int) {
 	if m == nil {
 		return
 	}
@@ -94,7 +98,7 @@ func (m *Metrics) workers(byNode map[string]int) {
 	}
 }
 
-func (m *Metrics) leading(on bool) {
+func (m *Metrics) Leading(on bool) {
 	if m == nil {
 		return
 	}
@@ -106,39 +110,26 @@ func (m *Metrics) leading(on bool) {
 	}
 }
 
-// tracer counts every statement of every session the dispatcher opens.
-type tracer struct{ m *Metrics }
-
-func (t tracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	t.m.statements.Inc()
-	return ctx
-}
-func (tracer) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (tracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	return ctx
-}
-func (t tracer) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {
-	t.m.statements.Inc()
-}
-func (tracer) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+// Statement counts one statement of the dispatcher's sessions.
+func (m *Metrics) Statement() { m.statements.Inc() }
 
 // RowGauges is a collector of the rows of each job by state, from Report
 // on a session of its own, opened at the first scrape. A scrape reads at
 // most once per interval: the counts walk the table.
 type RowGauges struct {
 	url      string
-	jobs     []Job
+	jobs     []dispatcher.Job
 	interval time.Duration
 	desc     *prometheus.Desc
 
 	mu   sync.Mutex
 	conn *pgx.Conn
 	at   time.Time
-	last []JobStatus
+	last []dispatcher.JobStatus
 }
 
 // NewRowGauges counts the jobs' rows on the database at url.
-func NewRowGauges(url string, jobs []Job, interval time.Duration) *RowGauges {
+func NewRowGauges(url string, jobs []dispatcher.Job, interval time.Duration) *RowGauges {
 	return &RowGauges{url: url, jobs: jobs, interval: interval,
 		desc: prometheus.NewDesc("pampa_rows", "Rows of each job by state, as jobs status counts them.", []string{"job", "state"}, nil)}
 }
@@ -155,9 +146,9 @@ func (g *RowGauges) Collect(ch chan<- prometheus.Metric) {
 }
 
 // Counts returns the jobs' rows by state, read at most once per interval.
-func (g *RowGauges) Counts() []JobStatus { return g.read() }
+func (g *RowGauges) Counts() []dispatcher.JobStatus { return g.read() }
 
-func (g *RowGauges) read() []JobStatus {
+func (g *RowGauges) read() []dispatcher.JobStatus {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if time.Since(g.at) < g.interval {
@@ -172,7 +163,7 @@ func (g *RowGauges) read() []JobStatus {
 		}
 		g.conn = conn
 	}
-	st, err := Report(ctx, g.conn, g.jobs)
+	st, err := dispatcher.Report(ctx, g.conn, g.jobs)
 	if err != nil {
 		g.conn.Close(ctx)
 		g.conn = nil
