@@ -285,6 +285,18 @@ func (e *ConfigError) Error() string {
 // Is makes errors.Is(err, ErrConfig) true.
 func (e *ConfigError) Is(target error) bool { return target == ErrConfig }
 
+// ConfigPath is the cluster file a command reads: flag (--config) when
+// set, else $PAMPA_CONFIG, else ./cluster.toml.
+func ConfigPath(flag string, getenv func(string) string) string {
+	if flag != "" {
+		return flag
+	}
+	if p := getenv("PAMPA_CONFIG"); p != "" {
+		return p
+	}
+	return "cluster.toml"
+}
+
 // Load reads and parses the file at path.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)

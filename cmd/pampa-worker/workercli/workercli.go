@@ -13,13 +13,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
 
+	"github.com/pampa-go/pampa/internal/slogfile"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/worker"
 )
@@ -96,14 +96,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if len(rest) < 2 || rest[0] != "worker" || (rest[1] != "run" && rest[1] != "limits") {
 		return usageError{fmt.Errorf("this is the worker-only build: it runs `worker run` and `worker limits` (pampactl does the rest), not %q", strings.Join(rest, " "))}
 	}
-	path := *config
-	if path == "" {
-		path = getenv("PAMPA_CONFIG")
-	}
-	if path == "" {
-		path = "cluster.toml"
-	}
-	cfg, err := orchestrator.Load(path)
+	cfg, err := orchestrator.Load(orchestrator.ConfigPath(*config, getenv))
 	if err != nil {
 		return err
 	}
@@ -156,25 +149,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		file = ""
 	}
 	file = strings.ReplaceAll(file, "{id}", *id)
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
+	log, closeLog, err := slogfile.New(stderr, file, *verbose)
+	if err != nil {
+		return err
 	}
-	hopts := &slog.HandlerOptions{Level: level}
-	handlers := []slog.Handler{slog.NewTextHandler(stderr, hopts)}
-	if file != "" {
-		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-			return fmt.Errorf("log file: %w", err)
-		}
-		f, err := os.OpenFile(file, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			return fmt.Errorf("log file: %w", err)
-		}
-		defer f.Close()
-		handlers = append(handlers, slog.NewTextHandler(f, hopts))
-	}
+	defer closeLog()
 	cfg.CapWorkerLogs(ctx, wc, file)
-	wc.Handlers, wc.Logger = opts.Handlers, slog.New(slog.NewMultiHandler(handlers...))
+	wc.Handlers, wc.Logger = opts.Handlers, log
 	w, err := worker.New(wc)
 	if err != nil {
 		return refusal{err}

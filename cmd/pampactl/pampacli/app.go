@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/demo"
+	"github.com/pampa-go/pampa/internal/slogfile"
 	"github.com/pampa-go/pampa/internal/suggest"
 	"github.com/pampa-go/pampa/orchestrator"
 	"github.com/pampa-go/pampa/worker"
@@ -228,13 +228,7 @@ func unknownCommand(group, name string, cmds []*cli.Command) error {
 
 // configPath is --config, else $PAMPA_CONFIG, else ./cluster.toml.
 func (e *env) configPath(c *cli.Context) string {
-	if p := c.String("config"); p != "" {
-		return p
-	}
-	if p := e.getenv("PAMPA_CONFIG"); p != "" {
-		return p
-	}
-	return "cluster.toml"
+	return orchestrator.ConfigPath(c.String("config"), e.getenv)
 }
 
 func (e *env) loadConfig(c *cli.Context) (*orchestrator.Config, error) {
@@ -270,27 +264,7 @@ func flavor(cfg *orchestrator.Config) dispatcher.Flavor {
 // logger logs to stderr and, unless logFile is "", to logFile (appended).
 // The returned close function closes the file.
 func (e *env) logger(c *cli.Context, logFile string) (*slog.Logger, func(), error) {
-	level := slog.LevelInfo
-	if c.Bool("verbose") {
-		level = slog.LevelDebug
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	handlers := []slog.Handler{slog.NewTextHandler(e.stderr, opts)}
-	closeFn := func() {}
-	if logFile != "" {
-		if dir := filepath.Dir(logFile); dir != "." {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return nil, nil, fmt.Errorf("log file: %w", err)
-			}
-		}
-		f, err := os.OpenFile(logFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-		if err != nil {
-			return nil, nil, fmt.Errorf("log file: %w", err)
-		}
-		handlers = append(handlers, slog.NewTextHandler(f, opts))
-		closeFn = func() { f.Close() }
-	}
-	return slog.New(slog.NewMultiHandler(handlers...)), closeFn, nil
+	return slogfile.New(e.stderr, logFile, c.Bool("verbose"))
 }
 
 // logFileFlag resolves --log-file / --no-log-file against a default.
