@@ -29,9 +29,13 @@ type Config struct {
 	Jobs             []Job
 	Delay            time.Duration // idle poll period; 0 means 1s
 	HeartbeatTimeout time.Duration // a worker unheard of this long is dead; 0 means 30s
-	StartSQL         string        // run once after each connect
-	Holder           string        // lease holder name; default hostname:pid
-	Logger           *slog.Logger
+	// Dispatchers is how many dispatcher addresses the workers try in
+	// turn (this one and its standbys); a new leader waits for their
+	// rounds before it judges the old leader's workers. Default 1.
+	Dispatchers int
+	StartSQL    string // run once after each connect
+	Holder      string // lease holder name; default hostname:pid
+	Logger      *slog.Logger
 	// Secret is the cluster's worker secret: workers prove with it that
 	// they belong to the cluster. Required.
 	Secret []byte

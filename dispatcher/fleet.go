@@ -280,8 +280,8 @@ from unnest($1::text[], $2::text[]) as u(id, job) where w.id = u.id`, ids, jobs)
 	}
 	// Workers an earlier leader knew are judged by their heartbeat in the
 	// registry, but not before they had time to find this leader: they
-	// were refused while it stood by, and back off up to reconnectGrace.
-	judgeRegistry := time.Since(d.leaderSince) >= d.cfg.HeartbeatTimeout+reconnectGrace
+	// were refused while it stood by, and back off between rounds.
+	judgeRegistry := time.Since(d.leaderSince) >= d.cfg.HeartbeatTimeout+protocol.FindLeaderWithin(d.cfg.Dispatchers)
 	rows, err := d.conn.Query(ctx, `update pampa_workers set state = 'dead', job = null, assigned_at = null
 where state = 'alive' and ((heartbeat_at < now() - $1::float8 * interval '1 second' and $3) or id = any($2))
 returning id`, d.cfg.HeartbeatTimeout.Seconds(), dead, judgeRegistry)
@@ -331,10 +331,6 @@ returning id`, d.cfg.HeartbeatTimeout.Seconds(), dead, judgeRegistry)
 	clear(d.after)
 	return nil
 }
-
-// reconnectGrace is the longest a worker waits between two attempts to
-// reach a dispatcher (the protocol client's MaxBackoff).
-const reconnectGrace = 5 * time.Second
 
 // ready are the workers that may be given rows of job now.
 func (d *Dispatcher) assignedTo(job string) []*peer {

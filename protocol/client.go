@@ -35,9 +35,25 @@ type ClientConfig struct {
 	Connected func(up bool)
 
 	Logger *slog.Logger
-	// MinBackoff and MaxBackoff space reconnects (jittered); default 100ms
-	// and 5s.
+	// MinBackoff and MaxBackoff space rounds of reconnects (jittered);
+	// default 100ms and DefaultMaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
+}
+
+// DefaultMaxBackoff is the longest a worker waits between two rounds of
+// attempts on its dispatcher addresses; dialTimeout bounds one attempt.
+const (
+	DefaultMaxBackoff = 5 * time.Second
+	dialTimeout       = 3 * time.Second
+)
+
+// FindLeaderWithin bounds how long a worker with the default backoff
+// takes to reach a new leader among addrs dispatcher addresses: one wait
+// and one attempt on each, even where a dead host lets dials time out.
+// A new leader gives the workers of the old one that long to come back
+// before it takes their rows.
+func FindLeaderWithin(addrs int) time.Duration {
+	return DefaultMaxBackoff + time.Duration(max(addrs, 1))*dialTimeout
 }
 
 // ErrRefused wraps a refusal that reconnecting cannot cure: a wrong secret,
@@ -83,10 +99,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.MinBackoff = 100 * time.Millisecond
 	}
 	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 5 * time.Second
+		cfg.MaxBackoff = DefaultMaxBackoff
 	}
 	tr := &http.Transport{
-		DialContext:       (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		DialContext:       (&net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}).DialContext,
 		ForceAttemptHTTP2: true,
 		TLSClientConfig:   cfg.TLS,
 	}
@@ -181,6 +197,10 @@ func (c *Client) poke() {
 func (c *Client) Run(ctx context.Context) error {
 	bo := backoff.New(c.cfg.MinBackoff, c.cfg.MaxBackoff)
 	defer c.hc.CloseIdleConnections()
+	// Every address is tried once per round, and the wait comes between
+	// rounds: a new leader is found within one wait (FindLeaderWithin),
+	// not one per address.
+	tried := 0
 	for i := 0; ctx.Err() == nil; i++ {
 		addr := c.cfg.Addrs[i%len(c.cfg.Addrs)]
 		served, err := c.stream(ctx, addr)
@@ -193,7 +213,12 @@ func (c *Client) Run(ctx context.Context) error {
 		if served {
 			bo.Reset()
 			i-- // the same dispatcher first, it was the leader
+			tried = 0
+		} else if tried++; tried < len(c.cfg.Addrs) {
+			c.log.Warn("no stream to the dispatcher; trying the next", "addr", addr, "err", err)
+			continue
 		}
+		tried = 0
 		c.log.Warn("no stream to the dispatcher; reconnecting", "addr", addr, "err", err, "in", bo.Peek())
 		bo.Wait(ctx)
 	}

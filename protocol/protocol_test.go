@@ -1235,6 +1235,32 @@ func TestServeWaitsForStreams(t *testing.T) {
 	srv.stop(t)
 }
 
+// A worker tries every address before it waits: behind a dead dispatcher
+// and a standby, the leader is reached in the first round, whatever the
+// backoff (here an hour).
+func TestClientTriesEveryAddressBeforeWaiting(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	standbyH := &handler{onOpen: func(*Session) error {
+		return &Refusal{Status: http.StatusServiceUnavailable, Msg: "standing by"}
+	}}
+	standby := startServer(t, "127.0.0.1:0", standbyH, nil, nil)
+	leaderH := &handler{}
+	leader := startServer(t, "127.0.0.1:0", leaderH, nil, nil)
+	c := startClient(t, ClientConfig{Addrs: []string{dead, standby.addr, leader.addr}, Hello: hello("node.1", "i1"),
+		MinBackoff: time.Hour, MaxBackoff: time.Hour})
+	c.waitUp(t)
+	leaderH.waitOpen(t, 1)
+	if n := len(c.log.lines("trying the next")); n != 2 {
+		t.Errorf("the client moved on %d times, want 2 (the dead address, the standby); log:\n%s", n, c.log)
+	}
+}
+
 // A dispatcher that is not the leader refuses with 503; the client tries
 // the next one and settles there.
 func TestStandby(t *testing.T) {

@@ -107,7 +107,7 @@ func (e *env) newDispatcher(c *cli.Context, cfg *orchestrator.Config) (*dispatch
 	reg, metrics, rows := dispatcherMetrics(url, cfg)
 	d, err := dispatcher.New(dispatcher.Config{
 		DatabaseURL: url, Flavor: flavor(cfg), Jobs: cfg.Jobs, Delay: delay,
-		HeartbeatTimeout: cfg.Dispatcher.HeartbeatTimeout, StartSQL: cfg.Dispatcher.StartSQL, Logger: log,
+		HeartbeatTimeout: cfg.Dispatcher.HeartbeatTimeout, Dispatchers: len(cfg.Dispatcher.Addresses), StartSQL: cfg.Dispatcher.StartSQL, Logger: log,
 		Secret: secret, KnownWorker: cfg.KnownWorker, SQLSessions: cfg.Dispatcher.SQLSessions,
 		Metrics: metrics, MetricsHandler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 	})
