@@ -48,6 +48,9 @@ type hold struct {
 	cancelled bool      // told to stop it
 }
 
+// busy says whether p holds rows: sent, or kept as its spares.
+func (p *peer) busy() bool { return len(p.held) > 0 || p.spare.size() > 0 }
+
 func (p *peer) queued(job string) int {
 	n := 0
 	for r, h := range p.held {
@@ -399,7 +402,7 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 	assigned := d.assignedTo(j.Name)
 	busy := 0
 	for _, p := range assigned {
-		if len(p.held) > 0 {
+		if p.busy() {
 			busy++
 		}
 	}
@@ -429,7 +432,7 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 		// Let go of idle workers only: one holding rows finishes them first.
 		surplus := len(assigned) - want
 		for _, p := range assigned {
-			if surplus > 0 && len(p.held) == 0 {
+			if surplus > 0 && !p.busy() {
 				p.job = ""
 				d.giveBackSpares(p, anyRow)
 				surplus--

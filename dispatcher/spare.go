@@ -167,6 +167,23 @@ func (s *sparePool) unabsorbed() int {
 
 func anyRow(protocol.Row) bool { return true }
 
+// queueSpares moves spare rows into p's queue where it has room. Outcomes
+// hand spares over as they come; a worker whose last outcomes came before
+// its spares did has room and nothing to report, and would wait on rows
+// it already has.
+func (p *peer) queueSpares(j Job) {
+	room := j.QueueSize - p.queued(j.Name) - p.spare.unabsorbed()
+	if room <= 0 || p.spare.size() == 0 {
+		return
+	}
+	rows := p.spare.handOut(room)
+	p.spare.absorbed(len(rows))
+	now := time.Now()
+	for _, row := range rows {
+		p.held[rowID{row.Job, row.Key}] = hold{attempt: row.Attempt, reserved: now}
+	}
+}
+
 // giveBackSpares takes the spare rows match picks out of p's pool and has
 // them given back in the next flush.
 func (d *Dispatcher) giveBackSpares(p *peer, match func(protocol.Row) bool) {

@@ -213,3 +213,36 @@ func TestNoSparesWhenRowsAreScarce(t *testing.T) {
 		t.Fatalf("%d rows reserved with too few rows for spares, want the queue of 5", got)
 	}
 }
+
+// A quick worker whose outcomes came while its pool was empty, its spares
+// arriving just after, has room in its queue and nothing more to report.
+// At the end of a table (every row reserved) it stays assigned, as a
+// worker holding rows, and the loop moves its spares into its queue. It
+// used to be let go as idle, its spares given back, and the last rows
+// waited for the next assignment.
+func TestSparesFillAnEmptyQueue(t *testing.T) {
+	t.Parallel()
+	e, d, fw := quickWorker(t, 5+5+spareRows) // the top-up reserves the last rows
+	p := d.peers["n1.1"]
+	spares := p.spare.take(anyRow)
+	if len(spares) != spareRows {
+		t.Fatalf("%d spares, want %d", len(spares), spareRows)
+	}
+	if n := e.work("n1.1", 5, true); n != 5 {
+		t.Fatalf("worked %d rows, want its queue of 5", n)
+	}
+	p.spare.add(spares)
+	s := e.cycle(d)
+	if p.job != e.job.Name {
+		t.Fatalf("the worker was let go of job %q with %d spares", e.job.Name, len(spares))
+	}
+	if got := fw.queuedKeys(); len(got) != 5 {
+		t.Fatalf("the worker holds %d rows after the cycle, want a queue of 5 from its spares", len(got))
+	}
+	if s.Reserved != 0 || s.Released != 0 {
+		t.Fatalf("reserved %d and released %d rows, want none: the queue came from the spares", s.Reserved, s.Released)
+	}
+	if got, want := e.reservedFor("n1.1"), spareRows; got != want {
+		t.Fatalf("%d rows reserved for the worker, want %d: its queue and the spares left (none freed or lost)", got, want)
+	}
+}
