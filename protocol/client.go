@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pampa-go/pampa/internal/backoff"
@@ -384,67 +385,83 @@ func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready
 
 // read handles the dispatcher's messages; a stream silent for three ping
 // periods is dead.
-func (c *Client) read(body io.Reader, pings chan<- time.Duration) error {
+func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 4<<10), maxLine) // grows as lines need
-	deadline := 6 * time.Second
-	lines := make(chan []byte)
-	errc := make(chan error, 1)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for sc.Scan() {
-			select {
-			case lines <- slices.Clone(sc.Bytes()):
-			case <-done:
-				return
-			}
+	// A watchdog rather than a timer reset per line: it closes the body,
+	// which ends the read, once the stream has been silent for three of
+	// the server's ping periods (6 s until the welcome says).
+	var (
+		deadline  atomic.Int64 // nanoseconds
+		heard     atomic.Int64 // unix nanoseconds
+		silent    atomic.Bool
+		watchMu   sync.Mutex
+		watch     *time.Timer
+		watchDone bool
+	)
+	deadline.Store(int64(6 * time.Second))
+	heard.Store(time.Now().UnixNano())
+	check := func() {
+		watchMu.Lock()
+		defer watchMu.Unlock()
+		if watchDone {
+			return
 		}
-		err := sc.Err()
-		if err == nil {
-			err = io.EOF
+		quiet, d := time.Duration(time.Now().UnixNano()-heard.Load()), time.Duration(deadline.Load())
+		if quiet >= d {
+			silent.Store(true)
+			body.Close()
+			return
 		}
-		errc <- err
+		watch.Reset(d - quiet)
+	}
+	watchMu.Lock()
+	watch = time.AfterFunc(time.Duration(deadline.Load()), check)
+	watchMu.Unlock()
+	defer func() {
+		watchMu.Lock()
+		watchDone = true
+		watch.Stop()
+		watchMu.Unlock()
 	}()
-	t := time.NewTimer(deadline)
-	defer t.Stop()
-	for {
-		select {
-		case err := <-errc:
-			return err
-		case <-t.C:
-			return fmt.Errorf("the dispatcher was silent for %s", deadline)
-		case line := <-lines:
-			t.Reset(deadline)
-			c.mu.Lock()
-			c.heard = time.Now()
-			c.mu.Unlock()
-			var m Message
-			if err := json.Unmarshal(line, &m); err != nil {
-				return fmt.Errorf("garbled message from the dispatcher: %w", err)
-			}
-			switch m.Kind {
-			case KindPing:
-			case KindAcks:
-				c.ack(m.Acks)
-			case KindWelcome:
-				if m.Welcome != nil && m.Welcome.PingMillis > 0 {
-					p := time.Duration(m.Welcome.PingMillis) * time.Millisecond
-					deadline = 3 * p
-					c.mu.Lock()
-					c.ping = p
-					c.mu.Unlock()
-					select { // the writer pings as often as the server
-					case pings <- p:
-					default:
-					}
+	for sc.Scan() {
+		now := time.Now()
+		heard.Store(now.UnixNano())
+		c.mu.Lock()
+		c.heard = now
+		c.mu.Unlock()
+		var m Message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return fmt.Errorf("garbled message from the dispatcher: %w", err)
+		}
+		switch m.Kind {
+		case KindPing:
+		case KindAcks:
+			c.ack(m.Acks)
+		case KindWelcome:
+			if m.Welcome != nil && m.Welcome.PingMillis > 0 {
+				p := time.Duration(m.Welcome.PingMillis) * time.Millisecond
+				deadline.Store(int64(3 * p))
+				c.mu.Lock()
+				c.ping = p
+				c.mu.Unlock()
+				select { // the writer pings as often as the server
+				case pings <- p:
+				default:
 				}
-				c.cfg.Deliver(m)
-			default:
-				c.cfg.Deliver(m)
 			}
+			c.cfg.Deliver(m)
+		default:
+			c.cfg.Deliver(m)
 		}
 	}
+	if silent.Load() {
+		return fmt.Errorf("the dispatcher was silent for %s", time.Duration(deadline.Load()))
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return io.EOF
 }
 
 func (c *Client) ack(seqs []uint64) {

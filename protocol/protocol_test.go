@@ -1287,3 +1287,77 @@ func TestStandby(t *testing.T) {
 	standbyH.waitOpen(t, 1)
 	c.waitUp(t)
 }
+
+// A dispatcher that accepts a stream and then says nothing, not even its
+// pings, is given up after three ping periods: the client reconnects.
+func TestClientLeavesASilentStream(t *testing.T) {
+	t.Parallel()
+	var opens atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc(Path, func(w http.ResponseWriter, r *http.Request) {
+		opens.Add(1)
+		w.WriteHeader(http.StatusOK)
+		_ = json.NewEncoder(w).Encode(Message{Kind: KindWelcome, Welcome: &Welcome{PingMillis: 100}})
+		_ = http.NewResponseController(w).Flush()
+		<-r.Context().Done() // silent from now on
+	})
+	ln := listen(t, "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln, mux, nil, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() { cancel(); <-done })
+	c := startClient(t, ClientConfig{Addrs: []string{ln.Addr().String()}, Hello: hello("node.1", "i1")})
+	poll.Until(t, "the client to leave the silent stream and open another", wait, func() string {
+		if n := opens.Load(); n < 2 {
+			return fmt.Sprintf("%d streams opened; client log:\n%s", n, c.log)
+		}
+		return ""
+	})
+	if len(c.log.lines("the dispatcher was silent for 300ms")) == 0 {
+		t.Errorf("the client did not say why it left; log:\n%s", c.log)
+	}
+}
+
+// A worker that pings is kept past the hello's deadline; once it says
+// nothing, not even a ping, it is dropped after three of the server's ping
+// periods: its session closes.
+func TestServerLeavesASilentWorker(t *testing.T) {
+	t.Parallel()
+	const ping = 100 * time.Millisecond
+	h := &handler{}
+	srv := startServer(t, "127.0.0.1:0", h, func(cfg *ServerConfig) { cfg.Ping = ping }, nil)
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	pinged := make(chan struct{})
+	go func() {
+		defer close(pinged)
+		if _, err := io.WriteString(pw, helloLine(t, Hello{ID: "node.1", Instance: "i1"})); err != nil {
+			return
+		}
+		for range 8 { // 800 ms: well past the 300 ms the hello had
+			time.Sleep(ping)
+			if _, err := io.WriteString(pw, line(t, Message{Kind: KindPing})); err != nil {
+				return
+			}
+		}
+	}()
+	resp, err := newRawPeer(t, false).post(t.Context(), srv.addr, "Bearer "+testSecret, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200", resp.StatusCode)
+	}
+	s := h.waitOpen(t, 1)
+	<-pinged
+	if h.isClosed(s) {
+		t.Fatalf("the session of a worker that pinged was closed; server log:\n%s", srv.log)
+	}
+	poll.Until(t, "the server to close the silent worker's session", wait, func() string {
+		if !h.isClosed(s) {
+			return fmt.Sprintf("still open; server log:\n%s", srv.log)
+		}
+		return ""
+	})
+}

@@ -203,19 +203,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var (
 		readMu      sync.Mutex
 		readStopped bool
+		readUntil   time.Time // the reader's own
 	)
-	alive := func(deadline time.Time) bool {
+	// alive says whether the reader may go on, and keeps the read deadline
+	// at two and a half to three ping periods ahead. Each change of a
+	// deadline is a message to the connection's goroutine, so it moves
+	// once per half a period, not per message.
+	alive := func(extend bool) bool {
 		readMu.Lock()
 		defer readMu.Unlock()
 		if readStopped {
 			return false
 		}
-		_ = rc.SetReadDeadline(deadline)
+		if now := time.Now(); extend && readUntil.Sub(now) < 5*s.cfg.Ping/2 {
+			readUntil = now.Add(3 * s.cfg.Ping)
+			_ = rc.SetReadDeadline(readUntil)
+		}
 		return true
 	}
 	readDone := make(chan error, 1)
 	go func() {
-		for alive(time.Now().Add(3 * s.cfg.Ping)) {
+		for alive(true) {
 			if !sc.Scan() {
 				err := sc.Err()
 				if err == nil {
@@ -229,7 +237,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				readDone <- fmt.Errorf("garbled message: %w", err)
 				return
 			}
-			if m.Kind != KindPing && alive(time.Now().Add(3*s.cfg.Ping)) {
+			if m.Kind != KindPing && alive(false) {
 				s.cfg.Handler.Receive(sess, m)
 			}
 		}
@@ -239,11 +247,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer ping.Stop()
 	var err error
 	readerDone := false
+	var writeUntil time.Time
 	for err == nil {
 		// A peer that stops reading (gone without a word, its window
 		// full) must not wedge this loop: it could then never notice the
-		// stream is dead.
-		_ = rc.SetWriteDeadline(time.Now().Add(3 * s.cfg.Ping))
+		// stream is dead. Moved as the read deadline is.
+		if now := time.Now(); writeUntil.Sub(now) < 5*s.cfg.Ping/2 {
+			writeUntil = now.Add(3 * s.cfg.Ping)
+			_ = rc.SetWriteDeadline(writeUntil)
+		}
 		select {
 		case err = <-readDone:
 			readerDone = true
