@@ -431,7 +431,7 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 		c.heard = now
 		c.mu.Unlock()
 		var m Message
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+		if err := decodeMessage(sc.Bytes(), &m); err != nil {
 			return fmt.Errorf("garbled message from the dispatcher: %w", err)
 		}
 		switch m.Kind {

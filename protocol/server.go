@@ -233,7 +233,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			var m Message
-			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			if err := decodeMessage(sc.Bytes(), &m); err != nil {
 				readDone <- fmt.Errorf("garbled message: %w", err)
 				return
 			}
