@@ -294,9 +294,19 @@ func (c *Client) stream(ctx context.Context, addr string) (served bool, err erro
 	// Both end before the next stream starts: an old writer must not take
 	// the next stream's messages, nor an old reader call Deliver alongside
 	// the next one's.
-	<-other
+	// The watchdog's verdict says why the stream ended; the writer's
+	// error (its pipe closed) is only the echo of it.
+	if otherErr := <-other; errors.As(otherErr, new(silentError)) {
+		err = otherErr
+	}
 	return true, err
 }
+
+// silentError ends a stream on which the dispatcher said nothing, not
+// even a ping, for three of its ping periods.
+type silentError struct{ quiet time.Duration }
+
+func (e silentError) Error() string { return fmt.Sprintf("the dispatcher was silent for %s", e.quiet) }
 
 func (c *Client) setConnecting(on bool) {
 	c.mu.Lock()
@@ -442,6 +452,9 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 			if m.Welcome != nil && m.Welcome.PingMillis > 0 {
 				p := time.Duration(m.Welcome.PingMillis) * time.Millisecond
 				deadline.Store(int64(3 * p))
+				watchMu.Lock()
+				watch.Reset(3 * p) // the first check was set for 6 s
+				watchMu.Unlock()
 				c.mu.Lock()
 				c.ping = p
 				c.mu.Unlock()
@@ -456,7 +469,7 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 		}
 	}
 	if silent.Load() {
-		return fmt.Errorf("the dispatcher was silent for %s", time.Duration(deadline.Load()))
+		return silentError{time.Duration(deadline.Load())}
 	}
 	if err := sc.Err(); err != nil {
 		return err

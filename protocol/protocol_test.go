@@ -1293,19 +1293,23 @@ func TestStandby(t *testing.T) {
 func TestClientLeavesASilentStream(t *testing.T) {
 	t.Parallel()
 	var opens atomic.Int32
+	quit := make(chan struct{})
 	mux := http.NewServeMux()
 	mux.HandleFunc(Path, func(w http.ResponseWriter, r *http.Request) {
 		opens.Add(1)
 		w.WriteHeader(http.StatusOK)
 		_ = json.NewEncoder(w).Encode(Message{Kind: KindWelcome, Welcome: &Welcome{PingMillis: 100}})
 		_ = http.NewResponseController(w).Flush()
-		<-r.Context().Done() // silent from now on
+		select { // silent from now on
+		case <-r.Context().Done():
+		case <-quit:
+		}
 	})
 	ln := listen(t, "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, ln, mux, nil, slog.New(slog.DiscardHandler)) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { close(quit); cancel(); <-done })
 	c := startClient(t, ClientConfig{Addrs: []string{ln.Addr().String()}, Hello: hello("node.1", "i1")})
 	poll.Until(t, "the client to leave the silent stream and open another", wait, func() string {
 		if n := opens.Load(); n < 2 {
