@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -352,7 +351,7 @@ func (c *Client) setLive(up bool) {
 // queued, and a ping whenever the stream is quiet.
 func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready <-chan struct{}, pings <-chan time.Duration) error {
 	bw := bufio.NewWriter(w)
-	enc := json.NewEncoder(bw)
+	enc := newEncoder(bw)
 	if err := enc.Encode(Message{Kind: KindHello, Hello: &hello}); err != nil {
 		return err
 	}

@@ -190,7 +190,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	welcome := Message{Kind: KindWelcome, Welcome: &Welcome{PingMillis: s.cfg.Ping.Milliseconds()}}
-	enc := json.NewEncoder(w)
+	enc := newEncoder(w)
 	if enc.Encode(welcome) != nil || rc.Flush() != nil {
 		return
 	}
