@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -174,7 +175,7 @@ type Worker struct {
 	queue []protocol.Row
 	// running maps the rows whose step runs to what stops it (an operator
 	// cancelled it); up to the job's slots at once.
-	running     map[protocol.Ref]context.CancelCauseFunc
+	running     map[protocol.Ref]*runningRow
 	interrupted []protocol.Ref // stopped past the grace period: given back
 	leaving     bool           // the queue is given back: rows that come now go back too
 	up          bool           // a dispatcher serves us
@@ -194,7 +195,7 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With("worker", cfg.ID), jobs: map[string]Job{},
-		steps: stepRecord{path: cfg.StepsFile}, running: map[protocol.Ref]context.CancelCauseFunc{}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1),
+		steps: stepRecord{path: cfg.StepsFile}, running: map[protocol.Ref]*runningRow{}, wake: make(chan struct{}, 1), streamDown: make(chan struct{}, 1),
 		streamUp: make(chan struct{}, 1)}
 	for _, j := range cfg.Jobs {
 		w.jobs[j.Name] = j
@@ -273,9 +274,10 @@ func (w *Worker) deliver(m protocol.Message) {
 		}
 		w.mu.Lock()
 		for _, r := range m.Refs {
-			if stop := w.running[r]; stop != nil {
+			if run := w.running[r]; run != nil {
 				w.log.Info("stopping a running row: cancelled", "job", r.Job, "key", r.Key)
-				stop(errCancelled)
+				run.cancelled.Store(true)
+				run.stop()
 			}
 		}
 		w.mu.Unlock()
@@ -440,13 +442,26 @@ func (w *Worker) next(work context.Context) (protocol.Row, context.Context, bool
 	}
 	r := w.queue[0]
 	w.queue = w.queue[1:]
-	ctx, stop := context.WithCancelCause(work)
-	w.running[r.Ref] = stop
+	// One context per row ends its step at max_job_duration, on a cancel
+	// and when the worker stops: a context for each, with its allocations
+	// and its registration in the parent, cost a tenth of a quick
+	// worker's CPU.
+	run := &runningRow{}
+	ctx, stop := context.WithDeadline(work, time.Now().Add(w.jobs[r.Job].MaxJobDuration))
+	run.stop = stop
+	w.running[r.Ref] = run
 	return r, ctx, true
 }
 
+// runningRow is a row whose step runs: what stops it, and whether an
+// operator cancelled it.
+type runningRow struct {
+	stop      context.CancelFunc
+	cancelled atomic.Bool
+}
+
 // runRow runs one row's step and reports its outcome. row is work's
-// child that a cancel ends.
+// child that max_job_duration and a cancel end.
 func (w *Worker) runRow(work, row context.Context, r protocol.Row) {
 	w.client.Send(protocol.Message{Kind: protocol.KindStarts, Refs: []protocol.Ref{r.Ref}})
 	j, known := w.jobs[r.Job]
@@ -456,21 +471,18 @@ func (w *Worker) runRow(work, row context.Context, r protocol.Row) {
 	if !known {
 		stepErr = fmt.Errorf("job %q is not one this worker runs; check that dispatcher and worker share one config", r.Job)
 	} else {
-		ctx, cancel := context.WithTimeout(row, j.MaxJobDuration)
-		output, stepErr = w.step(ctx, j, r)
-		switch {
-		case context.Cause(row) == errCancelled:
-			output, stepErr = nil, Permanent(errCancelled)
-		case stepErr != nil && ctx.Err() == context.DeadlineExceeded && work.Err() == nil:
-			stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
-		}
-		cancel()
+		output, stepErr = w.step(row, j, r)
 	}
 	w.mu.Lock()
-	if stop := w.running[r.Ref]; stop != nil {
-		stop(nil)
-	}
+	run := w.running[r.Ref]
 	delete(w.running, r.Ref)
+	switch {
+	case run.cancelled.Load():
+		output, stepErr = nil, Permanent(errCancelled)
+	case known && stepErr != nil && row.Err() == context.DeadlineExceeded && work.Err() == nil:
+		stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
+	}
+	run.stop()
 	if stepErr != nil && work.Err() != nil {
 		// Stopped past the grace period: not the row's fault, give it back.
 		w.interrupted = append(w.interrupted, r.Ref)
