@@ -23,7 +23,7 @@ func decodeMessage(line []byte, m *Message) error {
 
 // decodeFast fills m from line and says whether it could.
 func decodeFast(line []byte, m *Message) bool {
-	c := cursor{b: line}
+	c := &cursor{b: line}
 	*m = Message{}
 	ok := c.object(func(key []byte) bool {
 		switch string(key) {
@@ -32,13 +32,8 @@ func decodeFast(line []byte, m *Message) bool {
 			m.Kind = Kind(s)
 			return ok
 		case "rows":
-			if m.Rows != nil {
-				return false // encoding/json would decode into the first one's elements
-			}
-			m.Rows = []Row{}
-			return c.array(func() bool {
-				var r Row
-				ok := c.object(func(key []byte) bool {
+			return list(c, &m.Rows, func(r *Row) bool {
+				return c.object(func(key []byte) bool {
 					if string(key) == "data" {
 						v, ok := c.value()
 						r.Data = v
@@ -46,39 +41,19 @@ func decodeFast(line []byte, m *Message) bool {
 					}
 					return c.ref(key, &r.Ref)
 				})
-				m.Rows = append(m.Rows, r)
-				return ok
 			})
 		case "refs":
-			if m.Refs != nil {
-				return false // encoding/json would decode into the first one's elements
-			}
-			m.Refs = []Ref{}
-			return c.array(func() bool {
-				var r Ref
-				ok := c.object(func(key []byte) bool { return c.ref(key, &r) })
-				m.Refs = append(m.Refs, r)
-				return ok
+			return list(c, &m.Refs, func(r *Ref) bool {
+				return c.object(func(key []byte) bool { return c.ref(key, r) })
 			})
 		case "outcomes":
-			if m.Outcomes != nil {
-				return false // encoding/json would decode into the first one's elements
-			}
-			m.Outcomes = []Outcome{}
-			return c.array(func() bool {
-				var o Outcome
-				ok := c.object(func(key []byte) bool { return c.outcome(key, &o) })
-				m.Outcomes = append(m.Outcomes, o)
-				return ok
+			return list(c, &m.Outcomes, func(o *Outcome) bool {
+				return c.object(func(key []byte) bool { return c.outcome(key, o) })
 			})
 		case "acks":
-			if m.Acks != nil {
-				return false // encoding/json would decode into the first one's elements
-			}
-			m.Acks = []uint64{}
-			return c.array(func() bool {
-				n, ok := c.uint()
-				m.Acks = append(m.Acks, n)
+			return list(c, &m.Acks, func(n *uint64) bool {
+				var ok bool
+				*n, ok = c.uint()
 				return ok
 			})
 		}
@@ -86,6 +61,22 @@ func decodeFast(line []byte, m *Message) bool {
 	})
 	c.space()
 	return ok && c.i == len(c.b)
+}
+
+// list reads an array into *dst, each element with elem. A second array
+// of the same key goes to encoding/json, which decodes it into the first
+// one's elements.
+func list[T any](c *cursor, dst *[]T, elem func(*T) bool) bool {
+	if *dst != nil {
+		return false
+	}
+	*dst = []T{}
+	return c.array(func() bool {
+		var v T
+		ok := elem(&v)
+		*dst = append(*dst, v)
+		return ok
+	})
 }
 
 // cursor walks a line of JSON; each method reads one thing at the cursor
@@ -238,6 +229,12 @@ func (c *cursor) int() (int64, bool) {
 	return n, err == nil
 }
 
+func (c *cursor) intInto(dst *int) bool {
+	n, ok := c.int()
+	*dst = int(n)
+	return ok && int64(*dst) == n
+}
+
 func (c *cursor) uint() (uint64, bool) {
 	d, ok := c.digits()
 	if !ok || d[0] == '-' {
@@ -314,10 +311,7 @@ func (c *cursor) ref(key []byte, r *Ref) bool {
 	case "key":
 		r.Key, ok = c.str()
 	case "attempt":
-		var n int64
-		n, ok = c.int()
-		r.Attempt = int(n)
-		ok = ok && int64(r.Attempt) == n
+		ok = c.intInto(&r.Attempt)
 	}
 	return ok
 }
@@ -332,10 +326,7 @@ func (c *cursor) outcome(key []byte, o *Outcome) bool {
 	case "error":
 		o.Error, ok = c.str()
 	case "exit":
-		var n int64
-		n, ok = c.int()
-		o.ExitCode = int(n)
-		ok = ok && int64(o.ExitCode) == n
+		ok = c.intInto(&o.ExitCode)
 	case "permanent":
 		o.Permanent, ok = c.boolean()
 	case "output":
