@@ -73,7 +73,7 @@ func (d *Dispatcher) reservations(ctx context.Context, b *pgx.Batch) []*reservat
 			if p.sess == nil || p.fresh || p.leave {
 				continue
 			}
-			p.queueSpares(j)
+			d.queueSpares(p, j)
 			if n := j.QueueSize - p.queued(j.Name) + d.spareWanted(p, j) - p.spare.size(); n > 0 {
 				hungry, room = append(hungry, p), append(room, n)
 			}

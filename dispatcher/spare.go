@@ -171,10 +171,10 @@ func anyRow(protocol.Row) bool { return true }
 // hand spares over as they come; a worker whose last outcomes came before
 // its spares did has room and nothing to report, and would wait on rows
 // it already has.
-func (p *peer) queueSpares(j Job) {
+func (d *Dispatcher) queueSpares(p *peer, j Job) {
 	room := j.QueueSize - p.queued(j.Name) - p.spare.unabsorbed()
-	if room <= 0 || p.spare.size() == 0 {
-		return
+	if room <= 0 || p.spare.size() == 0 || time.Now().UnixNano() >= d.leaseUntil.Load() {
+		return // nor past the lease, as handler.Receive
 	}
 	rows := p.spare.handOut(room)
 	p.spare.absorbed(len(rows))

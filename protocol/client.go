@@ -41,19 +41,23 @@ type ClientConfig struct {
 }
 
 // DefaultMaxBackoff is the longest a worker waits between two rounds of
-// attempts on its dispatcher addresses; dialTimeout bounds one attempt.
+// attempts on its dispatcher addresses. attemptTimeout bounds one attempt,
+// from the dial to the dispatcher's answer (a dead host lets dials time
+// out; a hung one, or a dead peer behind a live proxy, accepts and says
+// nothing); dialTimeout bounds its dial.
 const (
 	DefaultMaxBackoff = 5 * time.Second
+	attemptTimeout    = 5 * time.Second
 	dialTimeout       = 3 * time.Second
 )
 
 // FindLeaderWithin bounds how long a worker with the default backoff
 // takes to reach a new leader among addrs dispatcher addresses: one wait
-// and one attempt on each, even where a dead host lets dials time out.
-// A new leader gives the workers of the old one that long to come back
-// before it takes their rows.
+// and one attempt on each, however the others fail. A new leader gives
+// the workers of the old one that long to come back before it takes
+// their rows.
 func FindLeaderWithin(addrs int) time.Duration {
-	return DefaultMaxBackoff + time.Duration(max(addrs, 1))*dialTimeout
+	return DefaultMaxBackoff + time.Duration(max(addrs, 1))*attemptTimeout
 }
 
 // ErrRefused wraps a refusal that reconnecting cannot cure: a wrong secret,
@@ -210,6 +214,10 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.Is(err, ErrRefused) {
 			return err
 		}
+		// A connection that carried a dead stream is not reused: its peer
+		// may be gone without a word, and a request on it would wait for
+		// TCP to give up rather than for attemptTimeout.
+		c.hc.CloseIdleConnections()
 		if served {
 			bo.Reset()
 			i-- // the same dispatcher first, it was the leader
@@ -250,7 +258,11 @@ func (c *Client) stream(ctx context.Context, addr string) (served bool, err erro
 	go func() { writeErr <- c.write(ctx, pw, hello, ready, pings) }()
 
 	c.setConnecting(true)
+	noAnswer := time.AfterFunc(attemptTimeout, cancel)
 	resp, err := c.hc.Do(req)
+	if !noAnswer.Stop() && err != nil {
+		err = fmt.Errorf("no answer within %s: %w", attemptTimeout, err)
+	}
 	if err != nil || resp.StatusCode != http.StatusOK {
 		c.setConnecting(false)
 	}
@@ -402,21 +414,21 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 	// the server's ping periods (6 s until the welcome says).
 	var (
 		deadline  atomic.Int64 // nanoseconds
-		heard     atomic.Int64 // unix nanoseconds
+		heard     atomic.Int64 // since start, by the monotonic clock: a clock step is no silence
 		silent    atomic.Bool
 		watchMu   sync.Mutex
 		watch     *time.Timer
 		watchDone bool
 	)
 	deadline.Store(int64(6 * time.Second))
-	heard.Store(time.Now().UnixNano())
+	start := time.Now()
 	check := func() {
 		watchMu.Lock()
 		defer watchMu.Unlock()
 		if watchDone {
 			return
 		}
-		quiet, d := time.Duration(time.Now().UnixNano()-heard.Load()), time.Duration(deadline.Load())
+		quiet, d := time.Since(start)-time.Duration(heard.Load()), time.Duration(deadline.Load())
 		if quiet >= d {
 			silent.Store(true)
 			body.Close()
@@ -435,7 +447,7 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 	}()
 	for sc.Scan() {
 		now := time.Now()
-		heard.Store(now.UnixNano())
+		heard.Store(int64(now.Sub(start)))
 		c.mu.Lock()
 		c.heard = now
 		c.mu.Unlock()

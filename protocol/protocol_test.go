@@ -1365,3 +1365,97 @@ func TestServerLeavesASilentWorker(t *testing.T) {
 		return ""
 	})
 }
+
+// hungProxy stands for a dispatcher whose host stopped answering behind a
+// live connection: it forwards to target until hung, then passes nothing
+// on, closes nothing, and accepts new connections without a word.
+type hungProxy struct {
+	ln    net.Listener
+	hung  atomic.Bool
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startHungProxy(t *testing.T, target string) *hungProxy {
+	t.Helper()
+	p := &hungProxy{ln: listen(t, "127.0.0.1:0")}
+	go func() {
+		for {
+			c, err := p.ln.Accept()
+			if err != nil {
+				return
+			}
+			p.keep(c)
+			if p.hung.Load() {
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				continue
+			}
+			p.keep(u)
+			go p.forward(u, c)
+			go p.forward(c, u)
+		}
+	}()
+	t.Cleanup(func() {
+		p.ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
+	return p
+}
+
+func (p *hungProxy) keep(c net.Conn) {
+	p.mu.Lock()
+	p.conns = append(p.conns, c)
+	p.mu.Unlock()
+}
+
+func (p *hungProxy) forward(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil || p.hung.Load() {
+			return // once hung, what comes is swallowed
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// The leader's host hangs (behind a live proxy, or a live tunnel end): the
+// stream goes silent, the attempt to reconnect there is answered by
+// nobody, and the worker moves on to the standby that took over, instead
+// of waiting on the dead connection for TCP to give up.
+func TestClientLeavesAHungLeaderForTheStandby(t *testing.T) {
+	t.Parallel()
+	const ping = 100 * time.Millisecond
+	short := func(cfg *ServerConfig) { cfg.Ping = ping }
+	leaderH := &handler{}
+	leader := startServer(t, "127.0.0.1:0", leaderH, short, nil)
+	var leading atomic.Bool
+	standbyH := &handler{onOpen: func(*Session) error {
+		if !leading.Load() {
+			return &Refusal{Status: http.StatusServiceUnavailable, Msg: "standing by"}
+		}
+		return nil
+	}}
+	standby := startServer(t, "127.0.0.1:0", standbyH, short, nil)
+	proxy := startHungProxy(t, leader.addr)
+	c := startClient(t, ClientConfig{Addrs: []string{proxy.ln.Addr().String(), standby.addr}, Hello: hello("node.1", "i1")})
+	c.waitUp(t)
+	leaderH.waitOpen(t, 1)
+	proxy.hung.Store(true)
+	leading.Store(true)
+	poll.Until(t, "the worker to reach the standby", 3*attemptTimeout, func() string {
+		if standbyH.opens() == 0 {
+			return "not yet; client log:\n" + c.log.String()
+		}
+		return ""
+	})
+}

@@ -477,12 +477,14 @@ func (w *Worker) runRow(work, row context.Context, r protocol.Row) {
 	run := w.running[r.Ref]
 	delete(w.running, r.Ref)
 	switch {
-	case run.cancelled.Load():
+	case run != nil && run.cancelled.Load():
 		output, stepErr = nil, Permanent(errCancelled)
 	case known && stepErr != nil && row.Err() == context.DeadlineExceeded && work.Err() == nil:
 		stepErr = fmt.Errorf("ran past max_job_duration (%s): %w", j.MaxJobDuration, stepErr)
 	}
-	run.stop()
+	if run != nil {
+		run.stop()
+	}
 	if stepErr != nil && work.Err() != nil {
 		// Stopped past the grace period: not the row's fault, give it back.
 		w.interrupted = append(w.interrupted, r.Ref)
