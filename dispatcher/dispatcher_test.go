@@ -297,8 +297,9 @@ type fakeWorker struct {
 	instance string
 	d        *Dispatcher // the dispatcher it talks to
 	client   *protocol.Client
-	stop     func() // ends the client and waits for it
-	cancel   func() // ends the client
+	stop     func()          // ends the client and waits for it
+	cancel   func()          // ends the client
+	ended    <-chan struct{} // closed once the client has stopped
 
 	mu      sync.Mutex
 	queue   []protocol.Row
@@ -323,8 +324,21 @@ func (e *env) connect(id string, ds ...*Dispatcher) *fakeWorker {
 	return fw
 }
 
-// start1 runs fw's client against ds.
+// start1 runs fw's client against ds and waits for its stream.
 func (e *env) start1(fw *fakeWorker, ds ...*Dispatcher) {
+	e.t.Helper()
+	e.launch(fw, ds...)
+	poll.Until(e.t, "worker "+fw.id+" to connect", 10*time.Second, func() string {
+		if !fw.isUp() {
+			return "not connected"
+		}
+		return ""
+	})
+}
+
+// launch runs fw's client against ds; fw.ended closes when it stops
+// (refused, say).
+func (e *env) launch(fw *fakeWorker, ds ...*Dispatcher) {
 	e.t.Helper()
 	var addrs []string
 	for _, d := range ds {
@@ -340,15 +354,9 @@ func (e *env) start1(fw *fakeWorker, ds ...*Dispatcher) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
 	var once sync.Once
-	fw.cancel = cancel
+	fw.cancel, fw.ended = cancel, done
 	fw.stop = func() { once.Do(func() { cancel(); <-done }) }
 	e.t.Cleanup(fw.stop)
-	poll.Until(e.t, "worker "+fw.id+" to connect", 10*time.Second, func() string {
-		if !fw.isUp() {
-			return "not connected"
-		}
-		return ""
-	})
 }
 
 func (fw *fakeWorker) hello() protocol.Hello {
@@ -1209,5 +1217,63 @@ where value = $1 and pg_sleep(case when value = 7 then 5 else 0 end) is not null
 	if n := count(t, e.pool, `select count(*) from numbers where value = 7 and not odd_checking_success
   and odd_checking_error_description like '%max_job_duration%' and is_odd is null`); n != 1 {
 		t.Errorf("row 7 did not fail with max_job_duration")
+	}
+}
+
+// A worker process killed just after its step began, and a new one under
+// its id, reach the dispatcher before its next flush: the start it heard
+// counts. The row is relaunched at the next attempt, not handed out again
+// as the same attempt, which a step may tell apart (PAMPA_ATTEMPT).
+func TestAStartHeardBeforeTheWorkerRestartedCounts(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 10)
+	e.register("n1.1")
+	d := e.dispatcher()
+	e.cycle(d)
+	old := e.workers["n1.1"]
+	rows := old.take(1)
+	old.start(rows)
+	poll.Until(t, "the dispatcher to hear the start", 10*time.Second, func() string {
+		d.inbox.mu.Lock()
+		defer d.inbox.mu.Unlock()
+		for _, ev := range d.inbox.events {
+			if ev.msg.Kind == protocol.KindStarts {
+				return ""
+			}
+		}
+		return "not yet"
+	})
+	old.stop()
+	// A new process, holding nothing. Until the server has let go of the
+	// old stream it refuses the id as held (409), and the client stops.
+	poll.Until(t, "a new process under n1.1 to connect", 10*time.Second, func() string {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		fw := &fakeWorker{id: "n1.1", instance: hex.EncodeToString(b), d: d, running: map[string]protocol.Ref{}, stepMillis: 10}
+		e.launch(fw, d)
+		for deadline := time.Now().Add(2 * time.Second); !fw.isUp(); {
+			select {
+			case <-fw.ended:
+				return "refused: the old stream is still held"
+			case <-time.After(10 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				fw.stop()
+				return "not connected"
+			}
+		}
+		e.workers["n1.1"] = fw
+		return ""
+	})
+	e.quick(d)
+	key := rows[0].Key
+	if n := count(t, e.pool, `select coalesce(odd_checking_reservation_times, 0) from numbers where value = $1`, key); n != 1 {
+		t.Fatalf("row %s: %d attempts recorded, want the 1 that began", key, n)
+	}
+	e.cycle(d)
+	for _, r := range e.workers["n1.1"].take(10) {
+		if r.Key == key && r.Attempt != 2 {
+			t.Fatalf("row %s handed out again at attempt %d, want 2", key, r.Attempt)
+		}
 	}
 }

@@ -185,6 +185,31 @@ func (e reserveError) Unwrap() error { return e.error }
 func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[ended]bool, []*reservation, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin")
+	// Start marks first: a start heard from a process that a new one under
+	// its id has replaced since must count before the reconciliation
+	// below frees the row, or its attempt would be handed out again.
+	for job, ms := range d.marks.starts {
+		// A row whose outcome is here too needs no start mark: its end
+		// mark sets the start from the step's duration.
+		type attempt struct {
+			worker, key string
+			n           int
+		}
+		ended := map[attempt]bool{}
+		for _, o := range d.marks.outcomes[job] {
+			ended[attempt{o.worker, o.Key, o.Attempt}] = true
+		}
+		var keys, workers []string
+		var attempts []int32
+		for _, m := range ms {
+			if !ended[attempt{m.worker, m.Key, m.Attempt}] {
+				keys, workers, attempts = append(keys, m.Key), append(workers, m.worker), append(attempts, int32(m.Attempt))
+			}
+		}
+		if len(keys) > 0 {
+			b.Queue(d.byJob[job].Start, keys, workers, attempts)
+		}
+	}
 	if len(fresh) > 0 {
 		var ids, nodes, hosts []string
 		var pids []int32
@@ -230,28 +255,6 @@ on conflict (id) do update set node = excluded.node, hostname = excluded.hostnam
 	if len(d.marks.stopped) > 0 {
 		b.Queue(`update pampa_workers set state = 'stopped', stopped_at = now(), job = null, assigned_at = null
 where id = any($1)`, d.marks.stopped)
-	}
-	for job, ms := range d.marks.starts {
-		// A row whose outcome is here too needs no start mark: its end
-		// mark sets the start from the step's duration.
-		type attempt struct {
-			worker, key string
-			n           int
-		}
-		ended := map[attempt]bool{}
-		for _, o := range d.marks.outcomes[job] {
-			ended[attempt{o.worker, o.Key, o.Attempt}] = true
-		}
-		var keys, workers []string
-		var attempts []int32
-		for _, m := range ms {
-			if !ended[attempt{m.worker, m.Key, m.Attempt}] {
-				keys, workers, attempts = append(keys, m.Key), append(workers, m.worker), append(attempts, int32(m.Attempt))
-			}
-		}
-		if len(keys) > 0 {
-			b.Queue(d.byJob[job].Start, keys, workers, attempts)
-		}
 	}
 	applied := map[ended]bool{}
 	results := false // some result_sql must run once the end marks are known

@@ -176,6 +176,23 @@ func (r *rig) logs() string {
 		}
 		fmt.Fprintf(&b, "==> %s <==\n%s\n", filepath.Base(f), data)
 	}
+	// Where the rows stand, to tell a step that never ran from an outcome
+	// that never got written.
+	ok, _ := os.ReadFile(filepath.Join(r.dir, "ok.log"))
+	fmt.Fprintf(&b, "==> ok.log: %d successful steps <==\n", strings.Count(string(ok), "\n"))
+	if rows, err := r.conn.Query(context.Background(), `select work_reservation_id is not null, work_start_time is not null,
+  work_end_time is not null, coalesce(work_success, false), coalesce(work_reservation_times, 0), count(*)
+from tasks group by 1, 2, 3, 4, 5 order by 1, 2, 3, 4, 5`); err == nil {
+		b.WriteString("reserved started ended success attempts rows\n")
+		for rows.Next() {
+			var reserved, started, ended, success bool
+			var attempts, n int
+			if rows.Scan(&reserved, &started, &ended, &success, &attempts, &n) == nil {
+				fmt.Fprintf(&b, "%v %v %v %v %d %d\n", reserved, started, ended, success, attempts, n)
+			}
+		}
+		rows.Close()
+	}
 	return b.String()
 }
 
