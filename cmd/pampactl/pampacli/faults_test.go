@@ -356,6 +356,14 @@ echo $PAMPA_TASK_ID >> OK`
 	}
 	leader, grandchild := pidIn("leader.pid"), pidIn("grandchild.pid")
 	pidIn("run/local.1.steps") // the worker recorded the step's process group
+	// and the dispatcher its start: an attempt it never heard of may run
+	// again under the same number (at-least-once), and this one hangs.
+	polling.Until(t, "row 1's start mark", 30*time.Second, func() string {
+		if r.count(`select count(*) from tasks where id = 1 and work_start_time is not null`) == 0 {
+			return "not yet\n" + r.logs()
+		}
+		return ""
+	})
 	r.kill(w)
 	waitGone := func(what string, pid int) {
 		polling.Until(t, what+" died with its worker", 10*time.Second, func() string {
