@@ -31,7 +31,7 @@
 //
 // Rows flow from the dispatcher as the worker has room; starts and
 // outcomes flow back. Each outcome carries a sequence number and stays
-// with the client until the server acknowledges it ([KindAck]), which the
+// with the client until the server acknowledges it ([KindAcks]), which the
 // dispatcher does once the outcome is committed or refused as late. On
 // every reconnect the client sends its unacknowledged outcomes again, so an
 // outcome survives dispatcher restarts, database restarts and network cuts
@@ -39,10 +39,24 @@
 //
 // # Liveness
 //
-// Each side pings once a second on a quiet stream. A worker that has not
-// heard the server for two pings starts no new row (Client.Heard), and
-// gives the stream up after three; the server closes a stream silent for
-// three. The dispatcher takes rows back only from workers gone for its
-// heartbeat timeout on top of that, so a row a cut-off worker started is
-// taken back only if its step runs longer than that margin.
+// Both sides ping at the server's period (2 s by default, in the welcome).
+// A worker that has not heard the server for two pings starts no new row
+// (Client.Heard), and gives the stream up after three; the server closes a
+// stream silent for three. The dispatcher takes rows back only from
+// workers gone for its heartbeat timeout on top of that, so a row a
+// cut-off worker started is taken back only if its step runs longer than
+// that margin.
+//
+// A worker that lost its stream tries each dispatcher address once per
+// round, each attempt bounded from the dial to the answer, and backs off
+// between rounds; [FindLeaderWithin] bounds how long it takes to reach a
+// new leader, and a new leader waits that long before it takes the rows
+// of the workers its predecessor knew.
+//
+// # Encoding
+//
+// One JSON object per line. The messages a stream carries by the thousand
+// are written and read without reflection (encode.go, decode.go); any
+// other goes through encoding/json, and fuzz tests hold the two to the
+// same meaning.
 package protocol
