@@ -1327,7 +1327,7 @@ func TestClientLeavesASilentStream(t *testing.T) {
 // periods: its session closes.
 func TestServerLeavesASilentWorker(t *testing.T) {
 	t.Parallel()
-	const ping = 100 * time.Millisecond
+	const ping = 250 * time.Millisecond // lines 2.5 periods apart would be dropped: room for a loaded machine
 	h := &handler{}
 	srv := startServer(t, "127.0.0.1:0", h, func(cfg *ServerConfig) { cfg.Ping = ping }, nil)
 	pr, pw := io.Pipe()
@@ -1338,7 +1338,7 @@ func TestServerLeavesASilentWorker(t *testing.T) {
 		if _, err := io.WriteString(pw, helloLine(t, Hello{ID: "node.1", Instance: "i1"})); err != nil {
 			return
 		}
-		for range 8 { // 800 ms: well past the 300 ms the hello had
+		for range 8 { // 2 s: well past the 750 ms the hello had
 			time.Sleep(ping)
 			if _, err := io.WriteString(pw, line(t, Message{Kind: KindPing})); err != nil {
 				return
