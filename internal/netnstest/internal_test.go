@@ -1,6 +1,7 @@
 package netnstest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -17,17 +18,20 @@ import (
 func TestSweep(t *testing.T) {
 	t.Parallel()
 	Require(t)
-	ctx := t.Context()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
 
-	// A pid that is gone: a finished child of ours.
-	done := exec.Command("true")
-	if err := done.Run(); err != nil {
+	// The run that left the namespace is a live process of ours that this
+	// sweep takes for dead: every other sweep (other test binaries call New
+	// at the same time) sees it alive and leaves its namespace alone. A pid
+	// really gone would be swept by them too, and the process in it killed
+	// before this test saw it there.
+	owner := exec.Command("sleep", "600")
+	if err := owner.Start(); err != nil {
 		t.Fatal(err)
 	}
-	dead := done.Process.Pid
-	if alive(dead) {
-		t.Skipf("pid %d was reused already", dead)
-	}
+	t.Cleanup(func() { _ = owner.Process.Kill(); _ = owner.Wait() })
+	dead := owner.Process.Pid
 
 	ns := fmt.Sprintf("pampa-%d-pdeadbeef", dead)
 	if err := ip(ctx, "netns", "add", ns); err != nil {

@@ -192,7 +192,9 @@ func TestLocalWorkflow(t *testing.T) {
 	if r.code != 0 || strings.Count(r.stdout, "started") != 2 {
 		t.Fatalf("workers start: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	t.Cleanup(func() { c("workers", "stop") })
+	// Not c: t.Context() is cancelled before cleanups run, and a stop
+	// under it stops nothing.
+	t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
 	if r := c("workers", "start"); r.code != 0 || strings.Count(r.stdout, "running") != 2 {
 		t.Fatalf("second workers start should find both running: %q %q", r.stdout, r.stderr)
 	}
@@ -370,7 +372,9 @@ func TestWorkersByID(t *testing.T) {
 	c := func(args ...string) result {
 		return pampactl(ctx, t, nil, append([]string{"--config", cfg}, args...)...)
 	}
-	t.Cleanup(func() { c("workers", "stop") })
+	// Not c: t.Context() is cancelled before cleanups run, and a stop
+	// under it stops nothing.
+	t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
 	if r := c("workers", "start"); r.code != 0 || strings.Count(r.stdout, "started") != 2 {
 		t.Fatalf("workers start: %d %q %q", r.code, r.stdout, r.stderr)
 	}
@@ -422,7 +426,9 @@ func TestWorkersStartReportsWorkersThatDie(t *testing.T) {
 	c := func(args ...string) result {
 		return pampactl(ctx, t, nil, append([]string{"--config", cfg}, args...)...)
 	}
-	t.Cleanup(func() { c("workers", "stop") })
+	// Not c: t.Context() is cancelled before cleanups run, and a stop
+	// under it stops nothing.
+	t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
 	r := c("workers", "start", "local.1")
 	if r.code != pampacli.ExitFailure || !strings.Contains(r.stdout, "local.1\tdied at once") ||
 		!strings.Contains(r.stderr, "has no command") || !strings.Contains(r.stderr, "died within") {
