@@ -316,12 +316,17 @@ type fakeWorker struct {
 // waits until one has.
 func (e *env) connect(id string, ds ...*Dispatcher) *fakeWorker {
 	e.t.Helper()
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	fw := &fakeWorker{id: id, instance: hex.EncodeToString(b), d: ds[0], running: map[string]protocol.Ref{}, stepMillis: 10}
+	fw := newFakeWorker(id, ds[0])
 	e.start1(fw, ds...)
 	e.workers[id] = fw
 	return fw
+}
+
+// newFakeWorker is a new worker process under id, not yet connected.
+func newFakeWorker(id string, d *Dispatcher) *fakeWorker {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return &fakeWorker{id: id, instance: hex.EncodeToString(b), d: d, running: map[string]protocol.Ref{}, stepMillis: 10}
 }
 
 // start1 runs fw's client against ds and waits for its stream.
@@ -1247,9 +1252,7 @@ func TestAStartHeardBeforeTheWorkerRestartedCounts(t *testing.T) {
 	// A new process, holding nothing. Until the server has let go of the
 	// old stream it refuses the id as held (409), and the client stops.
 	poll.Until(t, "a new process under n1.1 to connect", 10*time.Second, func() string {
-		b := make([]byte, 8)
-		_, _ = rand.Read(b)
-		fw := &fakeWorker{id: "n1.1", instance: hex.EncodeToString(b), d: d, running: map[string]protocol.Ref{}, stepMillis: 10}
+		fw := newFakeWorker("n1.1", d)
 		e.launch(fw, d)
 		for deadline := time.Now().Add(2 * time.Second); !fw.isUp(); {
 			select {

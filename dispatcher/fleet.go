@@ -125,9 +125,7 @@ func (h *handler) Receive(s *protocol.Session, m protocol.Message) {
 	if m.Kind == protocol.KindOutcomes {
 		// Each outcome frees a slot of the worker's queue: fill it from the
 		// spares now, not after the loop's next round trip.
-		// Not past the lease, though: a dispatcher cut off from the
-		// database may have been replaced, and its rows given to others.
-		if pool, ok := h.pools.Load(s); ok && time.Now().UnixNano() < h.leaseUntil.Load() {
+		if pool, ok := h.pools.Load(s); ok && (*Dispatcher)(h).leaseHolds() {
 			e.handed, e.handedAt = pool.(*sparePool).handOut(len(m.Outcomes)), time.Now()
 		}
 	}

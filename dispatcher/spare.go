@@ -167,14 +167,19 @@ func (s *sparePool) unabsorbed() int {
 
 func anyRow(protocol.Row) bool { return true }
 
+// leaseHolds says whether spares may go out: a dispatcher whose lease may
+// have run out may have been replaced, and its rows given to others. Safe
+// from the streams' goroutines.
+func (d *Dispatcher) leaseHolds() bool { return time.Now().UnixNano() < d.leaseUntil.Load() }
+
 // queueSpares moves spare rows into p's queue where it has room. Outcomes
 // hand spares over as they come; a worker whose last outcomes came before
 // its spares did has room and nothing to report, and would wait on rows
 // it already has.
 func (d *Dispatcher) queueSpares(p *peer, j Job) {
 	room := j.QueueSize - p.queued(j.Name) - p.spare.unabsorbed()
-	if room <= 0 || p.spare.size() == 0 || time.Now().UnixNano() >= d.leaseUntil.Load() {
-		return // nor past the lease, as handler.Receive
+	if room <= 0 || p.spare.size() == 0 || !d.leaseHolds() {
+		return
 	}
 	rows := p.spare.handOut(room)
 	p.spare.absorbed(len(rows))

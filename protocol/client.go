@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pampa-go/pampa/internal/backoff"
@@ -410,46 +409,42 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 4<<10), maxLine) // grows as lines need
 	// A watchdog rather than a timer reset per line: it closes the body,
-	// which ends the read, once the stream has been silent for three of
-	// the server's ping periods (6 s until the welcome says).
+	// which ends the read, once the server has been silent (c.heard) for
+	// three of its ping periods (6 s until the welcome says).
 	var (
-		deadline  atomic.Int64 // nanoseconds
-		heard     atomic.Int64 // since start, by the monotonic clock: a clock step is no silence
-		silent    atomic.Bool
-		watchMu   sync.Mutex
-		watch     *time.Timer
-		watchDone bool
+		watchMu  sync.Mutex
+		watch    *time.Timer
+		deadline = 6 * time.Second
+		silent   bool
+		stopped  bool
 	)
-	deadline.Store(int64(6 * time.Second))
-	start := time.Now()
 	check := func() {
+		c.mu.Lock()
+		quiet := time.Since(c.heard)
+		c.mu.Unlock()
 		watchMu.Lock()
 		defer watchMu.Unlock()
-		if watchDone {
-			return
-		}
-		quiet, d := time.Since(start)-time.Duration(heard.Load()), time.Duration(deadline.Load())
-		if quiet >= d {
-			silent.Store(true)
+		switch {
+		case stopped:
+		case quiet >= deadline:
+			silent = true
 			body.Close()
-			return
+		default:
+			watch.Reset(deadline - quiet)
 		}
-		watch.Reset(d - quiet)
 	}
 	watchMu.Lock()
-	watch = time.AfterFunc(time.Duration(deadline.Load()), check)
+	watch = time.AfterFunc(deadline, check)
 	watchMu.Unlock()
 	defer func() {
 		watchMu.Lock()
-		watchDone = true
+		stopped = true
 		watch.Stop()
 		watchMu.Unlock()
 	}()
 	for sc.Scan() {
-		now := time.Now()
-		heard.Store(int64(now.Sub(start)))
 		c.mu.Lock()
-		c.heard = now
+		c.heard = time.Now()
 		c.mu.Unlock()
 		var m Message
 		if err := decodeMessage(sc.Bytes(), &m); err != nil {
@@ -462,9 +457,9 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 		case KindWelcome:
 			if m.Welcome != nil && m.Welcome.PingMillis > 0 {
 				p := time.Duration(m.Welcome.PingMillis) * time.Millisecond
-				deadline.Store(int64(3 * p))
 				watchMu.Lock()
-				watch.Reset(3 * p) // the first check was set for 6 s
+				deadline = 3 * p
+				watch.Reset(deadline) // the first check was set for 6 s
 				watchMu.Unlock()
 				c.mu.Lock()
 				c.ping = p
@@ -479,8 +474,10 @@ func (c *Client) read(body io.ReadCloser, pings chan<- time.Duration) error {
 			c.cfg.Deliver(m)
 		}
 	}
-	if silent.Load() {
-		return silentError{time.Duration(deadline.Load())}
+	watchMu.Lock()
+	defer watchMu.Unlock()
+	if silent {
+		return silentError{deadline}
 	}
 	if err := sc.Err(); err != nil {
 		return err

@@ -8,9 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pampa-go/pampa/internal/syncbuf"
 
 	"github.com/jackc/pgx/v5"
 
@@ -80,24 +81,6 @@ insert into numbers (value) select generate_series(1, %d)`, n)); err != nil {
 	return cfg, conn
 }
 
-// syncBuffer is a bytes.Buffer for writers on other goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func run(ctx context.Context, opts workercli.Options, args ...string) (int, string, string) {
 	var stdout, stderr bytes.Buffer
 	code := workercli.Run(ctx, append([]string{"pampa-worker"}, args...), &stdout, &stderr, func(string) string { return "" }, opts)
@@ -112,7 +95,7 @@ func TestWorkerOnlyBuildRunsRows(t *testing.T) {
 	cfg, conn := setup(t, 50)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var dout, wout syncBuffer
+	var dout, wout syncbuf.Buffer
 	go pampacli.Run(ctx, []string{"pampactl", "--config", cfg, "dispatcher", "run", "--no-log-file"}, strings.NewReader(""),
 		&dout, &dout, func(string) string { return "" }, pampacli.Options{})
 	square := func(_ context.Context, t *worker.Task) (any, error) {

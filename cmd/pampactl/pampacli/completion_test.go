@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/syncbuf"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
@@ -53,7 +55,7 @@ func TestJobsStatusWatch(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 3, 1, 1, "true")
 	ctx, cancel := context.WithCancel(t.Context())
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- pampacli.Run(ctx, []string{"pampactl", "--config", r.cfg, "jobs", "status", "--watch", "--interval", "100ms"},

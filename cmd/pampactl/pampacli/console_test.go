@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/syncbuf"
+
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
 	"github.com/pampa-go/pampa/dispatcher"
 )
@@ -20,7 +22,7 @@ func TestConsoleCommand(t *testing.T) {
 	r := newRig(t, 7, 1, 1, "true")
 	addr := freeAddr(t)
 	ctx, stop := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan int, 1)
 	go func() { done <- runTo(ctx, &out, "--config", r.cfg, "console", "--listen", addr) }()
 	defer func() {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/syncbuf"
+
 	polling "github.com/pampa-go/pampa/internal/poll"
 
 	"github.com/jackc/pgx/v5"
@@ -136,7 +138,7 @@ max_workers = %d
 	})
 
 	dctx, stopDispatcher := context.WithCancel(context.Background())
-	var dlog syncBuffer
+	var dlog syncbuf.Buffer
 	dispatcherDone := make(chan int, 1)
 	go func() { dispatcherDone <- runTo(dctx, &dlog, "--config", cfg, "dispatcher", "run") }()
 	t.Cleanup(func() {

@@ -1,7 +1,6 @@
 package pampacli_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pampa-go/pampa/internal/syncbuf"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
 	"github.com/pampa-go/pampa/internal/nettest"
@@ -43,33 +44,16 @@ func (r result) String() string {
 // pampactl runs the CLI in-process.
 func pampactl(ctx context.Context, t testing.TB, env map[string]string, args ...string) result {
 	t.Helper()
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	code := pampacli.Run(ctx, append([]string{"pampactl"}, args...), strings.NewReader(""), &stdout, &stderr,
 		func(k string) string { return env[k] }, pampacli.Options{})
 	return result{code, stdout.String(), stderr.String()}
 }
 
 // runTo runs the CLI with stdout and stderr both going to out.
-func runTo(ctx context.Context, out *syncBuffer, args ...string) int {
+func runTo(ctx context.Context, out *syncbuf.Buffer, args ...string) int {
 	return pampacli.Run(ctx, append([]string{"pampactl"}, args...), strings.NewReader(""), out, out,
 		func(string) string { return "" }, pampacli.Options{})
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // node is one [[nodes]] entry.

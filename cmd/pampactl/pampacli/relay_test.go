@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/syncbuf"
+
 	polling "github.com/pampa-go/pampa/internal/poll"
 
 	"github.com/jackc/pgx/v5"
@@ -90,7 +92,7 @@ command = ["sh", "-c", %q]
 	}
 
 	dctx, stopDispatcher := context.WithCancel(context.Background())
-	var dlog syncBuffer
+	var dlog syncbuf.Buffer
 	dispatcherDone := make(chan int, 1)
 	go func() { dispatcherDone <- runTo(dctx, &dlog, "--config", cfg, "dispatcher", "run") }()
 	t.Cleanup(func() {
@@ -99,8 +101,8 @@ command = ["sh", "-c", %q]
 			t.Errorf("dispatcher run exited %d:\n%s", code, dlog.String())
 		}
 	})
-	inSite := func(name string, args ...string) (*exec.Cmd, *syncBuffer) {
-		var out syncBuffer
+	inSite := func(name string, args ...string) (*exec.Cmd, *syncbuf.Buffer) {
+		var out syncbuf.Buffer
 		cmd := site.Command(t.Context(), bin, append([]string{"--config", cfg}, args...)...)
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

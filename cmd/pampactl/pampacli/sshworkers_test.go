@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pampa-go/pampa/internal/syncbuf"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
@@ -197,7 +199,7 @@ func testLogsTail(t *testing.T, srv *sshtest.Server) {
 	}
 
 	ctx, cancel := context.WithCancel(t.Context())
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan int)
 	go func() {
 		done <- runTo(ctx, &out, "--config", cfg, "logs", "tail", "-l", "1", "-f")
