@@ -10,8 +10,9 @@ LDFLAGS := -X github.com/pampa-go/pampa/cmd/pampactl/pampacli.version=$(VERSION)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## build bin/pampactl (controller, dispatcher and worker in one binary)
+build: ## build bin/pampactl (controller, dispatcher and worker) and beside it bin/pampa-worker (the worker-only build, which workers run)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/pampactl ./cmd/pampactl
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/pampa-worker ./cmd/pampa-worker # static: it runs on nodes whatever their libc
 
 test: ## run every test with the race detector (needs PostgreSQL, OpenSSH server and chromium; .ci/run installs them)
 	$(GO) vet $(PKGS)
@@ -32,7 +33,7 @@ lint: ## go vet, a gofmt check and shellcheck on the node scripts (deploy/script
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	shellcheck --norc -s sh deploy/scripts/*.sh
 
-dist: ## cross-build pampactl (what nodes deploy pushes) and pampa-worker (the worker-only build, for --binary) for linux/amd64 and linux/arm64 into dist/
+dist: ## cross-build pampactl and pampa-worker (the worker-only build, which nodes deploy pushes) for linux/amd64 and linux/arm64 into dist/
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/pampactl-linux-amd64 ./cmd/pampactl
 	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o dist/pampactl-linux-arm64 ./cmd/pampactl
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o dist/pampa-worker-linux-amd64 ./cmd/pampa-worker

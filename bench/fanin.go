@@ -42,9 +42,9 @@ func (r faninResult) rate() float64 {
 
 // Worker binaries.
 const (
-	binBenchctl    = "benchctl"     // CGO_ENABLED=0, as make dist builds for nodes deploy
-	binBenchctlCgo = "benchctl-cgo" // go build's defaults, as make build
-	binLean        = "leanworker"
+	binBenchctl    = "benchctl"     // pampactl as the worker, CGO_ENABLED=0 as make dist
+	binBenchctlCgo = "benchctl-cgo" // the same with go build's defaults, as make build
+	binLean        = "leanworker"   // the worker-only build: what nodes deploy pushes by default
 )
 
 // worker returns the binary and the arguments that run worker local.i
@@ -96,8 +96,8 @@ func anyExited(cs []*child, logPath string) func() error {
 	}
 }
 
-// runFanin starts a dispatcher process and n worker processes with the
-// no-op Go handler on a table of rows rows locked (lockTasks) until every
+// runFanin starts a dispatcher process and n worker processes of the
+// worker-only build with the no-op Go handler on a table of rows rows locked (lockTasks) until every
 // stream is up; then it lifts the lock and times the rows.
 func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv string) (faninResult, error) {
 	res := faninResult{Workers: n, Total: int64(rows), WorkerEnv: workerEnv}
@@ -122,7 +122,7 @@ func runFanin(ctx context.Context, e *env, b *benchctl, n, rows int, workerEnv s
 	}
 	defer logFile.Close()
 	began := time.Now()
-	workers, err := b.startWorkers(binBenchctl, cc, 1, n, childEnv(strings.Fields(workerEnv)...), logFile)
+	workers, err := b.startWorkers(binLean, cc, 1, n, childEnv(strings.Fields(workerEnv)...), logFile)
 	if err != nil {
 		return res, err
 	}

@@ -112,11 +112,11 @@ func envName(env string) string {
 func binaryName(bin string) string {
 	switch bin {
 	case binBenchctl:
-		return "benchctl (CGO_ENABLED=0, as make dist)"
+		return "benchctl (pampactl as the worker, CGO_ENABLED=0, as make dist)"
 	case binBenchctlCgo:
-		return "benchctl (cgo, as make build)"
+		return "benchctl (pampactl as the worker, cgo, as make build)"
 	case binLean:
-		return "pampa-worker (the worker-only build, cmd/pampa-worker, CGO_ENABLED=0)"
+		return "leanworker (the worker-only build, what nodes deploy pushes by default, CGO_ENABLED=0)"
 	}
 	return bin
 }
@@ -199,7 +199,7 @@ func (rp *report) markdown() string {
 			f.Workers, f.Rows, f.Total, f.WorkersWithRows, targetFaninCount, verdict(all && f.Workers >= targetFaninCount))
 		fmt.Fprintf(&b, "| Fan-in: PostgreSQL client sessions at peak | %d | ≤ %d | %s |\n", f.PeakSessions, targetSessions,
 			verdict(f.PeakSessions <= targetSessions))
-		fmt.Fprintf(&b, "| Fan-in: idle worker VmRSS (%s, mean of %d) | %.1f MiB | < %d MiB | %s |\n", envName(f.WorkerEnv),
+		fmt.Fprintf(&b, "| Fan-in: idle worker VmRSS (the worker-only build, %s, mean of %d) | %.1f MiB | < %d MiB | %s |\n", envName(f.WorkerEnv),
 			f.Connected, mib(f.IdleBefore.RSS), targetIdleRSSKB/1024, verdict(f.IdleBefore.RSS < targetIdleRSSKB))
 	}
 	for _, l := range rp.Load {
@@ -209,9 +209,11 @@ func (rp *report) markdown() string {
 		}
 	}
 	if i := rp.Idle; i != nil {
-		// Both are shipped: pampactl, which nodes deploy pushes by
-		// default, and the worker-only build, which --binary pushes.
-		for _, bin := range []string{binBenchctl, binLean} {
+		// Both are shipped: the worker-only build, which nodes deploy
+		// pushes by default, and pampactl, which a pampactl built with Go
+		// handlers of its own pushes (README: build the worker from
+		// workercli instead); the target is the default's.
+		for _, bin := range []string{binLean, binBenchctl} {
 			var best *idleVariant
 			for k, v := range i.Variants {
 				if v.Binary == bin && (best == nil || v.Mem.RSS < best.Mem.RSS) {
@@ -222,6 +224,9 @@ func (rp *report) markdown() string {
 				continue
 			}
 			v := verdict(best.Mem.RSS < targetIdleRSSKB)
+			if bin != binLean {
+				v = "reference: not the default worker"
+			}
 			fmt.Fprintf(&b, "| Idle worker VmRSS, %s, best setting (%s, mean of %d) | %.1f MiB | < %d MiB | %s |\n",
 				binaryName(bin), envName(best.Env), i.Workers, mib(best.Mem.RSS), targetIdleRSSKB/1024, v)
 		}
@@ -229,8 +234,8 @@ func (rp *report) markdown() string {
 	b.WriteString("\n")
 
 	if f := rp.Fanin; f != nil {
-		fmt.Fprintf(&b, "Fan-in: one `benchctl dispatcher run` process and %d `benchctl worker run --id local.N` processes "+
-			"(bench/benchctl: pampactl with the no-op Go handler, built as make dist builds, CGO_ENABLED=0; worker env %s), queue_size %d, %d rows:\n\n",
+		fmt.Fprintf(&b, "Fan-in: one `benchctl dispatcher run` process and %d `leanworker worker run --id local.N` processes "+
+			"(bench/leanworker: the worker-only build, workercli with the no-op Go handler, CGO_ENABLED=0, what nodes deploy pushes by default; worker env %s), queue_size %d, %d rows:\n\n",
 			f.Workers, envName(f.WorkerEnv), 5, f.Total)
 		b.WriteString("| Fan-in figure | Value |\n|---|---:|\n")
 		rate := fmt.Sprintf("%.0f", f.rate())
@@ -378,15 +383,16 @@ Method:
   runs it (time.Now() on the worker; both are the host's realtime clock).
   The start mark the dispatcher writes (now() of the transaction that
   records the worker's start) is printed beside it.
-- **Idle worker processes**: ` + "`" + `benchctl worker run` + "`" + ` processes (bench/benchctl:
-  pampacli.Main with the no-op handler, built like ` + "`" + `make dist` + "`" + `,
-  CGO_ENABLED=0) connected to a ` + "`" + `benchctl dispatcher run` + "`" + ` process with no
-  row to give: mean VmRSS, its anonymous and file-backed parts, PSS, and
-  CPU over 5 s, under Go runtime settings (GOGC, GOMEMLIMIT, GOMAXPROCS),
-  for a cgo build, and for bench/leanworker: the worker-only build
-  (cmd/pampa-worker's workercli, what nodes deploy --binary pushes) with
-  the no-op handler, which shows what pampactl's other commands cost.
-- **Fan-in**: 1,000 ` + "`" + `benchctl worker run --id local.N` + "`" + ` processes and one
+- **Idle worker processes**: worker processes connected to a
+  ` + "`" + `benchctl dispatcher run` + "`" + ` process with no row to give: mean VmRSS, its
+  anonymous and file-backed parts, PSS, and CPU over 5 s. Of
+  bench/leanworker, the worker-only build (cmd/pampa-worker's workercli
+  with the no-op handler, CGO_ENABLED=0), what nodes deploy pushes by
+  default; and of bench/benchctl (pampacli.Main with the no-op handler),
+  pampactl as the worker, which a pampactl with Go handlers of its own
+  pushes, under Go runtime settings (GOGC, GOMEMLIMIT, GOMAXPROCS) and as
+  a cgo build: it shows what pampactl's other commands cost.
+- **Fan-in**: 1,000 ` + "`" + `leanworker worker run --id local.N` + "`" + ` processes and one
   ` + "`" + `benchctl dispatcher run` + "`" + ` process (config: [[nodes]] local with
   max_workers 1000, [dispatcher] listen on a free loopback port, the secret
   file written beforehand, mode 0600), the table locked until every stream
@@ -409,7 +415,7 @@ Method:
 - **Fleet**: the Go benchmarks in cmd/pampactl/pampacli/fleet_bench_test.go,
   run by the harness with ` + "`" + `go test -bench Fleet` + "`" + ` against 8 real OpenSSH sshd
   on loopback (` + "`" + `-fleet-runs` + "`" + `, default 3, the mean counts): ` + "`" + `nodes deploy` + "`" + ` of
-  the pampactl build, cold (empty work dirs) and unchanged, against 8 ` + "`" + `scp` + "`" + `
+  the worker-only build (what it pushes by default), cold (empty work dirs) and unchanged, against 8 ` + "`" + `scp` + "`" + `
   of the same file at once; ` + "`" + `workers start` + "`" + ` of 8 nodes × 4 workers;
   ` + "`" + `nodes check` + "`" + ` against GNU parallel running ` + "`" + `uname` + "`" + ` over ` + "`" + `ssh` + "`" + ` on each node (not
   measured, and said so, without the parallel package). ` + "`" + `PAMPA_BENCH_USER` + "`" + `

@@ -9,9 +9,11 @@ import (
 	"strings"
 )
 
-// Where the binary and config live on a node, under its work dir.
+// Where the binary and config live on a node, under its work dir. The
+// binary is whichever build runs the workers: the worker-only build by
+// default, pampactl or a build of your own with Go handlers.
 const (
-	BinaryFile = "bin/pampactl"
+	BinaryFile = "bin/pampa-worker"
 	ConfigFile = "cluster.toml"
 )
 

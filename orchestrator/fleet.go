@@ -29,7 +29,7 @@ type Conn interface {
 // connection per node, and reports per-node results.
 type Fleet struct {
 	Config   *Config
-	Binary   string // this executable: what local workers run
+	Binary   string // what local workers run (pampa-worker beside pampactl, or pampactl)
 	Parallel int    // nodes handled at once; default 16
 	// SSH says how to reach an SSH node (see Node.SSHConfig); nil for a
 	// command that reaches local nodes only.
@@ -140,7 +140,7 @@ func (f *Fleet) Layout(n Node) (deploy.Node, error) {
 			return deploy.Node{}, err
 		}
 		// A local worker is stale only when the config changed: its binary
-		// is whichever pampactl ran `workers start`, and the one running
+		// is whichever build `workers start` picked, and the one running
 		// this command may be another (go run builds a new one each time),
 		// so comparing it would call workers stale for nothing.
 		return deploy.Node{WorkDir: n.WorkDir, Command: workerArgv(f.Binary, cfgPath), Files: []string{cfgPath}}, nil
@@ -151,8 +151,8 @@ func (f *Fleet) Layout(n Node) (deploy.Node, error) {
 
 // Where deploy puts the binary and config on SSH nodes, under the work dir.
 const (
-	RemoteBinary = "bin/pampactl"
-	RemoteConfig = "cluster.toml"
+	RemoteBinary = deploy.BinaryFile
+	RemoteConfig = deploy.ConfigFile
 )
 
 // workerArgv is the worker command line; deploy appends "--id ID", so ps

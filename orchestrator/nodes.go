@@ -26,15 +26,15 @@ func nodeLimits(ctx context.Context, n Node, c Conn, deployed bool) ([]worker.Li
 		return worker.PlanLimits(n.Limits, n.WorkDir), nil
 	}
 	if !deployed {
-		return nil, errors.New("not known until pampactl is deployed (pampactl nodes deploy)")
+		return nil, errors.New("not known until the worker binary is deployed (pampactl nodes deploy)")
 	}
 	out, err := c.Run(ctx, []string{"sh", "-c", `cd "$1" && ./` + RemoteBinary + ` --config ` + RemoteConfig + ` worker limits --json`, "sh", n.WorkDir}, nil)
 	if err != nil {
-		return nil, fmt.Errorf("ask the node's pampactl: %w", err)
+		return nil, fmt.Errorf("ask the node's worker binary: %w", err)
 	}
 	var plan []worker.LimitPlan
 	if err := json.Unmarshal(out, &plan); err != nil {
-		return nil, fmt.Errorf("the node's pampactl answered %q: %w", out, err)
+		return nil, fmt.Errorf("the node's worker binary answered %q: %w", out, err)
 	}
 	return plan, nil
 }

@@ -8,7 +8,9 @@
 //	}
 //
 // That one binary is then the controller, the dispatcher and the worker
-// that `pampactl nodes deploy` pushes to nodes.
+// that `pampactl nodes deploy` pushes to nodes: the worker-only build
+// (pampa-worker) would not have the handlers. For lighter workers, build
+// one from workercli with the same handlers and push it with --binary.
 package pampacli
 
 import (

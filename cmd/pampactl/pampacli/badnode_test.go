@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pampa-go/pampa/deploy"
 	"github.com/pampa-go/pampa/internal/sshtest"
 )
 
@@ -64,7 +65,7 @@ func TestDeployToFullAndReadOnlyNodes(t *testing.T) {
 			t.Errorf("%s was changed: %v %v", dir, entries, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(okNode.workDir, "bin", "pampactl")); err != nil {
+	if _, err := os.Stat(filepath.Join(okNode.workDir, deploy.BinaryFile)); err != nil {
 		t.Errorf("the healthy node was not deployed: %v", err)
 	}
 }

@@ -44,7 +44,7 @@ type benchFleet struct {
 	servers  []*sshtest.Server
 	nodes    []node
 	cfg      string // cluster.toml
-	bin      string // the pampactl build deployed
+	bin      string // the build deployed: the worker-only one, as nodes deploy pushes by default
 	uid, gid int    // of the SSH user, when it is not the current one; else -1
 }
 
@@ -84,7 +84,7 @@ func openTo(b *testing.B, path string) {
 // with maxWorkers workers per node.
 func newBenchFleet(b *testing.B, dbURL string, maxWorkers int) *benchFleet {
 	b.Helper()
-	f := &benchFleet{bin: pampactlBinary(b), uid: -1, gid: -1}
+	f := &benchFleet{bin: workerOnlyBinary(b), uid: -1, gid: -1}
 	var sshUser *user.User
 	if name := os.Getenv(envBenchUser); name != "" {
 		var err error
@@ -140,7 +140,7 @@ func timeIt(f func()) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// BenchmarkFleetDeploy pushes the pampactl build (~20 MB) to 8 nodes: cold
+// BenchmarkFleetDeploy pushes the worker-only build (~12 MB) to 8 nodes: cold
 // (nothing on the nodes), unchanged (everything already there), and, as the
 // reference, scp of the same file to the 8 nodes, 8 scp processes at once.
 func BenchmarkFleetDeploy(b *testing.B) {
@@ -194,7 +194,8 @@ func BenchmarkFleetDeploy(b *testing.B) {
 }
 
 // BenchmarkFleetWorkersStart starts 4 workers on each of 8 nodes (real
-// pampactl processes connected to PostgreSQL), then stops them, untimed.
+// worker processes, dialling a dispatcher that is not there), then stops
+// them, untimed.
 func BenchmarkFleetWorkersStart(b *testing.B) {
 	const perNode = 4
 	f := newBenchFleet(b, pgtest.Schema(b), perNode)

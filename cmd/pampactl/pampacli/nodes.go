@@ -40,7 +40,7 @@ func withSSHFlags(flags ...cli.Flag) []cli.Flag {
 func jsonFlag() cli.Flag { return &cli.BoolFlag{Name: "json", Usage: "print JSON"} }
 
 func binaryFlag() cli.Flag {
-	return &cli.StringFlag{Name: "binary", Usage: "push this pampactl build instead of the one for the node's platform (checked against it)"}
+	return &cli.StringFlag{Name: "binary", Usage: "push this build (pampa-worker, pampactl or one of your own) instead of the one picked for the node's platform (checked against it)"}
 }
 
 func newNodeFlag() cli.Flag {
@@ -110,33 +110,64 @@ func (e *env) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// binaryFunc picks the pampactl build pushed to a node of a platform: this
-// executable for the control host's own platform, else
-// pampactl-GOOS-GOARCH from `make dist`, next to this executable, in its
-// dist directory, or in ./dist. --binary overrides it.
+// workerOnlyBuild is the name of cmd/pampa-worker's binary, which make
+// build puts beside pampactl and make dist beside pampactl-GOOS-GOARCH.
+const workerOnlyBuild = "pampa-worker"
+
+// binaryFunc picks the build pushed to a node of a platform, the one its
+// workers run. The worker-only build comes first: its idle worker holds
+// half the memory of pampactl's (BENCHMARKS.md). For the control host's
+// platform that is pampa-worker beside this executable, else this
+// executable; for another, pampa-worker-GOOS-GOARCH, else
+// pampactl-GOOS-GOARCH, next to this executable, in its dist directory, or
+// in ./dist. A pampactl built with Go handlers of its own pushes itself:
+// the worker-only build would not have them. --binary overrides it all.
 func (e *env) binaryFunc(c *cli.Context) orchestrator.BinaryFunc {
 	if p := c.String("binary"); p != "" {
 		return func(string, string) (string, error) { return p, nil }
 	}
 	return func(goos, goarch string) (string, error) {
+		if goos == runtime.GOOS && goarch == runtime.GOARCH {
+			return e.workerBinary()
+		}
 		self, err := os.Executable()
 		if err != nil {
 			return "", fmt.Errorf("find this executable: %w", err)
 		}
-		if goos == runtime.GOOS && goarch == runtime.GOARCH {
-			return self, nil
-		}
-		name := "pampactl-" + goos + "-" + goarch
 		dirs := []string{filepath.Dir(self), filepath.Join(filepath.Dir(self), "dist"), "dist"}
-		for _, d := range dirs {
-			p := filepath.Join(d, name)
-			if _, err := os.Stat(p); err == nil {
-				return p, nil
+		names := []string{"pampactl-" + goos + "-" + goarch}
+		if len(e.opts.Handlers) == 0 {
+			names = append([]string{workerOnlyBuild + "-" + goos + "-" + goarch}, names...)
+		}
+		for _, name := range names {
+			for _, d := range dirs {
+				if p := filepath.Join(d, name); isFile(p) {
+					return p, nil
+				}
 			}
 		}
-		return "", fmt.Errorf("no pampactl build for %s/%s: looked for %s in %s; run `make dist` (or GOOS=%s GOARCH=%s go build -o dist/%s ./cmd/pampactl)",
-			goos, goarch, name, strings.Join(dirs, ", "), goos, goarch, name)
+		return "", fmt.Errorf("no build for %s/%s: looked for %s in %s; run `make dist` (or GOOS=%s GOARCH=%s go build -o dist/%s ./cmd/pampactl)",
+			goos, goarch, strings.Join(names, " and "), strings.Join(dirs, ", "), goos, goarch, names[len(names)-1])
 	}
+}
+
+// workerBinary is the build this machine's workers run: pampa-worker
+// beside this executable when there is one and this pampactl has no Go
+// handlers of its own, else this executable.
+func (e *env) workerBinary() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find this executable: %w", err)
+	}
+	if p := filepath.Join(filepath.Dir(self), workerOnlyBuild); len(e.opts.Handlers) == 0 && isFile(p) {
+		return p, nil
+	}
+	return self, nil
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // nodeConfigs returns what deploy pushes to each node: its own config,
@@ -304,7 +335,7 @@ func (e *env) printDeploy(res []orchestrator.NodeDeploy) {
 	for _, r := range res {
 		var did []string
 		if r.BinaryUploaded {
-			did = append(did, "binary uploaded")
+			did = append(did, "binary uploaded ("+filepath.Base(r.Binary)+")")
 		}
 		if r.ConfigUploaded {
 			did = append(did, "config uploaded")

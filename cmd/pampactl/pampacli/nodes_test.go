@@ -17,6 +17,7 @@ import (
 	"github.com/pampa-go/pampa/internal/syncbuf"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
+	"github.com/pampa-go/pampa/deploy"
 	"github.com/pampa-go/pampa/internal/nettest"
 	"github.com/pampa-go/pampa/internal/sshtest"
 )
@@ -227,10 +228,10 @@ func TestCheckDeploy(t *testing.T) {
 			}
 
 			r = pampactl(t.Context(), t, nil, "--config", cfg, "nodes", "deploy", "--binary", bin)
-			if r.code != 0 || !strings.Contains(r.stdout, "binary uploaded, config uploaded") {
+			if r.code != 0 || !strings.Contains(r.stdout, "binary uploaded (pampactl), config uploaded") {
 				t.Fatalf("first deploy:\n%s", r)
 			}
-			remoteBin := filepath.Join(n.workDir, "bin", "pampactl")
+			remoteBin := filepath.Join(n.workDir, deploy.BinaryFile)
 			before, err := os.Stat(remoteBin)
 			if err != nil {
 				t.Fatal(err)
@@ -415,7 +416,7 @@ func TestCheckReportsResourceLimits(t *testing.T) {
 	n.extra = "max_ram = 256\nmax_cpu = 50\nmax_net_io = 10\n"
 	cfg := writeConfig(t, "postgres://x@127.0.0.1/db", n)
 	r := pampactl(t.Context(), t, nil, "--config", cfg, "nodes", "check", "--binary", bin)
-	if r.code != 0 || !strings.Contains(r.stderr, "resource limits: not known until pampactl is deployed") {
+	if r.code != 0 || !strings.Contains(r.stderr, "resource limits: not known until the worker binary is deployed") {
 		t.Fatalf("check before deploy:\n%s", r)
 	}
 	if r := pampactl(t.Context(), t, nil, "--config", cfg, "nodes", "deploy", "--binary", bin); r.code != 0 {

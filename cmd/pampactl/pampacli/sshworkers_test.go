@@ -1,9 +1,11 @@
 package pampacli_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pampa-go/pampa/cmd/pampactl/pampacli"
+	"github.com/pampa-go/pampa/deploy"
 	"github.com/pampa-go/pampa/dispatcher"
 	"github.com/pampa-go/pampa/internal/pgtest"
 	polling "github.com/pampa-go/pampa/internal/poll"
@@ -59,19 +62,79 @@ func pidOf(t *testing.T, workDir, id string) int {
 	return pid
 }
 
-// TestWorkersOverSSH deploys real pampactl workers to an SSH node, starts
-// them, sees them register and run, and stops them with TERM; and the same
-// with the worker-only build pushed by --binary.
+// TestWorkersOverSSH deploys real workers to an SSH node, starts them,
+// sees them register and run, and stops them with TERM: with the build
+// deploy picks by default (make build's bin/: the worker-only build beside
+// pampactl), and with each build pushed by --binary.
 func TestWorkersOverSSH(t *testing.T) {
 	t.Parallel()
+	ctl, lean := pampactlBinary(t), workerOnlyBinary(t)
+	paired := pairedBuild(t)
+	inProcess := func(bin string) deployer {
+		return func(t *testing.T, cfg string, args ...string) result {
+			return pampactl(t.Context(), t, nil, append([]string{"--config", cfg}, append(args, "--binary", bin)...)...)
+		}
+	}
 	for _, s := range servers {
-		for build, bin := range map[string]string{"pampactl": pampactlBinary(t), "pampa-worker": workerOnlyBinary(t)} {
-			t.Run(s.name+"/"+build, func(t *testing.T) { testWorkersOverSSH(t, s.start, bin) })
+		for _, v := range []struct {
+			build  string
+			deploy deployer
+			pushed string
+		}{
+			{"default", runBinary(paired), lean},
+			{"pampactl", inProcess(ctl), ctl},
+			{"pampa-worker", inProcess(lean), lean},
+		} {
+			t.Run(s.name+"/"+v.build, func(t *testing.T) { testWorkersOverSSH(t, s.start, v.deploy, v.pushed) })
 		}
 	}
 }
 
-func testWorkersOverSSH(t *testing.T, startServer func(testing.TB) *sshtest.Server, bin string) {
+// deployer runs a nodes command (deploy, check) as one variant does.
+type deployer func(t *testing.T, cfg string, args ...string) result
+
+// runBinary runs a built pampactl as the user would, with no --binary.
+func runBinary(bin string) deployer {
+	return func(t *testing.T, cfg string, args ...string) result {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), bin, append([]string{"--config", cfg}, args...)...)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := cmd.ProcessState.ExitCode()
+		if err != nil && code <= 0 {
+			t.Fatalf("run %s: %v", bin, err)
+		}
+		return result{code, stdout.String(), stderr.String()}
+	}
+}
+
+// pairedBuild is make build's bin/: pampactl with pampa-worker beside it.
+func pairedBuild(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, src := range map[string]string{"pampactl": pampactlBinary(t), "pampa-worker": workerOnlyBinary(t)} {
+		if err := os.Link(src, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, "pampactl")
+}
+
+func sameFile(t *testing.T, got, want string) bool {
+	t.Helper()
+	a, err := os.ReadFile(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(a, b)
+}
+
+func testWorkersOverSSH(t *testing.T, startServer func(testing.TB) *sshtest.Server, nodes deployer, pushed string) {
 	t.Parallel()
 	srv := startServer(t)
 	url := pgtest.Schema(t)
@@ -87,10 +150,16 @@ func testWorkersOverSSH(t *testing.T, startServer func(testing.TB) *sshtest.Serv
 		return r
 	}
 	must("db", "setup")
-	must("nodes", "deploy", "--binary", bin)
+	if r := nodes(t, cfg, "nodes", "deploy"); r.code != 0 || !strings.Contains(r.stdout, "binary uploaded ("+filepath.Base(pushed)+")") {
+		t.Fatalf("nodes deploy (exit %d) does not say it pushed %s:\n%s", r.code, filepath.Base(pushed), r)
+	}
+	// The node is this machine: its work dir is ours to read.
+	if !sameFile(t, filepath.Join(n.workDir, deploy.BinaryFile), pushed) {
+		t.Fatalf("the node's %s is not %s", deploy.BinaryFile, pushed)
+	}
 	// The node's binary answers nodes check's questions (worker limits).
-	if r := must("nodes", "check", "--binary", bin); !strings.Contains(r.stdout, "current") {
-		t.Errorf("nodes check does not find the deployed binary current:\n%s", r)
+	if r := nodes(t, cfg, "nodes", "check"); r.code != 0 || !strings.Contains(r.stdout, "current") {
+		t.Errorf("nodes check (exit %d) does not find the deployed binary current:\n%s", r.code, r)
 	}
 	t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
 	// The node is this machine, so its workers dial the listener directly.
@@ -239,5 +308,39 @@ func testLogsTail(t *testing.T, srv *sshtest.Server) {
 	}
 	if len(perWorker) != 2 {
 		t.Errorf("logs tail -f printed lines of other workers or unprefixed lines:\n%s", out.String())
+	}
+}
+
+// TestLocalWorkersRunTheWorkerOnlyBuild: workers start --node local runs
+// pampa-worker where it sits beside pampactl (make build), else pampactl
+// itself.
+func TestLocalWorkersRunTheWorkerOnlyBuild(t *testing.T) {
+	t.Parallel()
+	cfg, _, dir := localNumbers(t, 200)
+	paired := pairedBuild(t)
+	for _, v := range []struct{ ctl, worker string }{
+		{pampactlBinary(t), pampactlBinary(t)},
+		{paired, filepath.Join(filepath.Dir(paired), "pampa-worker")},
+	} {
+		run := runBinary(v.ctl)
+		if r := run(t, cfg, "workers", "start", "--node", "local"); r.code != 0 || strings.Count(r.stdout, "started") != 2 {
+			t.Fatalf("%s workers start: exit %d\n%s", v.ctl, r.code, r)
+		}
+		t.Cleanup(func() { pampactl(context.Background(), t, nil, "--config", cfg, "workers", "stop") })
+		for _, id := range []string{"local.1", "local.2"} {
+			pid := pidOf(t, dir, id)
+			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != v.worker {
+				t.Errorf("%s started %s running %q (%v), want %s", v.ctl, id, exe, err, v.worker)
+			}
+		}
+		if r := run(t, cfg, "workers", "stop"); r.code != 0 {
+			t.Fatalf("workers stop: exit %d\n%s", r.code, r)
+		}
+		poll(t, "workers exit", func() string {
+			if r := pampactl(t.Context(), t, nil, "--config", cfg, "workers", "status"); strings.Contains(r.stdout, "running") {
+				return r.stdout
+			}
+			return ""
+		})
 	}
 }

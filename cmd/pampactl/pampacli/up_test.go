@@ -774,7 +774,7 @@ func TestDeployRestart(t *testing.T) {
 		}
 		return l
 	}
-	remoteBin := filepath.Join(n.workDir, "bin", "pampactl")
+	remoteBin := filepath.Join(n.workDir, orchestrator.RemoteBinary)
 
 	if d := deploy("--binary", bin); !d.BinaryUploaded || !d.ConfigUploaded || len(d.Restarted) != 0 {
 		t.Fatalf("first deploy: %+v", d)

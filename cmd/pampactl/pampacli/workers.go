@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,9 +21,9 @@ func (e *env) fleet(c *cli.Context) (*orchestrator.Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	bin, err := os.Executable()
+	bin, err := e.workerBinary()
 	if err != nil {
-		return nil, fmt.Errorf("find this executable: %w", err)
+		return nil, err
 	}
 	opts := orchestrator.SSHOptions{AcceptNewHostKeys: flagBool(c, "accept-new-host-keys"), Timeout: flagDuration(c, "ssh-timeout", 10*time.Second)}
 	return &orchestrator.Fleet{Config: cfg, Binary: bin, SSH: func(n orchestrator.Node) (sshx.Config, error) {
