@@ -12,7 +12,8 @@ help: ## list the targets
 
 build: ## build bin/pampactl (controller, dispatcher and worker) and beside it bin/pampa-worker (the worker-only build, which workers run)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/pampactl ./cmd/pampactl
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/pampa-worker ./cmd/pampa-worker # static: it runs on nodes whatever their libc
+	@# static (CGO_ENABLED=0): it runs on nodes whatever their libc
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/pampa-worker ./cmd/pampa-worker
 
 test: ## run every test with the race detector (needs PostgreSQL, OpenSSH server and chromium; .ci/run installs them)
 	$(GO) vet $(PKGS)

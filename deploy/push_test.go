@@ -48,6 +48,17 @@ func TestPush(t *testing.T) {
 		t.Fatalf("a refused push created the work dir: %v", err)
 	}
 
+	// Where an older pampactl kept the binary: the push removes it.
+	legacy := filepath.Join(wd, "bin", "pampactl")
+	if err := os.MkdirAll(filepath.Dir(legacy), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{legacy, legacy + ".sha256"} {
+		if err := os.WriteFile(f, []byte("old"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	bin := make([]byte, 3<<20) // several SSH windows' worth
 	rand.Read(bin)
 	cfg := []byte("[database]\nurl = \"postgres://u:secret@db/x\"\n")
@@ -74,6 +85,11 @@ func TestPush(t *testing.T) {
 		}
 		if fi, _ := os.Stat(path); fi.Mode().Perm() != want.mode {
 			t.Fatalf("%s has mode %v, want %v", rel, fi.Mode().Perm(), want.mode)
+		}
+	}
+	for _, f := range []string{legacy, legacy + ".sha256"} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("the push left the old binary's %s: %v", f, err)
 		}
 	}
 	if _, err := os.Stat("/tmp/pwned"); err == nil {

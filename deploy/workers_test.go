@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,5 +112,21 @@ func testStatusStale(t *testing.T) {
 	st, err := deploy.Status(ctx, node, deploy.Node{WorkDir: filepath.Join(wd, "nowhere"), Files: []string{cfg}}, ids)
 	if err != nil || len(st) != len(ids) || st[0].State != "none" || st[0].Stale {
 		t.Fatalf("status in a missing work dir: %+v, %v", st, err)
+	}
+}
+
+// A node without the binary its workers run (nothing deployed yet, or an
+// older pampactl's layout) gets a start refused with what to do, and no
+// pid file.
+func TestStartWithoutTheBinary(t *testing.T) {
+	t.Parallel()
+	wd := t.TempDir()
+	layout := deploy.Node{WorkDir: wd, Command: []string{"./" + deploy.BinaryFile, "worker", "run"}}
+	_, err := deploy.Start(t.Context(), deploy.Local{}, layout, []string{"n.1"})
+	if err == nil || !strings.Contains(err.Error(), "run pampactl nodes deploy") {
+		t.Fatalf("start without a binary: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(wd, deploy.PidFile("n.1"))); !os.IsNotExist(err) {
+		t.Fatalf("a pid file was written: %v", err)
 	}
 }

@@ -43,11 +43,12 @@ type NodeDeploy struct {
 	Restarted      []deploy.ProcessState `json:"restarted,omitempty"`
 }
 
-// Deploy puts the pampactl build for each SSH node's OS and arch, and the
-// cluster file, in the node's work dir, skipping files the node already
-// has (same SHA-256). Uploads are atomic and verified. A build for the
-// wrong platform is refused. Local nodes run this executable and are
-// skipped, Restart included: `workers restart` restarts their workers.
+// Deploy puts the worker build for each SSH node's OS and arch (what
+// opts.Binary picks), and the node's config, in the node's work dir,
+// skipping files the node already has (same SHA-256). Uploads are atomic
+// and verified. A build for the wrong platform is refused. Local nodes run
+// a build of this host (Fleet.Binary) and are skipped, Restart included:
+// `workers restart` restarts their workers.
 func (f *Fleet) Deploy(ctx context.Context, opts DeployOptions) ([]NodeDeploy, error) {
 	nodes, err := f.Nodes(opts.Names)
 	if err != nil {

@@ -19,8 +19,8 @@ import (
 	"github.com/pampa-go/pampa/worker"
 )
 
-// nodeLimits asks how a node enforces its limits: its own pampactl knows
-// (cgroups, root), run in its work dir; a local node is this host.
+// nodeLimits asks how a node enforces its limits: its own worker binary
+// knows (cgroups, root), run in its work dir; a local node is this host.
 func nodeLimits(ctx context.Context, n Node, c Conn, deployed bool) ([]worker.LimitPlan, error) {
 	if n.Local {
 		return worker.PlanLimits(n.Limits, n.WorkDir), nil
@@ -39,7 +39,7 @@ func nodeLimits(ctx context.Context, n Node, c Conn, deployed bool) ([]worker.Li
 	return plan, nil
 }
 
-// BinaryFunc returns the local path of the pampactl build for a platform
+// BinaryFunc returns the local path of the worker build for a platform
 // (GOOS, GOARCH), or an error saying how to make one.
 type BinaryFunc func(goos, goarch string) (string, error)
 

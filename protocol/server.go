@@ -168,7 +168,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h := *first.Hello
 	if h.Version != Version {
-		s.refuse(w, r, http.StatusBadRequest, fmt.Sprintf("protocol version %d; this dispatcher speaks %d: deploy the same pampactl to the node", h.Version, Version))
+		s.refuse(w, r, http.StatusBadRequest, fmt.Sprintf("protocol version %d; this dispatcher speaks %d: push the worker build of the same release to the node (pampactl nodes deploy)", h.Version, Version))
 		return
 	}
 	if h.ID == "" || h.Instance == "" {

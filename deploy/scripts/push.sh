@@ -12,7 +12,7 @@
 # written and says why on a "failed" line. A push killed outright (its
 # deploy was cancelled) cannot clean up: the next push removes temporary
 # files whose writer, named by the pid in their name, is gone.
-wd=$1
+wd=$1 binary=$2
 probe "$@"
 echo ready
 IFS= read -r line || exit 0
@@ -58,3 +58,6 @@ for r in $got; do
   { mv -f -- "$wd/$r.tmp-$$" "$wd/$r" && mv -f -- "$wd/$r.sha256.tmp-$$" "$wd/$r.sha256"; } || fail "cannot rename $r into place"
   echo "installed $r"
 done
+# The binary lived at bin/pampactl before bin/pampa-worker; a worker that
+# still runs it keeps its open file.
+[ "$binary" = bin/pampactl ] || rm -f -- "$wd/bin/pampactl" "$wd/bin/pampactl.sha256"

@@ -13,6 +13,9 @@ set -e
 cd "$1"; k=$2; shift 2
 ids=""; i=0
 while [ $i -lt "$k" ]; do ids="$ids $1"; shift; i=$((i+1)); done
+# A binary named by its path must be there (a node deployed by an older
+# pampactl has another); a bare name is looked up on PATH by exec.
+case $1 in */*) [ -x "$1" ] || { echo "no worker binary $1 in $(pwd): run pampactl nodes deploy" >&2; exit 1; } ;; esac
 mkdir -p run
 for id in $ids; do
   pidfile=run/$id.pid

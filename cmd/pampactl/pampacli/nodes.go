@@ -110,64 +110,96 @@ func (e *env) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// workerOnlyBuild is the name of cmd/pampa-worker's binary, which make
-// build puts beside pampactl and make dist beside pampactl-GOOS-GOARCH.
-const workerOnlyBuild = "pampa-worker"
-
-// binaryFunc picks the build pushed to a node of a platform, the one its
-// workers run. The worker-only build comes first: its idle worker holds
-// half the memory of pampactl's (BENCHMARKS.md). For the control host's
-// platform that is pampa-worker beside this executable, else this
-// executable; for another, pampa-worker-GOOS-GOARCH, else
-// pampactl-GOOS-GOARCH, next to this executable, in its dist directory, or
-// in ./dist. A pampactl built with Go handlers of its own pushes itself:
-// the worker-only build would not have them. --binary overrides it all.
+// binaryFunc picks the build pushed to a node of a platform (see
+// workerBuild.pick); --binary overrides it.
 func (e *env) binaryFunc(c *cli.Context) orchestrator.BinaryFunc {
 	if p := c.String("binary"); p != "" {
 		return func(string, string) (string, error) { return p, nil }
 	}
 	return func(goos, goarch string) (string, error) {
-		if goos == runtime.GOOS && goarch == runtime.GOARCH {
-			return e.workerBinary()
-		}
-		self, err := os.Executable()
+		b, err := e.workerBuild()
 		if err != nil {
-			return "", fmt.Errorf("find this executable: %w", err)
+			return "", err
 		}
-		dirs := []string{filepath.Dir(self), filepath.Join(filepath.Dir(self), "dist"), "dist"}
-		names := []string{"pampactl-" + goos + "-" + goarch}
-		if len(e.opts.Handlers) == 0 {
-			names = append([]string{workerOnlyBuild + "-" + goos + "-" + goarch}, names...)
-		}
-		for _, name := range names {
-			for _, d := range dirs {
-				if p := filepath.Join(d, name); isFile(p) {
-					return p, nil
-				}
-			}
-		}
-		return "", fmt.Errorf("no build for %s/%s: looked for %s in %s; run `make dist` (or GOOS=%s GOARCH=%s go build -o dist/%s ./cmd/pampactl)",
-			goos, goarch, strings.Join(names, " and "), strings.Join(dirs, ", "), goos, goarch, names[len(names)-1])
+		return b.pick(goos, goarch)
 	}
 }
 
-// workerBinary is the build this machine's workers run: pampa-worker
-// beside this executable when there is one and this pampactl has no Go
-// handlers of its own, else this executable.
+// workerBinary is the build this machine's workers run: what deploy would
+// push to a node of its platform.
 func (e *env) workerBinary() (string, error) {
+	b, err := e.workerBuild()
+	if err != nil {
+		return "", err
+	}
+	return b.pick(runtime.GOOS, runtime.GOARCH)
+}
+
+func (e *env) workerBuild() (workerBuild, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return "", fmt.Errorf("find this executable: %w", err)
+		return workerBuild{}, fmt.Errorf("find this executable: %w", err)
 	}
-	if p := filepath.Join(filepath.Dir(self), workerOnlyBuild); len(e.opts.Handlers) == 0 && isFile(p) {
-		return p, nil
-	}
-	return self, nil
+	return workerBuild{self: self, goos: runtime.GOOS, goarch: runtime.GOARCH, handlers: len(e.opts.Handlers) > 0, runs: isExecutable}, nil
 }
 
-func isFile(p string) bool {
+// workerOnlyBuild is the name of cmd/pampa-worker's binary, which make
+// build puts beside pampactl and make dist beside pampactl-GOOS-GOARCH.
+const workerOnlyBuild = "pampa-worker"
+
+// workerBuild is what the choice of a node's build depends on.
+type workerBuild struct {
+	self         string // this executable
+	goos, goarch string // its platform
+	handlers     bool   // it has Go handlers of its own
+	runs         func(path string) bool
+}
+
+// pick returns the build that nodes of a platform run workers with. The
+// worker-only build comes first: its idle worker holds half the memory of
+// pampactl's (BENCHMARKS.md). That is pampa-worker beside this executable
+// (for its own platform), else pampa-worker-GOOS-GOARCH next to it, in its
+// dist directory or in ./dist; else this executable for its own platform,
+// pampactl-GOOS-GOARCH in those directories for another. A pampactl built
+// with Go handlers of its own is its own worker: the worker-only build
+// would not have them.
+func (b workerBuild) pick(goos, goarch string) (string, error) {
+	native := goos == b.goos && goarch == b.goarch
+	dir := filepath.Dir(b.self)
+	dirs := []string{dir, filepath.Join(dir, "dist"), "dist"}
+	var paths []string
+	if !b.handlers {
+		if native {
+			paths = append(paths, filepath.Join(dir, workerOnlyBuild))
+		}
+		for _, d := range dirs {
+			paths = append(paths, filepath.Join(d, workerOnlyBuild+"-"+goos+"-"+goarch))
+		}
+	}
+	if native {
+		paths = append(paths, b.self)
+	} else {
+		for _, d := range dirs {
+			paths = append(paths, filepath.Join(d, "pampactl-"+goos+"-"+goarch))
+		}
+	}
+	for _, p := range paths {
+		if p == b.self || b.runs(p) {
+			return p, nil
+		}
+	}
+	if b.handlers {
+		return "", fmt.Errorf("no build of this pampactl (it has Go handlers of its own) for %s/%s: looked for %s; build it with CGO_ENABLED=0 GOOS=%s GOARCH=%s into dist/pampactl-%s-%s, or give --binary a worker build of your own (workercli)",
+			goos, goarch, strings.Join(paths, ", "), goos, goarch, goos, goarch)
+	}
+	return "", fmt.Errorf("no worker build for %s/%s: looked for %s; run `make dist`, or CGO_ENABLED=0 GOOS=%s GOARCH=%s go build -o dist/%s-%s-%s ./cmd/pampa-worker",
+		goos, goarch, strings.Join(paths, ", "), goos, goarch, workerOnlyBuild, goos, goarch)
+}
+
+// isExecutable reports a regular file that someone may execute.
+func isExecutable(p string) bool {
 	fi, err := os.Stat(p)
-	return err == nil && fi.Mode().IsRegular()
+	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
 }
 
 // nodeConfigs returns what deploy pushes to each node: its own config,
