@@ -216,8 +216,9 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 		for _, o := range m.Outcomes {
 			// The outcome of an attempt relaunched since leaves the newer
 			// attempt in hand: its start must still be marked.
-			if id := (rowID{o.Job, o.Key}); p.held[id].attempt == o.Attempt {
-				if h := p.held[id]; !h.started && !h.reserved.IsZero() {
+			id := rowID{o.Job, o.Key}
+			if h, ok := p.held[id]; ok && h.attempt == o.Attempt {
+				if !h.started && !h.reserved.IsZero() {
 					// Its start went out with its outcome: the client drops
 					// a start whose outcome shares the write.
 					ran := time.Duration(o.Millis) * time.Millisecond

@@ -23,6 +23,39 @@ type pendingMarks struct {
 	leaving  map[string]bool                // workers that said they are leaving
 	stopped  []string                       // workers that left cleanly
 	seen     map[outcomeID]bool             // outcomes pending, against resends
+	// Emptied slices of starts and outcomes, by job.
+	startRoom, outcomeRoom map[string][]mark
+}
+
+// reset empties m for the next flush, keeping the room of its maps and
+// slices: a quick fleet fills them again at once, and growing them anew
+// each flush was a visible part of the dispatcher loop's CPU.
+func (m *pendingMarks) reset() {
+	keep := func(byJob map[string][]mark, room *map[string][]mark) {
+		if *room == nil {
+			*room = map[string][]mark{}
+		}
+		for job, ms := range byJob {
+			clear(ms) // let go of what the marks point to
+			(*room)[job] = ms[:0]
+		}
+		clear(byJob)
+	}
+	keep(m.starts, &m.startRoom)
+	keep(m.outcomes, &m.outcomeRoom)
+	clear(m.giveBack)
+	clear(m.leaving)
+	clear(m.seen)
+	m.stopped = nil
+}
+
+// add appends to a job's marks, in room an earlier flush left.
+func add(byJob, room map[string][]mark, job string, mk mark) {
+	ms, ok := byJob[job]
+	if !ok {
+		ms = room[job]
+	}
+	byJob[job] = append(ms, mk)
 }
 
 type mark struct {
@@ -53,7 +86,7 @@ func (m *pendingMarks) start(worker string, r protocol.Ref) {
 	if m.starts == nil {
 		m.starts = map[string][]mark{}
 	}
-	m.starts[r.Job] = append(m.starts[r.Job], mark{worker: worker, Outcome: protocol.Outcome{Ref: r}})
+	add(m.starts, m.startRoom, r.Job, mark{worker: worker, Outcome: protocol.Outcome{Ref: r}})
 }
 
 func (m *pendingMarks) outcome(worker, instance string, o protocol.Outcome) {
@@ -64,7 +97,7 @@ func (m *pendingMarks) outcome(worker, instance string, o protocol.Outcome) {
 		return // sent again on a new stream before the first was written
 	}
 	m.seen[outcomeID{instance, o.Seq}] = true
-	m.outcomes[o.Job] = append(m.outcomes[o.Job], mark{worker: worker, instance: instance, Outcome: o})
+	add(m.outcomes, m.outcomeRoom, o.Job, mark{worker: worker, instance: instance, Outcome: o})
 }
 
 func (m *pendingMarks) give(worker string, r protocol.Ref) {
@@ -140,10 +173,10 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 	type sender struct{ worker, instance string }
 	acks := map[sender][]uint64{}
 	for job, ms := range d.marks.outcomes {
-		for _, m := range ms {
+		for i, m := range ms {
 			k := sender{m.worker, m.instance}
 			acks[k] = append(acks[k], m.Seq)
-			if !applied[endedBy(job, m)] {
+			if !applied[job][i] {
 				d.log.Warn("late outcome refused: the row was relaunched or ended meanwhile", "worker", m.worker, "job", job,
 					"key", m.Key, "attempt", m.Attempt, "ok", m.OK)
 			} else {
@@ -167,7 +200,7 @@ func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve 
 			p.sess.Close() // its rows are back: it may go
 		}
 	}
-	d.marks = pendingMarks{}
+	d.marks.reset()
 	if late.error != nil {
 		return fmt.Errorf("reserve rows: %w", late.error)
 	}
@@ -182,7 +215,7 @@ func (e reserveError) Unwrap() error { return e.error }
 // writeMarks runs the flush's transaction and returns the rows it ended.
 // When no result_sql has to run after the end marks, the reservations ride
 // in the same batch, after the commit, and are returned for reserved.
-func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[ended]bool, []*reservation, error) {
+func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[string][]bool, []*reservation, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	// Start marks first: a start heard from a process that a new one under
@@ -256,7 +289,8 @@ on conflict (id) do update set node = excluded.node, hostname = excluded.hostnam
 		b.Queue(`update pampa_workers set state = 'stopped', stopped_at = now(), job = null, assigned_at = null
 where id = any($1)`, d.marks.stopped)
 	}
-	applied := map[ended]bool{}
+	// applied[job][i]: the end mark of d.marks.outcomes[job][i] was written.
+	applied := make(map[string][]bool, len(d.marks.outcomes))
 	results := false // some result_sql must run once the end marks are known
 	// Jobs whose end marks are counted in the second round, with their
 	// result_sql: a row that fails it counts as failed.
@@ -283,19 +317,26 @@ where id = any($1)`, d.marks.stopped)
 		if countLater[job] {
 			stmt = q.End // counted below: result_sql may fail a row
 		}
-		b.Queue(stmt, keys, workers, attempts, oks, errs, millis, finals).Query(func(rows pgx.Rows) error {
+		// The statement returns the index of each outcome it applied.
+		index, done := make([]int32, n), make([]bool, n)
+		for i := range index {
+			index[i] = int32(i)
+		}
+		applied[job] = done
+		b.Queue(stmt, keys, workers, attempts, oks, errs, millis, finals, index).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
-				var e ended
-				var ok bool
-				dst := []any{&e.key, &e.worker, &e.attempt}
+				var i int32
+				dst := []any{&i}
 				if stmt == q.End {
-					dst = append(dst, &ok)
+					dst = append(dst, nil, nil) // w and ok, for EndCounted
 				}
 				if err := rows.Scan(dst...); err != nil {
 					return err
 				}
-				e.job = job
-				applied[e] = true
+				if i < 0 || int(i) >= n {
+					return fmt.Errorf("job %q: end marks: applied outcome %d of %d", job, i, n)
+				}
+				done[i] = true
 			}
 			return rows.Err()
 		})
@@ -342,8 +383,8 @@ where id = any($1)`, d.marks.stopped)
 		if !countLater[job] {
 			continue // EndCounted counted them
 		}
-		for _, m := range ms {
-			if !applied[endedBy(job, m)] {
+		for i, m := range ms {
+			if !applied[job][i] {
 				continue
 			}
 			ok := m.OK
@@ -422,9 +463,3 @@ func (q *Queries) resultParams(m mark) []any {
 
 // ended names the attempt an end mark applied to: a late outcome for the
 // same row, from another worker or an older attempt, is not it.
-type ended struct {
-	job, key, worker string
-	attempt          int32
-}
-
-func endedBy(job string, m mark) ended { return ended{job, m.Key, m.worker, int32(m.Attempt)} }

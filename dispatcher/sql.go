@@ -71,9 +71,11 @@ type Queries struct {
 	Start string
 	// End: $1 keys, $2 workers, $3 attempts, $4 success, $5 error
 	// descriptions, $6 step milliseconds, $7 final (a failure not to be
-	// tried again; a row cancelled meanwhile is final anyway). Fenced: a row ends only while it
-	// is still held by that worker, at that attempt, and not ended; returns
-	// (key text, worker) of the rows it ended.
+	// tried again; a row cancelled meanwhile is final anyway), $8 the
+	// outcomes' indexes. Fenced: a row ends only while it is still held by
+	// that worker, at that attempt, and not ended; returns (index, worker,
+	// success) of the outcomes it applied, EndCounted the index alone:
+	// numbers are cheaper to send and to look up than keys.
 	End, EndCounted string
 	// RelaunchFailed: $1 max tries, or how many for a relaunching
 	// snippet; with a retry delay, $2 its seconds and $3 the cap's.
@@ -205,17 +207,17 @@ where t.{PK} = o.k and t.{ID} = o.w and t.{ST} is null and coalesce(t.{TS}, 0) =
   {ST} = coalesce(t.{ST}, now() - o.ms * interval '1 millisecond'), {TS} = o.a,
   {EN} = now(), {OK} = o.ok, {ER} = case when t.{FIN} and not o.ok then 'cancelled' else o.e end,
   {FIN} = case when o.fin or t.{FIN} then true end
-from unnest($1::text[]::{PKT}[], $2::text[], $3::int[], $4::bool[], $5::text[], $6::float8[], $7::bool[]) as o(k, w, a, ok, e, ms, fin)
+from unnest($1::text[]::{PKT}[], $2::text[], $3::int[], $4::bool[], $5::text[], $6::float8[], $7::bool[], $8::int[]) as o(k, w, a, ok, e, ms, fin, i)
 where t.{PK} = o.k and t.{ID} = o.w and t.{EN} is null
   and ((t.{ST} is not null and coalesce(t.{TS}, 0) = o.a) or (t.{ST} is null and coalesce(t.{TS}, 0) = o.a - 1))
-returning t.{PK}::text as k, o.w as w, o.a as a, o.ok as ok`)
+returning o.i as i, o.w as w, o.ok as ok`)
 	// EndCounted is End that also adds its rows to the workers' counters
 	// in pampa_workers, in the same statement.
 	q.EndCounted = `with e as (` + q.End + `),
 c as (update pampa_workers as pw set rows_done = pw.rows_done + x.d, rows_failed = pw.rows_failed + x.f
   from (select w, sum(case when ok then 1 else 0 end) as d, sum(case when ok then 0 else 1 end) as f from e group by w) as x
   where pw.id = x.w returning 1)
-select k, w, a from e`
+select i from e`
 
 	if s := j.Snippets.RelaunchingSQL; s != "" {
 		// A relaunch after a success starts a new series of attempts.
