@@ -120,7 +120,7 @@ func NewQueries(j Job, keyType string) *Queries {
 	// rebuilt the object each time, and cost half the work of this
 	// expression (0.9 µs a row of the reservation).
 	var keys []string
-	for _, c := range []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription} {
+	for _, c := range []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription, f.Final} {
 		keys = append(keys, "'"+c+"'") // validated identifiers: no quote can occur
 	}
 	r := strings.NewReplacer(
