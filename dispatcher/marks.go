@@ -212,7 +212,8 @@ type reserveError struct{ error }
 
 func (e reserveError) Unwrap() error { return e.error }
 
-// writeMarks runs the flush's transaction and returns the rows it ended.
+// writeMarks runs the flush's transaction and returns, per job, which of
+// d.marks' outcomes it applied.
 // When no result_sql has to run after the end marks, the reservations ride
 // in the same batch, after the commit, and are returned for reserved.
 func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[string][]bool, []*reservation, error) {
