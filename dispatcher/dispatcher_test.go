@@ -10,6 +10,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -674,7 +675,15 @@ func TestConcurrentReservationNeverDoubleAssigns(t *testing.T) {
 						if err != nil {
 							return err
 						}
-						keys, texts = append(keys, vals[0].(int64)), append(texts, vals[1].(string))
+						if i%3 == 2 { // take: (key, key text)
+							keys, texts = append(keys, vals[0].(int64)), append(texts, vals[1].(string))
+							continue
+						}
+						k, err := strconv.ParseInt(vals[0].(string), 10, 64) // reserve: key text first
+						if err != nil {
+							return err
+						}
+						keys = append(keys, k)
 					}
 					if err := rows.Err(); err != nil {
 						return err

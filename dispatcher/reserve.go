@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -53,7 +54,7 @@ type reservation struct {
 	ps     []*peer
 	asked  []int
 	got    [][]protocol.Row
-	last   any
+	last   any // the highest integer key reserved, an int64; nil for none
 	resume bool
 }
 
@@ -148,11 +149,9 @@ func noRow(err error) error {
 func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, room []int, after any, resume bool) *reservation {
 	j := q.job
 	r := &reservation{q: q, ps: ps, asked: make([]int, len(ps)), got: make([][]protocol.Row, len(ps)), resume: resume}
-	index := make(map[string]int, len(ps))
 	ids, counts := make([]string, len(ps)), make([]int32, len(ps))
 	for i, p := range ps {
 		r.asked[i] = room[i]
-		index[p.id] = i
 		ids[i], counts[i] = p.id, int32(r.asked[i])
 	}
 	if j.Limits.Any() && d.cfg.Flavor != CockroachDB {
@@ -161,36 +160,40 @@ func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, room
 		// lasts the batch's implicit transaction.
 		b.Queue(`select pg_advisory_xact_lock(hashtext('pampa reserve'), hashtext($1))`, q.limitLock)
 	}
-	read := func(rows pgx.Rows) error {
-		for rows.Next() {
-			var row protocol.Row
-			var key any
-			var data []byte
-			var worker string
-			if err := rows.Scan(&key, &row.Key, &row.Attempt, &data, &worker); err != nil {
-				return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
+	// read takes the rows of a statement that reserved for ps[base:].
+	read := func(base int) func(pgx.Rows) error {
+		return func(rows pgx.Rows) error {
+			for rows.Next() {
+				var row protocol.Row
+				var data []byte
+				var w int32
+				if err := rows.Scan(&row.Key, &row.Attempt, &data, &w); err != nil {
+					return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
+				}
+				i := base + int(w) - 1
+				if i < base || i >= len(ps) {
+					return fmt.Errorf("job %q: reserve rows: a row went to worker %d of %d", j.Name, w, len(ps)-base)
+				}
+				row.Job, row.Data = j.Name, json.RawMessage(data)
+				r.got[i] = append(r.got[i], row)
+				if q.intKey && q.ReserveManyAfter != "" {
+					if k, err := strconv.ParseInt(row.Key, 10, 64); err == nil && (r.last == nil || k > r.last.(int64)) {
+						r.last = k
+					}
+				}
 			}
-			i, ok := index[worker]
-			if !ok {
-				continue // cannot happen: the statement only names ps
-			}
-			row.Job, row.Data = j.Name, json.RawMessage(data)
-			r.got[i] = append(r.got[i], row)
-			if q.ReserveManyAfter != "" && isInt(key) && (r.last == nil || greater(key, r.last)) {
-				r.last = key
-			}
+			return rows.Err()
 		}
-		return rows.Err()
 	}
 	switch {
 	case q.ReserveMany == "": // a selecting_sql snippet: its own choice per worker
 		for i, p := range ps {
-			b.Queue(q.Reserve, r.asked[i], p.id, j.MaxTryTimes).Query(read)
+			b.Queue(q.Reserve, r.asked[i], p.id, j.MaxTryTimes).Query(read(i))
 		}
 	case resume:
-		b.Queue(q.ReserveManyAfter, ids, counts, j.MaxTryTimes, after).Query(read)
+		b.Queue(q.ReserveManyAfter, ids, counts, j.MaxTryTimes, after).Query(read(0))
 	default:
-		b.Queue(q.ReserveMany, ids, counts, j.MaxTryTimes).Query(read)
+		b.Queue(q.ReserveMany, ids, counts, j.MaxTryTimes).Query(read(0))
 	}
 	return r
 }
@@ -244,30 +247,4 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 		}
 	}
 	return nil
-}
-
-// greater compares two integer keys as pgx decodes them. Other keys keep
-// the cursor at the first one seen, which is only slower: Go's string order
-// is not the column's collation.
-func greater(a, b any) bool {
-	switch x := a.(type) {
-	case int64:
-		y, ok := b.(int64)
-		return ok && x > y
-	case int32:
-		y, ok := b.(int32)
-		return ok && x > y
-	case int16:
-		y, ok := b.(int16)
-		return ok && x > y
-	}
-	return false
-}
-
-func isInt(k any) bool {
-	switch k.(type) {
-	case int64, int32, int16:
-		return true
-	}
-	return false
 }

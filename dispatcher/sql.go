@@ -40,16 +40,18 @@ type DB interface {
 type Queries struct {
 	job        Job
 	keyType    string // SQL type of the primary key, for casts from text
+	intKey     bool   // the key is an integer: reservations resume after the highest
 	resultArgs int    // how many of $1 (key) and $2 (output) result_sql takes
 	limitLock  string // names the job's advisory lock: its table and name
 
-	// Reserve: $1 how many, $2 worker id, $3 max tries → (key, key text,
-	// attempt, row, worker). With a selecting_sql snippet, one statement
-	// per worker.
+	// Reserve: $1 how many, $2 worker id, $3 max tries → (key as text,
+	// attempt, row, 1). With a selecting_sql snippet, one statement per
+	// worker.
 	Reserve string
 	// ReserveMany serves every hungry worker of the job at once: $1 worker
 	// ids, $2 how many rows each, $3 max tries → the rows as Reserve
-	// returns them, each with the worker it went to. One walk of the
+	// returns them, each with the worker it went to (its place in $1,
+	// from 1). One walk of the
 	// available index for them all: a statement per worker would each walk
 	// past the rows the ones before took. ReserveManyAfter only takes keys
 	// above $4, a cursor that spares walking past every row taken since the
@@ -129,6 +131,10 @@ func NewQueries(j Job, keyType string) *Queries {
 		"{USER}", "(to_jsonb(t) - array["+strings.Join(keys, ", ")+"]::text[])",
 	)
 	q := &Queries{job: j, keyType: keyType, limitLock: j.Table + "/" + j.Name}
+	switch strings.Trim(keyType, `"`) {
+	case "int2", "int4", "int8", "smallint", "integer", "bigint":
+		q.intKey = true
+	}
 	sql := func(s string) string { return r.Replace(s) }
 	// due keeps back cancelled rows whose worker let them go (until the
 	// next control pass ends them) and scheduled rows (run_at ahead).
@@ -142,7 +148,6 @@ func NewQueries(j Job, keyType string) *Queries {
 	}
 	due := dueOf("")
 	const reset = `{ID} = null, {TM} = null, {ST} = null, {EN} = null, {OK} = null`
-	const returning = ` returning t.{PK}, t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, t.{ID}`
 
 	if s := j.Snippets.SelectingSQL; s != "" {
 		// The snippet chooses; the guard keeps a row from being reserved twice:
@@ -150,7 +155,8 @@ func NewQueries(j Job, keyType string) *Queries {
 		q.Reserve = sql(`with sel as (` + s + `)
 update {T} as t set {ID} = $2, {TM} = now()
 where t.{PK} in (select {PK} from sel) and t.{ID} is null and t.{EN} is null
-  and coalesce(t.{TS}, 0) < $3 and $1::bigint >= 0` + dueOf("t.") + returning)
+  and coalesce(t.{TS}, 0) < $3 and $1::bigint >= 0` + dueOf("t.") + `
+returning t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, 1`)
 		q.PendingCount = `select count(*) from (` + s + `) sel where $2::int >= 0`
 	} else {
 		// The candidates are an array computed once (an InitPlan): as a
@@ -167,14 +173,17 @@ where t.{PK} in (select {PK} from sel) and t.{ID} is null and t.{EN} is null
 			}
 			return limitedCandidates(j.Limits, `{ID} is null and {EN} is null and coalesce({TS}, 0) < $3`+due+after)
 		}
+		// The candidates come in key order, numbered by ordinality; slot i
+		// goes to worker slots[i], an index into $1. An array of integers,
+		// not of ids: subscripting an array of text walks it from the start.
 		many := func(after string) string {
 			return sql(`with want as (select u.w, u.n from unnest($1::text[], $2::int[]) as u(w, n)),
-slots as (select want.w, row_number() over () as i from want, generate_series(1, want.n) as g),
-picked as (select c.k, row_number() over (order by c.k) as i from unnest(array(
-  ` + candidates(after) + `)) as c(k))
-update {T} as t set {ID} = slots.w, {TM} = now()
-from picked join slots on slots.i = picked.i
-where t.{PK} = picked.k and t.{ID} is null and t.{EN} is null` + returning)
+slots as (select array(select u.w::int from unnest($2::int[]) with ordinality as u(n, w), generate_series(1, u.n)) as w)
+update {T} as t set {ID} = ($1::text[])[(select w from slots)[c.i::int]], {TM} = now()
+from unnest(array(
+  ` + candidates(after) + `)) with ordinality as c(k, i)
+where t.{PK} = c.k and t.{ID} is null and t.{EN} is null
+returning t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, (select w from slots)[c.i::int]`)
 		}
 		q.ReserveMany, q.ReserveManyAfter = many(""), many(` and {PK} > $4`)
 		q.PendingCount = sql(`select count(*) from (

@@ -146,7 +146,7 @@ func (r *sqlRunner) chunk(ctx context.Context, conn *pgx.Conn, q *Queries) (int,
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("job %q: take rows: %w", j.Name, err)
 	}
-	if len(keys) == size && isInt(keys[len(keys)-1]) {
+	if len(keys) == size && q.intKey {
 		r.after[j.Name] = keys[len(keys)-1] // rows come in key order
 	} else {
 		delete(r.after, j.Name)
