@@ -330,6 +330,31 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 	return nil
 }
 
+// readColumns keeps the list of columns the reservations send workers
+// current: a column added to or dropped from a job's table while the
+// dispatcher runs reaches the workers within a full cycle.
+func (d *Dispatcher) readColumns(ctx context.Context) error {
+	for i, q := range d.queries {
+		if q.job.Step.SQL != "" {
+			continue // its rows go to no worker
+		}
+		cols, err := UserColumns(ctx, d.conn, q.job)
+		if err != nil {
+			return err
+		}
+		if q.user != nil && slices.Equal(cols, q.user) {
+			continue
+		}
+		if q.user != nil {
+			d.log.Info("the columns of a job's table changed; workers receive them as they are now", "job", q.job.Name, "columns", cols)
+		}
+		nq := newQueries(q.job, q.keyType, cols)
+		nq.resultArgs = q.resultArgs
+		d.queries[i], d.byJob[q.job.Name] = nq, nq
+	}
+	return nil
+}
+
 // open connects a session and runs start_sql on it: every session the
 // dispatcher holds runs with the settings it makes (a search_path, say).
 func (d *Dispatcher) open(ctx context.Context) (*pgx.Conn, error) {
@@ -535,6 +560,9 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 	if full {
 		d.lastFull = time.Now()
 		clear(d.after)
+		if err := d.readColumns(ctx); err != nil {
+			return nil, err
+		}
 		// Outcomes already received are written before their workers can
 		// be judged dead: their rows would be taken back and run again.
 		if err := d.flush(ctx, stats, false); err != nil {

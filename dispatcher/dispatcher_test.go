@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
@@ -574,6 +575,46 @@ func TestReserveFillsQueuesInKeyOrder(t *testing.T) {
 	if s := e.cycle(d); s.Reserved != 3 {
 		t.Fatalf("want the 3 started rows replaced, reserved %d", s.Reserved)
 	}
+}
+
+// Workers receive the table's own columns as they are at the latest full
+// cycle: one added while the dispatcher runs reaches them, one dropped
+// leaves them without stopping the reservations.
+func TestWorkersReceiveTheTableColumnsAsTheyAre(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 30)
+	e.register("n1.1")
+	d := e.dispatcher()
+	keysOf := func(want string) {
+		t.Helper()
+		rows := e.workers["n1.1"].take(5)
+		if len(rows) == 0 {
+			t.Fatal("no row reserved")
+		}
+		for _, r := range rows {
+			var data map[string]any
+			if err := json.Unmarshal(r.Data, &data); err != nil {
+				t.Fatal(err)
+			}
+			keys := slices.Sorted(maps.Keys(data))
+			if got := strings.Join(keys, ","); got != want {
+				t.Fatalf("row %s sent with data %s: columns %s, want %s", r.Key, r.Data, got, want)
+			}
+		}
+		e.workers["n1.1"].start(rows)
+		for _, r := range rows {
+			e.workers["n1.1"].end(r.Ref, true, "")
+		}
+		e.waitOutcomes(d, len(rows))
+	}
+	e.cycle(d)
+	keysOf("is_odd,value")
+	mustExec(t, e.pool, `alter table numbers add column "it's" text default 'new'`)
+	e.cycle(d)
+	keysOf("is_odd,it's,value")
+	mustExec(t, e.pool, `alter table numbers drop column is_odd`)
+	e.cycle(d)
+	keysOf("it's,value")
 }
 
 func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {

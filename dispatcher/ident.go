@@ -52,3 +52,7 @@ func quote(name string) string { return pgx.Identifier{name}.Sanitize() }
 
 // quoteTable quotes an optionally schema-qualified table name.
 func quoteTable(table string) string { return pgx.Identifier(strings.Split(table, ".")).Sanitize() }
+
+// quoteLiteral makes a SQL string literal of s (standard_conforming_strings,
+// PostgreSQL's default and CockroachDB's only mode).
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -355,3 +355,34 @@ where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name =
 	}
 	return quote(udtName), nil
 }
+
+// UserColumns returns the columns of the job's table that workers receive:
+// all but Pampa's bookkeeping, in the table's order.
+func UserColumns(ctx context.Context, db DB, j Job) ([]string, error) {
+	schema, name, found := strings.Cut(j.Table, ".")
+	if !found {
+		schema, name = "", j.Table
+	}
+	rows, err := db.Query(ctx, `select column_name from information_schema.columns
+where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2
+order by ordinal_position`, schema, name)
+	if err != nil {
+		return nil, fmt.Errorf("job %q: read the columns of table %s: %w", j.Name, j.Table, err)
+	}
+	f := j.Fields
+	pampa := []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription, f.Final}
+	var cols []string
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			return nil, err
+		}
+		if !slices.Contains(pampa, c) {
+			cols = append(cols, c)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("job %q: read the columns of table %s: %w", j.Name, j.Table, err)
+	}
+	return cols, nil
+}
