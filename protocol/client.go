@@ -74,9 +74,13 @@ type Client struct {
 	mu      sync.Mutex
 	seq     uint64
 	unacked map[uint64]Outcome
-	out     []Message     // messages waiting for the current stream
-	wake    chan struct{} // out or unacked grew
-	live    bool
+	// What waits for the current stream: starts and outcomes go out
+	// merged, a message of each, then the other messages in order.
+	starts   []Ref
+	outcomes []Outcome
+	out      []Message
+	wake     chan struct{} // something waits for the stream
+	live     bool
 	// connecting: a stream is being opened and not yet accepted or refused
 	connecting bool
 	acked      chan struct{} // closed and replaced whenever unacked shrinks to empty
@@ -132,18 +136,51 @@ func (c *Client) Send(m Message) {
 	c.poke()
 }
 
+// Started tells the server a row's step began; advice, as Send's.
+func (c *Client) Started(r Ref) {
+	c.mu.Lock()
+	if c.live {
+		c.starts = append(c.starts, r)
+	}
+	c.mu.Unlock()
+	c.poke()
+}
+
 // Report hands an outcome to the client, which delivers it until the
-// server acknowledges it.
+// server acknowledges it. A start of the same row still waiting is
+// dropped: the outcome says the row ran.
 func (c *Client) Report(o Outcome) {
 	c.mu.Lock()
 	c.seq++
 	o.Seq = c.seq
 	c.unacked[o.Seq] = o
 	if c.live {
-		c.out = append(c.out, Message{Kind: KindOutcomes, Outcomes: []Outcome{o}})
+		for i := len(c.starts) - 1; i >= 0; i-- {
+			if c.starts[i] == o.Ref {
+				c.starts = slices.Delete(c.starts, i, i+1)
+				break
+			}
+		}
+		c.outcomes = append(c.outcomes, o)
 	}
 	c.mu.Unlock()
 	c.poke()
+}
+
+// pending takes what waits for the stream, as the messages to write.
+func (c *Client) pending() []Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ms []Message
+	if len(c.starts) > 0 {
+		ms = append(ms, Message{Kind: KindStarts, Refs: c.starts})
+	}
+	if len(c.outcomes) > 0 {
+		ms = append(ms, Message{Kind: KindOutcomes, Outcomes: c.outcomes})
+	}
+	ms = append(ms, c.out...)
+	c.starts, c.outcomes, c.out = nil, nil, nil
+	return ms
 }
 
 // Heard says whether the server spoke within two of its ping periods: a
@@ -341,13 +378,10 @@ func (c *Client) setLive(up bool) {
 	if up {
 		c.heard = time.Now()
 	}
-	if !up {
-		c.out = nil
-	} else {
+	c.starts, c.outcomes, c.out = nil, nil, nil
+	if up {
 		// Everything not acknowledged goes out again on the new stream.
-		if u := c.unackedLocked(); len(u) > 0 {
-			c.out = append([]Message{{Kind: KindOutcomes, Outcomes: u}}, c.out...)
-		}
+		c.outcomes = c.unackedLocked()
 	}
 	c.mu.Unlock()
 	if up {
@@ -387,11 +421,7 @@ func (c *Client) write(ctx context.Context, w *io.PipeWriter, hello Hello, ready
 				return err
 			}
 		case <-c.wake:
-			c.mu.Lock()
-			out := c.out
-			c.out = nil
-			c.mu.Unlock()
-			for _, m := range coalesce(out) {
+			for _, m := range c.pending() {
 				if err := enc.Encode(m); err != nil {
 					return err
 				}
@@ -496,39 +526,4 @@ func (c *Client) ack(seqs []uint64) {
 		c.acked = make(chan struct{})
 	}
 	c.mu.Unlock()
-}
-
-// coalesce merges what waited for one write: every start into one
-// message, every outcome into one, then the rest in order. A start whose
-// outcome goes in the same write is left out: the end mark covers it.
-func coalesce(out []Message) []Message {
-	if len(out) < 2 {
-		return out
-	}
-	var starts []Ref
-	var outcomes []Outcome
-	var rest []Message
-	for _, m := range out {
-		switch m.Kind {
-		case KindStarts:
-			starts = append(starts, m.Refs...)
-		case KindOutcomes:
-			outcomes = append(outcomes, m.Outcomes...)
-		default:
-			rest = append(rest, m)
-		}
-	}
-	ended := make(map[Ref]bool, len(outcomes))
-	for _, o := range outcomes {
-		ended[o.Ref] = true
-	}
-	starts = slices.DeleteFunc(starts, func(r Ref) bool { return ended[r] })
-	merged := make([]Message, 0, 2+len(rest))
-	if len(starts) > 0 {
-		merged = append(merged, Message{Kind: KindStarts, Refs: starts})
-	}
-	if len(outcomes) > 0 {
-		merged = append(merged, Message{Kind: KindOutcomes, Outcomes: outcomes})
-	}
-	return append(merged, rest...)
 }

@@ -952,20 +952,29 @@ func TestMessagesInOrder(t *testing.T) {
 }
 
 // What waits for one write goes out merged: one message of starts, one of
-// outcomes, then the rest in order; a start whose outcome is in the same
+// outcomes, then the rest in order; a start whose outcome came before the
 // write is left out.
-func TestCoalesce(t *testing.T) {
+func TestPendingMerged(t *testing.T) {
 	t.Parallel()
+	c := &Client{unacked: map[uint64]Outcome{}, wake: make(chan struct{}, 1), live: true}
 	a, b := Ref{Job: "j", Key: "1", Attempt: 1}, Ref{Job: "j", Key: "2", Attempt: 1}
-	got := coalesce([]Message{
-		{Kind: KindStarts, Refs: []Ref{a}},
-		{Kind: KindStarts, Refs: []Ref{b}},
-		{Kind: KindOutcomes, Outcomes: []Outcome{{Seq: 1, Ref: a, OK: true}}},
-		{Kind: KindRelease, Refs: []Ref{{Job: "j", Key: "3", Attempt: 1}}},
-	})
+	c.Started(a)
+	c.Started(b)
+	c.Send(Message{Kind: KindRelease, Refs: []Ref{{Job: "j", Key: "3", Attempt: 1}}})
+	c.Report(Outcome{Ref: a, OK: true})
+	got := c.pending()
 	if len(got) != 3 || got[0].Kind != KindStarts || len(got[0].Refs) != 1 || got[0].Refs[0] != b ||
-		got[1].Kind != KindOutcomes || len(got[1].Outcomes) != 1 || got[2].Kind != KindRelease {
-		t.Errorf("coalesce = %+v", got)
+		got[1].Kind != KindOutcomes || len(got[1].Outcomes) != 1 || got[1].Outcomes[0].Ref != a || got[2].Kind != KindRelease {
+		t.Errorf("pending = %+v", got)
+	}
+	if again := c.pending(); len(again) != 0 {
+		t.Errorf("pending again = %+v, want nothing", again)
+	}
+	// The outcome stays unacknowledged: a new stream sends it again.
+	c.setLive(false)
+	c.setLive(true)
+	if got := c.pending(); len(got) != 1 || got[0].Kind != KindOutcomes || len(got[0].Outcomes) != 1 || got[0].Outcomes[0].Seq != 1 {
+		t.Errorf("pending on a new stream = %+v, want outcome 1 again", got)
 	}
 }
 
