@@ -442,28 +442,87 @@ func (w *Worker) next(work context.Context) (protocol.Row, context.Context, bool
 	}
 	r := w.queue[0]
 	w.queue = w.queue[1:]
-	// One context per row ends its step at max_job_duration, on a cancel
-	// and when the worker stops: a context for each, with its allocations
-	// and its registration in the parent, cost a tenth of a quick
-	// worker's CPU.
 	run := &runningRow{}
-	ctx, stop := context.WithDeadline(work, time.Now().Add(w.jobs[r.Job].MaxJobDuration))
-	run.stop = stop
+	run.ctx = rowContext{parent: work, deadline: time.Now().Add(w.jobs[r.Job].MaxJobDuration)}
 	w.running[r.Ref] = run
-	return r, ctx, true
+	return r, &run.ctx, true
 }
 
-// runningRow is a row whose step runs: what stops it, and whether an
+// runningRow is a row whose step runs: its context, and whether an
 // operator cancelled it.
 type runningRow struct {
-	stop      context.CancelFunc
+	ctx       rowContext
 	cancelled atomic.Bool
+}
+
+func (r *runningRow) stop() { r.ctx.stop() }
+
+// rowContext ends a row's step at max_job_duration, on a cancel and when
+// the worker stops. Its timer and channel are made when the step first
+// asks for Done: a Go step that only computes never does, and a
+// context.WithDeadline per row, with its timer and its registration in
+// the parent, was a tenth of a quick worker's CPU.
+type rowContext struct {
+	parent   context.Context
+	deadline time.Time
+	mu       sync.Mutex
+	inner    context.Context // made by Done
+	cancel   context.CancelFunc
+	err      error // once ended, while there is no inner
+}
+
+func (c *rowContext) Deadline() (time.Time, bool) { return c.deadline, true }
+func (c *rowContext) Value(key any) any           { return c.parent.Value(key) }
+
+func (c *rowContext) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inner == nil {
+		c.inner, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		if c.ended() != nil {
+			c.cancel()
+		}
+	}
+	return c.inner.Done()
+}
+
+func (c *rowContext) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inner != nil {
+		return c.inner.Err()
+	}
+	return c.ended()
+}
+
+// ended is Err without inner; an error once given stays. Called locked.
+func (c *rowContext) ended() error {
+	if c.err == nil {
+		if err := c.parent.Err(); err != nil {
+			c.err = err
+		} else if !time.Now().Before(c.deadline) {
+			c.err = context.DeadlineExceeded
+		}
+	}
+	return c.err
+}
+
+// stop cancels the context and lets go of its timer.
+func (c *rowContext) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended() == nil {
+		c.err = context.Canceled
+	}
+	if c.cancel != nil {
+		c.cancel()
+	}
 }
 
 // runRow runs one row's step and reports its outcome. row is work's
 // child that max_job_duration and a cancel end.
 func (w *Worker) runRow(work, row context.Context, r protocol.Row) {
-	w.client.Send(protocol.Message{Kind: protocol.KindStarts, Refs: []protocol.Ref{r.Ref}})
+	w.client.Started(r.Ref)
 	j, known := w.jobs[r.Job]
 	began := time.Now()
 	var output *string
