@@ -360,8 +360,9 @@ Method:
   EXCLUSIVE MODE, in a transaction of the harness) while the dispatcher
   takes the lease and every worker connects: the dispatcher's first write
   to the table waits for it. The clock starts as the lock is lifted and
-  stops when the dispatcher has written every end mark (rows_done in
-  pampa_workers, checked against dispatcher.Report), so it includes the
+  stops when the dispatcher has written every end mark (its count of end
+  marks committed, dispatcher.Progress, read in memory every 10 ms and
+  checked against dispatcher.Report), so it includes the
   workers' registration and the first reservations. 1, 8 and 64 workers at
   queue_size 5 (the seed's default) and 1000.
 - **Raw-SQL ceiling**: a queue written by hand in three statements, the
