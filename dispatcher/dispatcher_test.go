@@ -615,6 +615,17 @@ func TestWorkersReceiveTheTableColumnsAsTheyAre(t *testing.T) {
 	mustExec(t, e.pool, `alter table numbers drop column is_odd`)
 	e.cycle(d)
 	keysOf("it's,value")
+	// Past json_build_object's 50 columns, the row is to_jsonb(t) minus
+	// Pampa's columns.
+	want := []string{"it's", "value"}
+	for i := range 50 {
+		c := fmt.Sprintf("c%02d", i)
+		mustExec(t, e.pool, `alter table numbers add column `+c+` int`)
+		want = append(want, c)
+	}
+	e.cycle(d)
+	slices.Sort(want)
+	keysOf(strings.Join(want, ","))
 }
 
 func TestReserveResumesAfterLastKeyAndFindsRowsFreedBelow(t *testing.T) {
