@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pampa-go/pampa/internal/backoff"
 	"github.com/pampa-go/pampa/protocol"
@@ -333,26 +334,43 @@ func (d *Dispatcher) connect(ctx context.Context) error {
 // readColumns keeps the list of columns the reservations send workers
 // current: a column added to or dropped from a job's table while the
 // dispatcher runs reaches the workers within a full cycle.
-func (d *Dispatcher) readColumns(ctx context.Context) error {
+func (d *Dispatcher) readColumns(ctx context.Context) (changed bool, err error) {
 	for i, q := range d.queries {
 		if q.job.Step.SQL != "" {
 			continue // its rows go to no worker
 		}
-		cols, err := UserColumns(ctx, d.conn, q.job)
+		cols, err := UserColumns(ctx, d.conn, d.cfg.Flavor, q.job)
 		if err != nil {
-			return err
+			return changed, err
 		}
 		if q.user != nil && slices.Equal(cols, q.user) {
 			continue
 		}
 		if q.user != nil {
+			changed = true
 			d.log.Info("the columns of a job's table changed; workers receive them as they are now", "job", q.job.Name, "columns", cols)
 		}
 		nq := newQueries(q.job, q.keyType, cols)
 		nq.resultArgs = q.resultArgs
 		d.queries[i], d.byJob[q.job.Name] = nq, nq
 	}
-	return nil
+	return changed, nil
+}
+
+// columnsDropped says whether err is a reservation that named a column
+// dropped since the last full cycle, after reading the columns again: the
+// next reservation sends what the table has now.
+func (d *Dispatcher) columnsDropped(ctx context.Context, err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42703" { // undefined_column
+		return false
+	}
+	changed, rerr := d.readColumns(ctx)
+	if rerr != nil || !changed {
+		return false
+	}
+	d.log.Warn("a reservation named a column dropped since; the next one takes the table's columns as they are now", "err", err)
+	return true
 }
 
 // open connects a session and runs start_sql on it: every session the
@@ -560,7 +578,7 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 	if full {
 		d.lastFull = time.Now()
 		clear(d.after)
-		if err := d.readColumns(ctx); err != nil {
+		if _, err := d.readColumns(ctx); err != nil {
 			return nil, err
 		}
 		// Outcomes already received are written before their workers can
@@ -607,6 +625,9 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 		}
 	}
 	if err := d.flush(ctx, stats, true); err != nil {
+		if d.columnsDropped(ctx, err) {
+			return stats, nil
+		}
 		return nil, err
 	}
 	for name, s := range stats {

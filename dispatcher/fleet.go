@@ -219,8 +219,8 @@ func (d *Dispatcher) receive(p *peer, m protocol.Message) {
 			id := rowID{o.Job, o.Key}
 			if h, ok := p.held[id]; ok && h.attempt == o.Attempt {
 				if !h.started && !h.reserved.IsZero() {
-					// Its start went out with its outcome: the client drops
-					// a start whose outcome shares the write.
+					// Its start never went out: the client drops a start
+					// whose outcome is reported before it is written.
 					ran := time.Duration(o.Millis) * time.Millisecond
 					d.obs.RowStarted(o.Job, max(time.Since(h.reserved)-ran, 0))
 				}

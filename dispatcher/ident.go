@@ -53,6 +53,9 @@ func quote(name string) string { return pgx.Identifier{name}.Sanitize() }
 // quoteTable quotes an optionally schema-qualified table name.
 func quoteTable(table string) string { return pgx.Identifier(strings.Split(table, ".")).Sanitize() }
 
-// quoteLiteral makes a SQL string literal of s (standard_conforming_strings,
-// PostgreSQL's default and CockroachDB's only mode).
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+// quoteLiteral makes a SQL string literal of s, an escape string (E'...')
+// so that it reads the same whatever standard_conforming_strings a
+// start_sql sets.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(s) + "'"
+}

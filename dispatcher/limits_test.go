@@ -109,9 +109,9 @@ func TestPerKeyLimitHoldsAgainstTwoDispatchers(t *testing.T) {
 				b := &pgx.Batch{}
 				b.Queue(`select pg_advisory_xact_lock(hashtext('pampa reserve'), hashtext($1))`, q.limitLock)
 				if i == 0 {
-					b.Queue(q.ReserveMany, ids, []int32{5, 5}, q.job.MaxTryTimes)
+					b.Queue(q.ReserveMany, ids, slots([]int{5, 5}), q.job.MaxTryTimes)
 				} else { // a dispatcher whose cursor is elsewhere: it sees other rows
-					b.Queue(q.ReserveManyAfter, ids, []int32{5, 5}, q.job.MaxTryTimes, int64(300))
+					b.Queue(q.ReserveManyAfter, ids, slots([]int{5, 5}), q.job.MaxTryTimes, int64(300))
 				}
 				if err := conn.SendBatch(ctx, b).Close(); err != nil {
 					t.Error(err)

@@ -360,7 +360,7 @@ where id = any($1)`, d.marks.stopped)
 	var rerr error
 	if reserving != nil {
 		if rerr = <-reserving; rerr != nil {
-			d.resync(rs)
+			d.resync(rs, rerr)
 			rs = nil
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pampa-go/pampa/protocol"
 )
@@ -27,7 +28,7 @@ func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error 
 		return nil
 	}
 	if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
-		d.resync(rs)
+		d.resync(rs, err)
 		return fmt.Errorf("reserve rows: %w", err)
 	}
 	return d.reserved(ctx, rs, stats)
@@ -36,8 +37,13 @@ func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error 
 // resync closes the streams of the workers a failed reservation was for:
 // it may have committed without its reply arriving, leaving rows reserved
 // for them that they never got. Their reconnect's hello says what they
-// hold, and the rest goes back.
-func (d *Dispatcher) resync(rs []*reservation) {
+// hold, and the rest goes back. A statement the server refused rolled the
+// batch back (one implicit transaction): nothing was reserved then.
+func (d *Dispatcher) resync(rs []*reservation, err error) {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return
+	}
 	for _, r := range rs {
 		for _, p := range r.ps {
 			if p.sess != nil {
@@ -149,10 +155,10 @@ func noRow(err error) error {
 func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, room []int, after any, resume bool) *reservation {
 	j := q.job
 	r := &reservation{q: q, ps: ps, asked: make([]int, len(ps)), got: make([][]protocol.Row, len(ps)), resume: resume}
-	ids, counts := make([]string, len(ps)), make([]int32, len(ps))
+	ids := make([]string, len(ps))
 	for i, p := range ps {
 		r.asked[i] = room[i]
-		ids[i], counts[i] = p.id, int32(r.asked[i])
+		ids[i] = p.id
 	}
 	if j.Limits.Any() && d.cfg.Flavor != CockroachDB {
 		// Limited reservations of a job take turns, even across
@@ -160,8 +166,8 @@ func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, room
 		// lasts the batch's implicit transaction.
 		b.Queue(`select pg_advisory_xact_lock(hashtext('pampa reserve'), hashtext($1))`, q.limitLock)
 	}
-	// read takes the rows of a statement that reserved for ps[base:].
-	read := func(base int) func(pgx.Rows) error {
+	// read takes the rows of a statement that reserved for ps[base:base+n].
+	read := func(base, n int) func(pgx.Rows) error {
 		return func(rows pgx.Rows) error {
 			for rows.Next() {
 				var row protocol.Row
@@ -170,10 +176,10 @@ func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, room
 				if err := rows.Scan(&row.Key, &row.Attempt, &data, &w); err != nil {
 					return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
 				}
-				i := base + int(w) - 1
-				if i < base || i >= len(ps) {
-					return fmt.Errorf("job %q: reserve rows: a row went to worker %d of %d", j.Name, w, len(ps)-base)
+				if w < 1 || int(w) > n {
+					return fmt.Errorf("job %q: reserve rows: a row went to worker %d of %d", j.Name, w, n)
 				}
+				i := base + int(w) - 1
 				row.Job, row.Data = j.Name, json.RawMessage(data)
 				r.got[i] = append(r.got[i], row)
 				if q.intKey && q.ReserveManyAfter != "" {
@@ -188,14 +194,30 @@ func (d *Dispatcher) queueReservation(b *pgx.Batch, q *Queries, ps []*peer, room
 	switch {
 	case q.ReserveMany == "": // a selecting_sql snippet: its own choice per worker
 		for i, p := range ps {
-			b.Queue(q.Reserve, r.asked[i], p.id, j.MaxTryTimes).Query(read(i))
+			b.Queue(q.Reserve, r.asked[i], p.id, j.MaxTryTimes).Query(read(i, 1))
 		}
 	case resume:
-		b.Queue(q.ReserveManyAfter, ids, counts, j.MaxTryTimes, after).Query(read(0))
+		b.Queue(q.ReserveManyAfter, ids, slots(r.asked), j.MaxTryTimes, after).Query(read(0, len(ps)))
 	default:
-		b.Queue(q.ReserveMany, ids, counts, j.MaxTryTimes).Query(read(0))
+		b.Queue(q.ReserveMany, ids, slots(r.asked), j.MaxTryTimes).Query(read(0, len(ps)))
 	}
 	return r
+}
+
+// slots is ReserveMany's $2 for workers asking counts[i] rows each: i+1,
+// counts[i] times over.
+func slots(counts []int) []int32 {
+	n := 0
+	for _, c := range counts {
+		n += c
+	}
+	s := make([]int32, 0, n)
+	for i, c := range counts {
+		for range c {
+			s = append(s, int32(i+1))
+		}
+	}
+	return s
 }
 
 // reserved hands the rows of sent reservation rounds to their workers and
@@ -239,7 +261,7 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 		b := &pgx.Batch{}
 		again := d.queueReservation(b, r.q, short, shortBy, nil, false)
 		if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
-			d.resync([]*reservation{again})
+			d.resync([]*reservation{again}, err)
 			return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
 		}
 		if err := d.reserved(ctx, []*reservation{again}, stats); err != nil {

@@ -358,13 +358,19 @@ where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name =
 
 // UserColumns returns the columns of the job's table that workers receive:
 // all but Pampa's bookkeeping, in the table's order.
-func UserColumns(ctx context.Context, db DB, j Job) ([]string, error) {
+// CockroachDB's hidden columns (a hash-sharded index's, crdb_region) are
+// left out, as to_jsonb(t) leaves them.
+func UserColumns(ctx context.Context, db DB, flavor Flavor, j Job) ([]string, error) {
 	schema, name, found := strings.Cut(j.Table, ".")
 	if !found {
 		schema, name = "", j.Table
 	}
+	hidden := ""
+	if flavor == CockroachDB {
+		hidden = " and is_hidden = 'NO'"
+	}
 	rows, err := db.Query(ctx, `select column_name from information_schema.columns
-where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2
+where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2`+hidden+`
 order by ordinal_position`, schema, name)
 	if err != nil {
 		return nil, fmt.Errorf("job %q: read the columns of table %s: %w", j.Name, j.Table, err)

@@ -22,7 +22,8 @@ type DB interface {
 }
 
 // Queries holds every statement Pampa runs on one job's table. They are built
-// once from validated, quoted identifiers; every value is a parameter.
+// from validated, quoted identifiers (again when the table's columns change,
+// see readColumns); every value is a parameter.
 //
 // The states of a row, read from its bookkeeping columns:
 //
@@ -50,9 +51,9 @@ type Queries struct {
 	// worker.
 	Reserve string
 	// ReserveMany serves every hungry worker of the job at once: $1 worker
-	// ids, $2 how many rows each, $3 max tries → the rows as Reserve
-	// returns them, each with the worker it went to (its place in $1,
-	// from 1). One walk of the
+	// ids, $2 a slot per row wanted, each the place in $1 (from 1) of the
+	// worker it is for (see slots), $3 max tries → the rows as Reserve
+	// returns them, each with its worker's place in $1. One walk of the
 	// available index for them all: a statement per worker would each walk
 	// past the rows the ones before took. ReserveManyAfter only takes keys
 	// above $4, a cursor that spares walking past every row taken since the
@@ -182,9 +183,7 @@ returning t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, 1`)
 	} else {
 		// The candidates are an array computed once (an InitPlan): as a
 		// subquery PostgreSQL may re-run it per row, and with SKIP LOCKED
-		// each run finds other rows, reserving far more than asked. Slots
-		// (one per row a worker asked for) and candidates are numbered and
-		// joined on that number.
+		// each run finds other rows, reserving far more than asked.
 		candidates := func(after string) string {
 			if !j.Limits.Any() {
 				return `select {PK} from {T}
@@ -194,17 +193,17 @@ returning t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, 1`)
 			}
 			return limitedCandidates(j.Limits, `{ID} is null and {EN} is null and coalesce({TS}, 0) < $3`+due+after)
 		}
-		// The candidates come in key order, numbered by ordinality; slot i
-		// goes to worker slots[i], an index into $1. An array of integers,
-		// not of ids: subscripting an array of text walks it from the start.
+		// The candidates come in key order, numbered by ordinality; the
+		// i-th goes to the worker $2[i] names, an index into $1. An array of
+		// integers, not of ids: subscripting an array of text walks it from
+		// its start.
 		many := func(after string) string {
-			return sql(`with want as (select u.w, u.n from unnest($1::text[], $2::int[]) as u(w, n)),
-slots as (select array(select u.w::int from unnest($2::int[]) with ordinality as u(n, w), generate_series(1, u.n)) as w)
-update {T} as t set {ID} = ($1::text[])[(select w from slots)[c.i::int]], {TM} = now()
+			return sql(`with want as (select cardinality($2::int[]) as n)
+update {T} as t set {ID} = ($1::text[])[($2::int[])[c.i::int]], {TM} = now()
 from unnest(array(
   ` + candidates(after) + `)) with ordinality as c(k, i)
 where t.{PK} = c.k and t.{ID} is null and t.{EN} is null
-returning t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, (select w from slots)[c.i::int]`)
+returning t.{PK}::text, coalesce(t.{TS}, 0) + 1, {USER}, ($2::int[])[c.i::int]`)
 		}
 		q.ReserveMany, q.ReserveManyAfter = many(""), many(` and {PK} > $4`)
 		q.PendingCount = sql(`select count(*) from (

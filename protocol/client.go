@@ -125,8 +125,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 }
 
 // Send queues m for the current stream. Messages other than outcomes are
-// advice (starts, releases): they are dropped when the stream ends before
-// they go out, and the next hello's InHand says the same again.
+// advice (releases, returns; starts go by Started): they are dropped when
+// the stream ends before they go out, and the next hello's InHand says the
+// same again.
 func (c *Client) Send(m Message) {
 	c.mu.Lock()
 	if c.live {

@@ -44,8 +44,23 @@ func TestRowContext(t *testing.T) {
 		child, cancel := context.WithCancel(c)
 		defer cancel()
 		c.stop()
+		// At once, not when a goroutine watching c gets to it: the child
+		// is registered in c's own cancelCtx.
+		if !errors.Is(child.Err(), context.Canceled) {
+			t.Fatalf("child's Err right after stop = %v, want Canceled", child.Err())
+		}
 		wait(t, c, context.Canceled)
 		wait(t, child, context.Canceled)
+	})
+	t.Run("an error given stays", func(t *testing.T) {
+		parent, cancel := context.WithCancel(context.Background())
+		c := &rowContext{parent: parent, deadline: time.Now().Add(10 * time.Millisecond)}
+		time.Sleep(20 * time.Millisecond)
+		if !errors.Is(c.Err(), context.DeadlineExceeded) {
+			t.Fatalf("Err = %v, want DeadlineExceeded", c.Err())
+		}
+		cancel()
+		wait(t, c, context.DeadlineExceeded)
 	})
 	t.Run("stop before Done", func(t *testing.T) {
 		c := &rowContext{parent: context.Background(), deadline: time.Now().Add(time.Hour)}

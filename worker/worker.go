@@ -466,23 +466,41 @@ type rowContext struct {
 	parent   context.Context
 	deadline time.Time
 	mu       sync.Mutex
-	inner    context.Context // made by Done
+	inner    context.Context // made by Done while the context runs
 	cancel   context.CancelFunc
-	err      error // once ended, while there is no inner
+	err      error         // once ended, while there is no inner
+	closed   chan struct{} // Done's once ended without inner
 }
 
 func (c *rowContext) Deadline() (time.Time, bool) { return c.deadline, true }
-func (c *rowContext) Value(key any) any           { return c.parent.Value(key) }
+
+// Value answers from inner once there is one: a child context then finds
+// the cancelCtx whose Done is this one's, and needs no goroutine to watch.
+func (c *rowContext) Value(key any) any {
+	c.mu.Lock()
+	inner := c.inner
+	c.mu.Unlock()
+	if inner != nil {
+		return inner.Value(key)
+	}
+	return c.parent.Value(key)
+}
 
 func (c *rowContext) Done() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.inner == nil {
-		c.inner, c.cancel = context.WithDeadline(c.parent, c.deadline)
-		if c.ended() != nil {
-			c.cancel()
-		}
+	if c.inner != nil {
+		return c.inner.Done()
 	}
+	if c.ended() != nil {
+		// Ended already: its error stays the one Err gave.
+		if c.closed == nil {
+			c.closed = make(chan struct{})
+			close(c.closed)
+		}
+		return c.closed
+	}
+	c.inner, c.cancel = context.WithDeadline(c.parent, c.deadline)
 	return c.inner.Done()
 }
 
