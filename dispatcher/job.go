@@ -131,6 +131,12 @@ func (l Limits) keyExpr() string {
 	return "(" + l.Key + ")"
 }
 
+// bookkeeping lists Pampa's columns of the table: all the fields but the
+// primary key and run_at, which are the user's.
+func (f Fields) bookkeeping() []string {
+	return []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription, f.Final}
+}
+
 // FieldsFor returns the seed's column naming for a prefix: prefix_reservation_id,
 // prefix_reservation_time, and so on.
 func FieldsFor(prefix, primaryKey string) Fields {

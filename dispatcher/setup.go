@@ -163,10 +163,7 @@ var columnKinds = map[string][]string{
 // column is most likely a user's (field_error_description = "url" would
 // overwrite the URLs).
 func checkColumns(ctx context.Context, db DB, j Job) error {
-	schema, name, found := strings.Cut(j.Table, ".")
-	if !found {
-		schema, name = "", j.Table
-	}
+	schema, name := splitTable(j.Table)
 	rows, err := db.Query(ctx, `select column_name, data_type, is_nullable = 'YES' from information_schema.columns
 where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2`, schema, name)
 	if err != nil {
@@ -336,10 +333,7 @@ var _ DB = (*pgx.Conn)(nil)
 // keys from text: the type's own name (int8, uuid, varchar), so that no
 // length or precision of a declared type can truncate a key.
 func KeyType(ctx context.Context, db DB, j Job) (string, error) {
-	schema, name, found := strings.Cut(j.Table, ".")
-	if !found {
-		schema, name = "", j.Table
-	}
+	schema, name := splitTable(j.Table)
 	var dataType, udtSchema, udtName string
 	err := db.QueryRow(ctx, `select data_type, udt_schema, udt_name from information_schema.columns
 where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name = $2 and column_name = $3`,
@@ -361,10 +355,7 @@ where table_schema = coalesce(nullif($1, ''), current_schema()) and table_name =
 // CockroachDB's hidden columns (a hash-sharded index's, crdb_region) are
 // left out, as to_jsonb(t) leaves them.
 func UserColumns(ctx context.Context, db DB, flavor Flavor, j Job) ([]string, error) {
-	schema, name, found := strings.Cut(j.Table, ".")
-	if !found {
-		schema, name = "", j.Table
-	}
+	schema, name := splitTable(j.Table)
 	hidden := ""
 	if flavor == CockroachDB {
 		hidden = " and is_hidden = 'NO'"
@@ -375,13 +366,12 @@ order by ordinal_position`, schema, name)
 	if err != nil {
 		return nil, fmt.Errorf("job %q: read the columns of table %s: %w", j.Name, j.Table, err)
 	}
-	f := j.Fields
-	pampa := []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription, f.Final}
+	pampa := j.Fields.bookkeeping()
 	var cols []string
 	for rows.Next() {
 		var c string
 		if err := rows.Scan(&c); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("job %q: read the columns of table %s: %w", j.Name, j.Table, err)
 		}
 		if !slices.Contains(pampa, c) {
 			cols = append(cols, c)
@@ -391,4 +381,13 @@ order by ordinal_position`, schema, name)
 		return nil, fmt.Errorf("job %q: read the columns of table %s: %w", j.Name, j.Table, err)
 	}
 	return cols, nil
+}
+
+// splitTable parts an optionally schema-qualified table name; the schema
+// is "" when not given (information_schema queries take current_schema()).
+func splitTable(table string) (schema, name string) {
+	if schema, name, found := strings.Cut(table, "."); found {
+		return schema, name
+	}
+	return "", table
 }

@@ -142,7 +142,7 @@ func newQueries(j Job, keyType string, user []string) *Queries {
 		userJSON = "json_build_object(" + strings.Join(pairs, ", ") + ")"
 	} else {
 		var keys []string
-		for _, c := range []string{f.ID, f.Time, f.Times, f.StartTime, f.EndTime, f.Success, f.ErrorDescription, f.Final} {
+		for _, c := range f.bookkeeping() {
 			keys = append(keys, quoteLiteral(c))
 		}
 		userJSON = "(to_jsonb(t) - array[" + strings.Join(keys, ", ") + "]::text[])"
