@@ -204,7 +204,9 @@ func (d *Dispatcher) cancelHeld(ctx context.Context, q *Queries) error {
 		id := rowID{q.job.Name, r.Key}
 		h, ok := p.held[id]
 		if !ok {
-			// A spare: back to the table, where EndCancelled ends it.
+			// A spare: back to the table, where EndCancelled ends it. Or
+			// a row of the reservation in flight: it is told at the next
+			// full cycle, like one reserved just after this one.
 			d.giveBackSpares(p, func(s protocol.Row) bool { return s.Job == id.job && s.Key == id.key })
 			continue
 		}

@@ -95,11 +95,13 @@ func (c *Config) validate() error {
 var ErrBadSQL = errors.New("bad SQL in the config")
 
 // Dispatcher is the database's one client for the whole fleet. One loop
-// owns one session: it reserves rows and pushes them to workers over the
-// worker protocol, writes their start and end marks in set-based batches,
-// relaunches failed and late rows, takes rows back from dead workers and
-// assigns workers to jobs. A second session LISTENs for new rows
-// (PostgreSQL), and sql steps run on SQLSessions more.
+// owns the fleet's state and two sessions: on one it writes the workers'
+// start and end marks in set-based batches, relaunches failed and late
+// rows, takes rows back from dead workers and assigns workers to jobs; on
+// the other it reserves rows, which it pushes to workers over the worker
+// protocol. Marks and reservations run beside the loop (see flight.go). A
+// third session LISTENs for new rows (PostgreSQL), and sql steps run on
+// SQLSessions more.
 type Dispatcher struct {
 	cfg Config
 	log *slog.Logger
@@ -123,7 +125,7 @@ type Dispatcher struct {
 	// cycle: reservation resumes there instead of walking again past every
 	// row taken since the last VACUUM. Rows that become free below it are
 	// found by the walk from the start that every full cycle and every
-	// short reservation makes.
+	// short reservation makes (see resetCursor).
 	after map[string]any
 
 	obs   Observer // cfg.Metrics, or one that hears nothing
@@ -133,8 +135,16 @@ type Dispatcher struct {
 	// spareOK says, per job, whether its workers may have spare rows (see
 	// spareWanted), as of its last assignment.
 	spareOK map[string]bool
-	marks   pendingMarks
-	sqlRun  []*sqlRunner
+	// marks is what the workers said since the marks in flight left;
+	// marksRoom, the emptied marks of the last flight, kept for their room.
+	marks, marksRoom *pendingMarks
+	mflight          *marksFlight       // on d.conn
+	rflight          *reservationFlight // on d.rconn
+	// reserveDue: something may have made room in a queue since the last
+	// reservation round (an outcome, a worker, a notification, a cycle).
+	reserveDue bool
+	cursorGen  int // counts resets of after
+	sqlRun     []*sqlRunner
 	// paused holds the jobs operators paused, as of the last full cycle;
 	// the sql runners read it too.
 	paused atomic.Pointer[map[string]bool]
@@ -153,7 +163,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, err
 	}
 	d := &Dispatcher{cfg: cfg, log: cfg.Logger, after: map[string]any{}, peers: map[string]*peer{}, spareOK: map[string]bool{},
-		notes: make(chan string, 64), obs: cfg.Metrics}
+		notes: make(chan string, 64), obs: cfg.Metrics, marks: &pendingMarks{}, reserveDue: true}
 	if d.obs == nil {
 		d.obs = noObserver{}
 	}
@@ -219,7 +229,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				return err // retrying cannot fix the schema or the config
 			}
 			d.log.Error("dispatcher cannot reach the database; retrying", "err", err, "in", bo.Peek())
-			d.applyInbox() // keep the fleet's state current meanwhile
+			_ = d.applyInbox(ctx, map[string]Stats{}) // keep the fleet's state current meanwhile: nothing is in flight
 			bo.Wait(ctx)
 			continue
 		}
@@ -239,6 +249,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.wait(ctx)
 	}
 	d.srv.Shutdown()
+	d.abandon()
 	d.resign()
 	return nil
 }
@@ -365,6 +376,9 @@ func (d *Dispatcher) columnsDropped(ctx context.Context, err error) bool {
 	if !errors.As(err, &pgErr) || pgErr.Code != "42703" { // undefined_column
 		return false
 	}
+	if d.landMarks(ctx) != nil {
+		return false
+	}
 	changed, rerr := d.readColumns(ctx)
 	if rerr != nil || !changed {
 		return false
@@ -404,6 +418,7 @@ func (d *Dispatcher) drop() {
 		d.sqlRun = nil
 	}
 	if d.conn != nil {
+		d.abandon()
 		d.conn.Close(context.Background())
 		d.rconn.Close(context.Background())
 		d.conn, d.rconn = nil, nil
@@ -420,6 +435,9 @@ func (d *Dispatcher) resign() {
 	d.setLeader(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if d.conn != nil && d.conn.IsClosed() {
+		d.drop() // a statement cancelled as the loop ended closes its session
+	}
 	if d.conn == nil {
 		if err := d.connect(ctx); err != nil {
 			return
@@ -468,11 +486,18 @@ func (d *Dispatcher) note(payload string) {
 	}
 }
 
-// wait blocks until a worker's message, a notification, or the next full
-// cycle.
+// wait blocks until a worker's message, a flight landing, a notification,
+// or the next full cycle.
 func (d *Dispatcher) wait(ctx context.Context) {
-	if d.inbox.len() > 0 || d.marks.any() {
+	if d.inbox.len() > 0 || d.mflight == nil && d.marks.any() {
 		return
+	}
+	var marksBack, rowsBack chan struct{} // nil, never ready, when none is in flight
+	if d.mflight != nil {
+		marksBack = d.mflight.done
+	}
+	if d.rflight != nil {
+		rowsBack = d.rflight.done
 	}
 	next := min(time.Until(d.lastFull.Add(d.cfg.Delay)), time.Until(d.assignBy))
 	t := time.NewTimer(max(next, time.Millisecond))
@@ -481,6 +506,8 @@ func (d *Dispatcher) wait(ctx context.Context) {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-d.inbox.poke:
+	case <-marksBack:
+	case <-rowsBack:
 	case p := <-d.notes:
 		d.noted(p)
 	}
@@ -498,12 +525,13 @@ func (d *Dispatcher) noted(payload string) {
 	// New rows come with new keys, usually above the cursor; anything else
 	// (a retry) may free rows anywhere.
 	if payload != "insert" {
-		clear(d.after)
+		d.resetCursor()
 	}
 	if payload == ControlNote || payload == "freed" {
 		d.lastFull = time.Time{} // read the operators' orders now
 	}
 	d.assignBy = time.Now()
+	d.reserveDue = true
 	for _, r := range d.sqlRun {
 		r.poke()
 	}
@@ -542,20 +570,37 @@ returning holder`, d.cfg.Holder, d.leaseTTL().Seconds()).Scan(&holder)
 }
 
 // Cycle runs one full pass: lease, liveness, relaunch, assignment and
-// reservation. It returns per-job statistics.
+// reservation, and waits for its writes. It returns per-job statistics.
 func (d *Dispatcher) Cycle(ctx context.Context) (map[string]Stats, error) {
 	d.lastFull = time.Time{}
-	return d.cycle(ctx)
+	stats, err := d.cycle(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return stats, d.settle(ctx, stats)
 }
 
+// cycle lands the flights that are back, runs the full pass when it is
+// due, and sends off the next flights.
 func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 	if d.conn == nil {
 		return nil, errors.New("dispatcher: not connected")
 	}
-	d.applyInbox()
-	d.slowedDown()
 	stats := map[string]Stats{}
+	if err := d.applyInbox(ctx, stats); err != nil {
+		return nil, err
+	}
+	d.slowedDown()
 	full := time.Since(d.lastFull) >= d.cfg.Delay
+	assign := full || !time.Now().Before(d.assignBy)
+	if full || assign || !d.leader {
+		// What follows runs on the loop's session, which marks in flight
+		// hold. A reservation in flight goes on: it takes rows that are
+		// free, which none of it touches.
+		if err := d.landMarks(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if full || !d.leader {
 		leader, err := d.lease(ctx)
 		if err != nil {
@@ -570,6 +615,9 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 		}
 		d.setLeader(leader) // before standBy: Open refuses from now on
 		if !leader {
+			if err := d.landReservation(ctx, stats); err != nil {
+				return nil, err
+			}
 			d.standBy() // also a stream that Open took just before
 			d.lastFull = time.Now()
 			return stats, nil
@@ -577,13 +625,14 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 	}
 	if full {
 		d.lastFull = time.Now()
-		clear(d.after)
+		d.resetCursor()
+		d.reserveDue = true
 		if _, err := d.readColumns(ctx); err != nil {
 			return nil, err
 		}
 		// Outcomes already received are written before their workers can
 		// be judged dead: their rows would be taken back and run again.
-		if err := d.flush(ctx, stats, false); err != nil {
+		if err := d.writeMarksNow(ctx); err != nil {
 			return nil, err
 		}
 		if err := d.liveness(ctx, stats); err != nil {
@@ -614,20 +663,18 @@ func (d *Dispatcher) cycle(ctx context.Context) (map[string]Stats, error) {
 			return nil, err
 		}
 	}
-	// Assignment first: flush reserves for the workers it leaves assigned,
-	// in the round trip of the marks.
-	if full || !time.Now().Before(d.assignBy) {
+	// Assignment first: the reservation is for the workers it leaves
+	// assigned.
+	if assign {
 		d.assignBy = time.Now().Add(d.cfg.Delay)
+		d.reserveDue = true
 		for _, q := range d.queries {
 			if err := d.assign(ctx, q, stats); err != nil {
 				return nil, err
 			}
 		}
 	}
-	if err := d.flush(ctx, stats, true); err != nil {
-		if d.columnsDropped(ctx, err) {
-			return stats, nil
-		}
+	if err := d.pump(ctx, stats); err != nil {
 		return nil, err
 	}
 	for name, s := range stats {
@@ -648,7 +695,7 @@ func (d *Dispatcher) standBy() {
 		d.dropSpares(p)
 	}
 	clear(d.peers)
-	d.marks = pendingMarks{}
+	d.marks = &pendingMarks{}
 }
 
 func (d *Dispatcher) relaunch(ctx context.Context, q *Queries, stats map[string]Stats) error {
@@ -681,7 +728,7 @@ func (d *Dispatcher) relaunch(ctx context.Context, q *Queries, stats map[string]
 	}
 	stats[j.Name] = s
 	if s.Relaunched > 0 || s.Repeated > 0 {
-		clear(d.after)
+		d.resetCursor()
 	}
 	return res.Close()
 }

@@ -168,6 +168,9 @@ func (e *env) quick(d *Dispatcher) Stats {
 	e.t.Helper()
 	d.lastFull = time.Now()
 	stats, err := d.cycle(context.Background())
+	if err == nil {
+		err = d.settle(context.Background(), stats)
+	}
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -197,8 +200,10 @@ func (e *env) sync(d *Dispatcher) {
 // test's stand-in for the old design's workers writing their own marks.
 func (e *env) flush(d *Dispatcher) {
 	e.t.Helper()
-	d.applyInbox()
-	if err := d.flush(context.Background(), map[string]Stats{}, false); err != nil {
+	if err := d.applyInbox(context.Background(), map[string]Stats{}); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := d.writeMarksNow(context.Background()); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -1031,20 +1036,43 @@ func TestReleasedRowsGoBackWithoutSpendingAnAttempt(t *testing.T) {
 	fw.client.Send(protocol.Message{Kind: protocol.KindRelease, Refs: refs})
 	e.waitInbox(d, before+1)
 	e.cycle(d)
-	if n := count(t, e.pool, `select count(*) from numbers where odd_checking_reservation_id is null and odd_checking_start_time is null
-  and coalesce(odd_checking_reservation_times, 0) = 0`); n != 10 {
+	if n := e.untried(); n != 10 {
 		t.Fatalf("%d of 10 rows available with no attempt spent", n)
 	}
-	poll.Until(t, "the dispatcher to let the worker go", 10*time.Second, func() string {
-		if fw.isUp() {
-			return "stream still open"
-		}
-		return ""
-	})
+	e.waitLetGo(fw)
 	poll.Until(t, "the worker to be recorded as stopped", 10*time.Second, func() string {
 		e.cycle(d)
 		if n := count(t, e.pool, `select count(*) from pampa_workers where id = 'n1.1' and state = 'stopped'`); n != 1 {
 			return "not stopped"
+		}
+		return ""
+	})
+}
+
+// leaveIdle has fw, holding nothing, say it is leaving, and waits until the
+// dispatcher heard it.
+func (e *env) leaveIdle(fw *fakeWorker) {
+	e.t.Helper()
+	fw.mu.Lock()
+	fw.leaving = true
+	fw.mu.Unlock()
+	before := items(fw.d)
+	fw.client.Send(protocol.Message{Kind: protocol.KindRelease})
+	e.waitInbox(fw.d, before+1)
+}
+
+// untried counts the rows available with no attempt spent.
+func (e *env) untried() int64 {
+	return count(e.t, e.pool, `select count(*) from numbers where odd_checking_reservation_id is null and odd_checking_start_time is null
+  and coalesce(odd_checking_reservation_times, 0) = 0`)
+}
+
+// waitLetGo waits until the dispatcher has closed fw's stream.
+func (e *env) waitLetGo(fw *fakeWorker) {
+	e.t.Helper()
+	poll.Until(e.t, "the dispatcher to let the worker go", 10*time.Second, func() string {
+		if fw.isUp() {
+			return "stream still open"
 		}
 		return ""
 	})
@@ -1059,12 +1087,7 @@ func TestIdleWorkerLeavingIsLetGo(t *testing.T) {
 	d := e.dispatcher()
 	e.cycle(d)
 	fw := e.workers["n1.1"]
-	fw.mu.Lock()
-	fw.leaving = true
-	fw.mu.Unlock()
-	before := items(d)
-	fw.client.Send(protocol.Message{Kind: protocol.KindRelease})
-	e.waitInbox(d, before+1)
+	e.leaveIdle(fw)
 	poll.Until(t, "the dispatcher to let the worker go", 10*time.Second, func() string {
 		e.cycle(d)
 		if fw.isUp() {
@@ -1079,6 +1102,76 @@ func TestIdleWorkerLeavingIsLetGo(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// A worker that says it is leaving while a reservation for it is on its
+// way from the database never gets those rows: they go back to the table
+// with no attempt spent, and the worker is let go once they are, not
+// before (a worker gone with rows still reserved for it would leave them
+// stuck until it was judged dead).
+func TestRowsOnTheirWayToALeavingWorkerGoBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 10)
+	e.register("n1.1")
+	d := e.dispatcher()
+	ctx := context.Background()
+	e.cycle(d)
+	if n := e.work("n1.1", 5, true); n != 5 {
+		t.Fatalf("worked %d rows, want its queue of 5", n)
+	}
+	// The table is locked: the next reservation waits in flight.
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `lock table numbers in exclusive mode`); err != nil {
+		t.Fatal(err)
+	}
+	quick := func() map[string]Stats {
+		t.Helper()
+		d.lastFull = time.Now()
+		stats, err := d.cycle(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stats
+	}
+	quick()
+	if d.rflight == nil {
+		t.Fatal("no reservation in flight")
+	}
+	fw := e.workers["n1.1"]
+	e.leaveIdle(fw)
+	stats := quick() // it hears the worker leave
+	if err := d.landMarks(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Its marks landed before the rows did: it must not go yet.
+	for range 30 {
+		if !fw.isUp() {
+			t.Fatal("the worker was let go with rows on their way to it")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.settle(ctx, stats); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.writeMarksNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.untried(); n != 5 {
+		t.Fatalf("%d of the 5 rows left available with no attempt spent, want all", n)
+	}
+	e.waitLetGo(fw)
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if len(fw.queue) != 0 {
+		t.Fatalf("the leaving worker got %d rows", len(fw.queue))
+	}
 }
 
 func TestElasticAssignmentUpAndDown(t *testing.T) {

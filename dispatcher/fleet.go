@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -22,11 +23,11 @@ type peer struct {
 	job   string         // assigned job, "" for none
 	held  map[rowID]hold // rows sent to it and not ended
 	gone  time.Time      // when its stream ended
-	fresh bool           // connected since the last flush: register and reconcile
+	fresh bool           // connected since the last marks left: register and reconcile
 	leave bool           // it gave its rows back and is stopping
-	done  int64          // outcomes committed since the last flush, for rows_done
-	fails int64          // for rows_failed
 	spare *sparePool     // its stream's spare rows (see spareWanted); nil while disconnected
+	// coming is how many rows the reservation in flight asked for it.
+	coming int
 	// millis is the mean duration of its last steps, ended counts its
 	// outcomes: quick workers get spare rows.
 	millis float64
@@ -48,8 +49,9 @@ type hold struct {
 	cancelled bool      // told to stop it
 }
 
-// busy says whether p holds rows: sent, or kept as its spares.
-func (p *peer) busy() bool { return len(p.held) > 0 || p.spare.size() > 0 }
+// busy says whether p holds rows: sent, kept as its spares, or on their
+// way from the database.
+func (p *peer) busy() bool { return len(p.held) > 0 || p.spare.size() > 0 || p.coming > 0 }
 
 func (p *peer) queued(job string) int {
 	n := 0
@@ -133,9 +135,20 @@ func (h *handler) Receive(s *protocol.Session, m protocol.Message) {
 }
 func (h *handler) Closed(s *protocol.Session) { h.inbox.put(event{sess: s, closed: true}) }
 
-// applyInbox brings the fleet's state up to date with what the streams said.
-func (d *Dispatcher) applyInbox() {
-	for _, e := range d.inbox.take() {
+// applyInbox brings the fleet's state up to date with what the streams
+// said. A stream that opens or closes waits for the flights to land: they
+// were built for the fleet as it was. Their errors are returned once every
+// event is applied.
+func (d *Dispatcher) applyInbox(ctx context.Context, stats map[string]Stats) error {
+	var err error
+	events := d.inbox.take()
+	if len(events) > 0 {
+		d.reserveDue = true
+	}
+	for _, e := range events {
+		if e.opened || e.closed {
+			err = errors.Join(err, d.settle(ctx, stats))
+		}
 		id := e.sess.Hello.ID
 		p := d.peers[id]
 		switch {
@@ -187,6 +200,7 @@ func (d *Dispatcher) applyInbox() {
 			}
 		}
 	}
+	return err
 }
 
 // dropSpares forgets p's spare rows: its stream is gone.
@@ -330,7 +344,7 @@ returning id`, d.cfg.HeartbeatTimeout.Seconds(), dead, judgeRegistry)
 			delete(d.peers, id)
 		}
 	}
-	clear(d.after)
+	d.resetCursor()
 	return nil
 }
 
@@ -370,7 +384,7 @@ func (d *Dispatcher) assign(ctx context.Context, q *Queries, stats map[string]St
 	if d.isPaused(j.Name) {
 		// Workers finish what runs, then go elsewhere.
 		for _, p := range d.assignedTo(j.Name) {
-			if len(p.held) == 0 {
+			if len(p.held) == 0 && p.coming == 0 {
 				p.job = ""
 				d.giveBackSpares(p, anyRow)
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -13,9 +12,9 @@ import (
 	"github.com/pampa-go/pampa/protocol"
 )
 
-// pendingMarks is what the workers said since the last flush, waiting to
-// be written: every worker's marks go out together, a few set-based
-// statements per flush.
+// pendingMarks is what the workers said since the last marks left, waiting
+// to be written: every worker's marks go out together, a few set-based
+// statements per write.
 type pendingMarks struct {
 	starts   map[string][]mark // by job
 	outcomes map[string][]mark
@@ -27,9 +26,9 @@ type pendingMarks struct {
 	startRoom, outcomeRoom map[string][]mark
 }
 
-// reset empties m for the next flush, keeping the room of its maps and
+// reset empties m for another use, keeping the room of its maps and
 // slices: a quick fleet fills them again at once, and growing them anew
-// each flush was a visible part of the dispatcher loop's CPU.
+// each write was a visible part of the dispatcher loop's CPU.
 func (m *pendingMarks) reset() {
 	keep := func(byJob map[string][]mark, room *map[string][]mark) {
 		if *room == nil {
@@ -49,7 +48,7 @@ func (m *pendingMarks) reset() {
 	m.stopped = nil
 }
 
-// add appends to a job's marks, in room an earlier flush left.
+// add appends to a job's marks, in room an earlier write left.
 func add(byJob, room map[string][]mark, job string, mk mark) {
 	ms, ok := byJob[job]
 	if !ok {
@@ -110,6 +109,32 @@ func (m *pendingMarks) give(worker string, r protocol.Ref) {
 	m.giveBack[r.Job][worker] = append(m.giveBack[r.Job][worker], r.Key)
 }
 
+// absorb appends later's marks to m's: the marks of a write that failed
+// go out again ahead of those received since.
+func (m *pendingMarks) absorb(later *pendingMarks) {
+	for _, ms := range later.starts {
+		for _, s := range ms {
+			m.start(s.worker, s.Ref)
+		}
+	}
+	for _, ms := range later.outcomes {
+		for _, o := range ms {
+			m.outcome(o.worker, o.instance, o.Outcome)
+		}
+	}
+	for job, ws := range later.giveBack {
+		for w, keys := range ws {
+			for _, k := range keys {
+				m.give(w, protocol.Ref{Job: job, Key: k})
+			}
+		}
+	}
+	for w := range later.leaving {
+		m.leave(w)
+	}
+	m.stopped = append(m.stopped, later.stopped...)
+}
+
 // maxErrorDescription bounds what an error description stores.
 const maxErrorDescription = 4000
 
@@ -121,108 +146,20 @@ func errorText(desc string) string {
 	return strings.ReplaceAll(strings.ToValidUTF8(desc, "?"), "\x00", "")
 }
 
-// flush writes, in one transaction: new workers' registrations and the
-// reconciliation of what they hold, rows given back, start marks, fenced
-// end marks with the workers' counters and any result_sql; then it
-// reserves rows for the hungry workers. Without result_sql to run, all of
-// it is one round trip. Outcomes are acknowledged once the transaction
-// commits, both those that ended their rows and those refused as late. A
-// failed flush keeps everything for the next one.
-func (d *Dispatcher) flush(ctx context.Context, stats map[string]Stats, reserve bool) error {
-	var fresh []*peer
-	for _, p := range d.peers {
-		if p.fresh {
-			fresh = append(fresh, p)
-		}
-	}
-	if !d.marks.any() && len(fresh) == 0 {
-		if !reserve {
-			return nil
-		}
-		return d.reserve(ctx, stats)
-	}
-	applied, rs, err := d.writeMarks(ctx, fresh, false, reserve)
-	var late reserveError
-	if errors.As(err, &late) {
-		err = nil // the marks committed; the reservation's error ends the flush below
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		// A statement of the user's (result_sql) or a bad value failed: go
-		// again with each result in a savepoint, so one row's error fails
-		// that row only.
-		d.log.Warn("writing marks failed; writing them again row by row", "err", err)
-		applied, _, err = d.writeMarks(ctx, fresh, true, false)
-	}
-	if err != nil {
-		if rs != nil {
-			err = errors.Join(err, d.reserved(ctx, rs, stats))
-		}
-		return fmt.Errorf("write start and end marks: %w", err)
-	}
-	for _, p := range fresh {
-		p.fresh = false
-	}
-	// Rows first, then acks: both reach a worker in one write of its stream.
-	switch {
-	case rs != nil:
-		err = d.reserved(ctx, rs, stats)
-	case reserve:
-		err = d.reserve(ctx, stats)
-	}
-	type sender struct{ worker, instance string }
-	acks := map[sender][]uint64{}
-	for job, ms := range d.marks.outcomes {
-		for i, m := range ms {
-			k := sender{m.worker, m.instance}
-			acks[k] = append(acks[k], m.Seq)
-			if !applied[job][i] {
-				d.log.Warn("late outcome refused: the row was relaunched or ended meanwhile", "worker", m.worker, "job", job,
-					"key", m.Key, "attempt", m.Attempt, "ok", m.OK)
-			} else {
-				d.obs.RowEnded(job, m.OK, time.Duration(m.Millis)*time.Millisecond)
-				d.ended.Add(1)
-			}
-		}
-	}
-	for k, seqs := range acks {
-		// Only to the process that sent them: another under the same id
-		// numbers its outcomes anew. A worker whose stream is down sends
-		// them again when it is back.
-		if p := d.peers[k.worker]; p != nil && p.sess != nil && p.hello.Instance == k.instance {
-			p.sess.Send(protocol.Message{Kind: protocol.KindAcks, Acks: seqs})
-		}
-	}
-	// Every worker that said it is leaving, also one that had nothing to
-	// give back: it waits for its stream to close before it exits.
-	for w := range d.marks.leaving {
-		if p := d.peers[w]; p != nil && p.leave && p.sess != nil && len(p.held) == 0 {
-			p.sess.Close() // its rows are back: it may go
-		}
-	}
-	d.marks.reset()
-	if late.error != nil {
-		return fmt.Errorf("reserve rows: %w", late.error)
-	}
-	return err
-}
-
-// reserveError is a reservation that failed beside marks that committed.
-type reserveError struct{ error }
-
-func (e reserveError) Unwrap() error { return e.error }
-
-// writeMarks runs the flush's transaction and returns, per job, which of
-// d.marks' outcomes it applied.
-// When no result_sql has to run after the end marks, the reservations ride
-// in the same batch, after the commit, and are returned for reserved.
-func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, reserve bool) (map[string][]bool, []*reservation, error) {
+// writeMarks writes m in one transaction: new workers' registrations and
+// the reconciliation of what they hold, rows given back, start marks,
+// fenced end marks with the workers' counters and any result_sql. Without
+// result_sql to run, it is one round trip. It returns, per job, which of
+// m's outcomes it applied. careful runs each result_sql in a savepoint, so
+// that one row's error fails that row only. It touches only m, fresh and
+// d.conn: it runs while the loop goes on (see marksFlight).
+func (d *Dispatcher) writeMarks(ctx context.Context, m *pendingMarks, fresh []*peer, careful bool) (map[string][]bool, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	// Start marks first: a start heard from a process that a new one under
 	// its id has replaced since must count before the reconciliation
 	// below frees the row, or its attempt would be handed out again.
-	for job, ms := range d.marks.starts {
+	for job, ms := range m.starts {
 		// A row whose outcome is here too needs no start mark: its end
 		// mark sets the start from the step's duration.
 		type attempt struct {
@@ -230,14 +167,14 @@ func (d *Dispatcher) writeMarks(ctx context.Context, fresh []*peer, careful, res
 			n           int
 		}
 		ended := map[attempt]bool{}
-		for _, o := range d.marks.outcomes[job] {
+		for _, o := range m.outcomes[job] {
 			ended[attempt{o.worker, o.Key, o.Attempt}] = true
 		}
 		var keys, workers []string
 		var attempts []int32
-		for _, m := range ms {
-			if !ended[attempt{m.worker, m.Key, m.Attempt}] {
-				keys, workers, attempts = append(keys, m.Key), append(workers, m.worker), append(attempts, int32(m.Attempt))
+		for _, s := range ms {
+			if !ended[attempt{s.worker, s.Key, s.Attempt}] {
+				keys, workers, attempts = append(keys, s.Key), append(workers, s.worker), append(attempts, int32(s.Attempt))
 			}
 		}
 		if len(keys) > 0 {
@@ -269,49 +206,49 @@ on conflict (id) do update set node = excluded.node, hostname = excluded.hostnam
 				// received, and a reconnecting worker sends its outcomes
 				// right after its hello: their rows are the worker's
 				// still, for the statements below to end or free.
-				for _, m := range d.marks.outcomes[q.job.Name] {
-					if m.worker == p.id {
-						keys = append(keys, m.Key)
+				for _, o := range m.outcomes[q.job.Name] {
+					if o.worker == p.id {
+						keys = append(keys, o.Key)
 					}
 				}
-				keys = append(keys, d.marks.giveBack[q.job.Name][p.id]...)
+				keys = append(keys, m.giveBack[q.job.Name][p.id]...)
 				b.Queue(q.ReconcileQueued, p.id, keys)
 				b.Queue(q.ReconcileRunning, p.id, keys, q.job.MaxTryTimes)
 				b.Queue(q.ReconcileFail, p.id, keys, q.job.MaxTryTimes)
 			}
 		}
 	}
-	for job, ws := range d.marks.giveBack {
+	for job, ws := range m.giveBack {
 		for w, keys := range ws {
 			b.Queue(d.byJob[job].GiveBack, w, keys)
 		}
 	}
-	if len(d.marks.stopped) > 0 {
+	if len(m.stopped) > 0 {
 		b.Queue(`update pampa_workers set state = 'stopped', stopped_at = now(), job = null, assigned_at = null
-where id = any($1)`, d.marks.stopped)
+where id = any($1)`, m.stopped)
 	}
-	// applied[job][i]: the end mark of d.marks.outcomes[job][i] was written.
-	applied := make(map[string][]bool, len(d.marks.outcomes))
+	// applied[job][i]: the end mark of m.outcomes[job][i] was written.
+	applied := make(map[string][]bool, len(m.outcomes))
 	results := false // some result_sql must run once the end marks are known
 	// Jobs whose end marks are counted in the second round, with their
 	// result_sql: a row that fails it counts as failed.
 	countLater := map[string]bool{}
-	for job, ms := range d.marks.outcomes {
+	for job, ms := range m.outcomes {
 		q := d.byJob[job]
 		n := len(ms)
 		keys, workers, errs := make([]string, n), make([]string, n), make([]*string, n)
 		attempts, oks, millis, finals := make([]int32, n), make([]bool, n), make([]float64, n), make([]bool, n)
-		for i, m := range ms {
-			keys[i], workers[i], attempts[i], oks[i], millis[i] = m.Key, m.worker, int32(m.Attempt), m.OK, float64(m.Millis)
-			if !m.OK {
-				e := m.Error
-				if finals[i] = q.job.final(m.Outcome); finals[i] {
+		for i, o := range ms {
+			keys[i], workers[i], attempts[i], oks[i], millis[i] = o.Key, o.worker, int32(o.Attempt), o.OK, float64(o.Millis)
+			if !o.OK {
+				e := o.Error
+				if finals[i] = q.job.final(o.Outcome); finals[i] {
 					e += " (permanent: not tried again)"
 				}
 				e = errorText(e)
 				errs[i] = &e
 			}
-			countLater[job] = countLater[job] || (m.OK && q.job.ResultSQL != "")
+			countLater[job] = countLater[job] || (o.OK && q.job.ResultSQL != "")
 		}
 		results = results || countLater[job]
 		stmt := q.EndCounted
@@ -342,72 +279,49 @@ where id = any($1)`, d.marks.stopped)
 			return rows.Err()
 		})
 	}
-	var rs []*reservation
-	var reserving chan error
 	if !results {
 		b.Queue("commit")
-		if reserve {
-			// While the marks commit on one session, the next rows are
-			// reserved on the other.
-			rb := &pgx.Batch{}
-			if rs = d.reservations(ctx, rb); len(rs) > 0 {
-				reserving = make(chan error, 1)
-				go func() { reserving <- d.rconn.SendBatch(ctx, rb).Close() }()
-			}
-		}
 	}
-	err := d.conn.SendBatch(ctx, b).Close()
-	var rerr error
-	if reserving != nil {
-		if rerr = <-reserving; rerr != nil {
-			d.resync(rs, rerr)
-			rs = nil
-		}
-	}
-	if err != nil {
+	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
 		d.rollback(ctx)
-		// Rows reserved all the same go to their workers.
-		return nil, rs, err
-	}
-	if rerr != nil {
-		return applied, nil, reserveError{rerr} // the marks are in
+		return nil, err
 	}
 	if !results {
-		return applied, rs, nil
+		return applied, nil
 	}
 
 	// Second round: results of the rows that ended well, and counters.
 	b = &pgx.Batch{}
 	counts := map[string][2]int64{}
-	for job, ms := range d.marks.outcomes {
+	for job, ms := range m.outcomes {
 		q := d.byJob[job]
 		if !countLater[job] {
 			continue // EndCounted counted them
 		}
-		for i, m := range ms {
+		for i, o := range ms {
 			if !applied[job][i] {
 				continue
 			}
-			ok := m.OK
-			if m.OK {
+			ok := o.OK
+			if o.OK {
 				if !careful {
-					b.Queue(q.job.ResultSQL, q.resultParams(m)...)
+					b.Queue(q.job.ResultSQL, q.resultParams(o)...)
 				} else {
-					failed, err := d.resultCarefully(ctx, q, m)
+					failed, err := d.resultCarefully(ctx, q, o)
 					if err != nil {
 						d.rollback(ctx)
-						return nil, nil, err
+						return nil, err
 					}
 					ok = !failed // a row its result_sql failed counts as failed
 				}
 			}
-			c := counts[m.worker]
+			c := counts[o.worker]
 			if ok {
 				c[0]++
 			} else {
 				c[1]++
 			}
-			counts[m.worker] = c
+			counts[o.worker] = c
 		}
 	}
 	if len(counts) > 0 {
@@ -422,9 +336,9 @@ from unnest($1::text[], $2::bigint[], $3::bigint[]) as u(id, d, f) where w.id = 
 	b.Queue("commit")
 	if err := d.conn.SendBatch(ctx, b).Close(); err != nil {
 		d.rollback(ctx)
-		return nil, nil, err
+		return nil, err
 	}
-	return applied, nil, nil
+	return applied, nil
 }
 
 // rollback ends a failed transaction of the batch; a broken session is

@@ -18,22 +18,6 @@ import (
 // several.
 const rowsPerMessage = 500
 
-// reserve fills the queue of every connected worker that has room and
-// pushes the rows down their streams: one statement per hungry worker,
-// all in one round trip (or in flush's, see reservations).
-func (d *Dispatcher) reserve(ctx context.Context, stats map[string]Stats) error {
-	b := &pgx.Batch{}
-	rs := d.reservations(ctx, b)
-	if len(rs) == 0 {
-		return nil
-	}
-	if err := d.rconn.SendBatch(ctx, b).Close(); err != nil {
-		d.resync(rs, err)
-		return fmt.Errorf("reserve rows: %w", err)
-	}
-	return d.reserved(ctx, rs, stats)
-}
-
 // resync closes the streams of the workers a failed reservation was for:
 // it may have committed without its reply arriving, leaving rows reserved
 // for them that they never got. Their reconnect's hello says what they
@@ -65,36 +49,54 @@ type reservation struct {
 }
 
 // reservations queues on b a reservation round for every job with hungry
-// workers. It resumes after the last key reserved; reserved serves the
-// workers left short once more from the first key.
-func (d *Dispatcher) reservations(ctx context.Context, b *pgx.Batch) []*reservation {
-	var rs []*reservation
+// workers, one statement per job for all of them. It resumes after the last
+// key reserved; reserved serves the workers left short once more from the
+// first key. With onlyUrgent it queues nothing, and says it deferred, unless
+// some worker has room for at least half of what it should hold: rounds
+// for a few rows each would cost the database a statement per few rows.
+func (d *Dispatcher) reservations(ctx context.Context, b *pgx.Batch, onlyUrgent bool) (rs []*reservation, deferred bool) {
+	type hunger struct {
+		q    *Queries
+		ps   []*peer
+		room []int
+	}
+	var hungers []hunger
+	urgent := false
 	for _, q := range d.queries {
 		j := q.job
 		if j.Step.SQL != "" || d.isPaused(j.Name) {
 			continue
 		}
-		var hungry []*peer
-		var room []int
+		h := hunger{q: q}
 		for _, p := range d.assignedTo(j.Name) {
 			if p.sess == nil || p.fresh || p.leave {
 				continue
 			}
 			d.queueSpares(p, j)
-			if n := j.QueueSize - p.queued(j.Name) + d.spareWanted(p, j) - p.spare.size(); n > 0 {
-				hungry, room = append(hungry, p), append(room, n)
+			target := j.QueueSize + d.spareWanted(p, j)
+			if n := target - p.queued(j.Name) - p.spare.size(); n > 0 {
+				h.ps, h.room = append(h.ps, p), append(h.room, n)
+				urgent = urgent || 2*n >= target
 			}
 		}
-		if len(hungry) > 0 && len(j.Snippets.workerSnippets()) > 0 {
-			hungry, room = d.workerSnippets(ctx, q, hungry, room)
+		if len(h.ps) > 0 {
+			hungers = append(hungers, h)
 		}
-		if len(hungry) == 0 {
+	}
+	if onlyUrgent && !urgent && len(hungers) > 0 {
+		return nil, true
+	}
+	for _, h := range hungers {
+		if len(h.q.job.Snippets.workerSnippets()) > 0 {
+			h.ps, h.room = d.workerSnippets(ctx, h.q, h.ps, h.room)
+		}
+		if len(h.ps) == 0 {
 			continue
 		}
-		after, resume := d.after[j.Name]
-		rs = append(rs, d.queueReservation(b, q, hungry, room, after, resume && q.ReserveManyAfter != ""))
+		after, resume := d.after[h.q.job.Name]
+		rs = append(rs, d.queueReservation(b, h.q, h.ps, h.room, after, resume && h.q.ReserveManyAfter != ""))
 	}
-	return rs
+	return rs, false
 }
 
 // workerSnippets asks the job's allowing_sql, queue_slots_sql and
@@ -222,11 +224,12 @@ func slots(counts []int) []int32 {
 
 // reserved hands the rows of sent reservation rounds to their workers and
 // walks once more from the first key for the workers a resumed walk left
-// short.
-func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[string]Stats) error {
+// short. cursor says whether the rounds may move the reservation cursor:
+// not when it was reset since they were sent.
+func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[string]Stats, cursor bool) error {
 	for _, r := range rs {
 		j := r.q.job
-		if r.last != nil {
+		if r.last != nil && cursor {
 			d.after[j.Name] = r.last
 		}
 		var short []*peer
@@ -235,6 +238,15 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 		for i, p := range r.ps {
 			rows := r.got[i]
 			s.Reserved += int64(len(rows))
+			if p.leave {
+				// It said it is leaving while they were on their way: they
+				// go back unseen, and it goes once they are.
+				for _, row := range rows {
+					d.marks.give(p.id, protocol.Ref{Job: row.Job, Key: row.Key, Attempt: row.Attempt})
+				}
+				d.marks.leave(p.id)
+				continue
+			}
 			if len(rows) < r.asked[i] {
 				short, shortBy = append(short, p), append(shortBy, r.asked[i]-len(rows))
 			}
@@ -264,9 +276,16 @@ func (d *Dispatcher) reserved(ctx context.Context, rs []*reservation, stats map[
 			d.resync([]*reservation{again}, err)
 			return fmt.Errorf("job %q: reserve rows: %w", j.Name, err)
 		}
-		if err := d.reserved(ctx, []*reservation{again}, stats); err != nil {
+		if err := d.reserved(ctx, []*reservation{again}, stats, cursor); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// resetCursor makes the next reservation walk from the first key: rows
+// may have become free anywhere.
+func (d *Dispatcher) resetCursor() {
+	clear(d.after)
+	d.cursorGen++
 }
